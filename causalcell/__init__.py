@@ -1,0 +1,7 @@
+"""causalcell: causal generative models of single cells, written as NumPyro programs."""
+
+from causalcell._warnings import CausalcellWarning
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["CausalcellWarning", "__version__"]

@@ -1,0 +1,29 @@
+"""Stationary diffusions ``dx = f(x; intervention) dt + diag(sigma) dW`` (DESIGN 2.3).
+
+Linear drift has a Gaussian stationary law (mean ``-A^{-1} b``, covariance from the continuous
+Lyapunov equation); nonlinear drift is sampled by simulating many chains with diffrax.
+"""
+
+from causalcell.diffusion._drift import LinearDrift, NeuralDrift, intervene, intervene_linear
+from causalcell.diffusion._lyapunov import (
+    UnstableDriftError,
+    check_stable,
+    solve_continuous_lyapunov,
+    spectral_abscissa,
+)
+from causalcell.diffusion._simulate import simulate_chains
+from causalcell.diffusion._stationary import sample_stationary, stationary_moments
+
+__all__ = [
+    "LinearDrift",
+    "NeuralDrift",
+    "UnstableDriftError",
+    "check_stable",
+    "intervene",
+    "intervene_linear",
+    "sample_stationary",
+    "simulate_chains",
+    "solve_continuous_lyapunov",
+    "spectral_abscissa",
+    "stationary_moments",
+]
