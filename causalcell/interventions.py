@@ -57,9 +57,7 @@ class Intervention(NamedTuple):
     @property
     def targets(self) -> jnp.ndarray:
         """Boolean mask of the genes this intervention touches."""
-        return (
-            (self.shift != 0) | (self.knockdown != 0) | (self.noise_scale != 1) | self.knockout
-        )
+        return (self.shift != 0) | (self.knockdown != 0) | (self.noise_scale != 1) | self.knockout
 
 
 def compose(first: Intervention, second: Intervention) -> Intervention:
@@ -115,7 +113,9 @@ def from_targets(
     if index.size and (index.min() < 0 or index.max() >= num_genes):
         raise ValueError(f"Target indices {index.tolist()} are out of range for {num_genes} genes.")
     if value is None:
-        raise ValueError(f"A {kind} intervention needs a value (see the docstring for its meaning).")
+        raise ValueError(
+            f"A {kind} intervention needs a value (see the docstring for its meaning)."
+        )
     values = np.broadcast_to(np.asarray(value, dtype=np.float32), index.shape)
     if kind == "knockdown" and np.any((values <= 0) | (values > 1)):
         raise ValueError(f"Knockdown fractions must lie in (0, 1], got {values.tolist()}.")

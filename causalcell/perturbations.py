@@ -52,7 +52,9 @@ def parse_perturbation(
     """
     controls = {control} if isinstance(control, str) else set(control)
     if not isinstance(label, str):
-        raise TypeError(f"Perturbation labels must be strings, got {label!r} ({type(label).__name__}).")
+        raise TypeError(
+            f"Perturbation labels must be strings, got {label!r} ({type(label).__name__})."
+        )
     text = label.strip()
     if not text:
         raise ValueError(

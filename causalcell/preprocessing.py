@@ -15,7 +15,9 @@ def library_size(counts) -> np.ndarray:
     return np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
 
 
-def normalize_log1p(counts, size_factors=None, *, target_sum: float = DEFAULT_TARGET_SUM) -> np.ndarray:
+def normalize_log1p(
+    counts, size_factors=None, *, target_sum: float = DEFAULT_TARGET_SUM
+) -> np.ndarray:
     """Return ``log1p(counts / size_factors * target_sum)`` as a dense float32 array.
 
     Parameters
@@ -37,7 +39,9 @@ def normalize_log1p(counts, size_factors=None, *, target_sum: float = DEFAULT_TA
     >>> normalize_log1p(np.array([[1.0, 3.0]]), target_sum=4.0)
     array([[0.6931472, 1.3862944]], dtype=float32)
     """
-    sizes = library_size(counts) if size_factors is None else np.asarray(size_factors, dtype=np.float64)
+    sizes = (
+        library_size(counts) if size_factors is None else np.asarray(size_factors, dtype=np.float64)
+    )
     if sizes.shape != (counts.shape[0],):
         raise ValueError(
             f"size_factors has shape {sizes.shape}, expected ({counts.shape[0]},): one per cell."

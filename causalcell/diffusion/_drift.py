@@ -105,7 +105,9 @@ class NeuralDrift(NamedTuple):
     def regulation(self, x):
         """The network part ``MLP_j(x_{parents(j)} - center)`` for ``x`` of shape ``[..., d]``."""
         inputs = (x - self.center)[..., self.parents] * self.parent_mask
-        hidden = jnp.tanh(jnp.einsum("...jk,jkh->...jh", inputs, self.input_weights) + self.hidden_bias)
+        hidden = jnp.tanh(
+            jnp.einsum("...jk,jkh->...jh", inputs, self.input_weights) + self.hidden_bias
+        )
         return jnp.einsum("...jh,jh->...j", hidden, self.output_weights)
 
     def __call__(self, x):

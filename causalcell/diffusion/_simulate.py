@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import diffrax
-import jax
 import jax.numpy as jnp
 import lineax
 
@@ -99,5 +98,3 @@ def simulate_chains(
         adjoint=diffrax.ForwardMode(),
     )
     return jnp.swapaxes(solution.ys, 0, 1)
-
-

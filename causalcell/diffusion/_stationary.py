@@ -58,11 +58,13 @@ def sample_stationary(
     Raises
     ------
     ValueError
-        If the intervened drift is not stable (the covariance came back non-finite).
+        If the intervened drift is not stable (the covariance came back non-finite); under
+        ``jit`` the draws are NaN instead.
     """
     mean, covariance = stationary_moments(drift, sigma, intervention)
     factor = jnp.linalg.cholesky(covariance)
-    if not bool(jnp.all(jnp.isfinite(factor))):
+    # Outside jit, fail loudly; under jit the draws come back NaN, as the moments do.
+    if not isinstance(factor, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(factor))):
         raise ValueError(
             "The stationary covariance is not finite or not positive definite: the (intervened) "
             "drift is not stable; check it with causalcell.diffusion.check_stable(drift.matrix())."

@@ -1,0 +1,178 @@
+"""The :class:`Registry` of :mod:`causalcell.data` (private module; import it from there)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from causalcell.perturbations import canonical_label, parse_perturbation
+
+#: Version of the ``Registry.to_dict`` layout; bumped when it changes incompatibly.
+_SCHEMA_VERSION = 1
+
+#: How many genes, conditions or targets ``repr(registry)`` shows before it abbreviates.
+_REPR_ITEMS = 5
+
+#: Registry fields holding one string, bool or None (not a sequence).
+_SCALAR_FIELDS = {
+    "perturbation_key",
+    "separator",
+    "layer",
+    "gene_key",
+    "size_factor_key",
+    "count_data",
+}
+
+
+def control_labels(control: str | Iterable[str]) -> tuple[str, ...]:
+    """Control labels as a tuple; the first one names the control condition (sets are sorted)."""
+    labels = (control,) if isinstance(control, str) else control
+    labels = sorted(labels) if isinstance(labels, set | frozenset) else list(labels)
+    if not labels or not all(isinstance(label, str) for label in labels):
+        raise TypeError(f"control must be a label or a collection of labels, got {control!r}.")
+    return tuple(dict.fromkeys(str(label) for label in labels))
+
+
+def as_tuple(values) -> tuple:
+    """A tuple of plain Python values (also from the NumPy arrays that h5ad returns)."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    if isinstance(values, np.ndarray):
+        return tuple(values.tolist())
+    return tuple(value.item() if isinstance(value, np.generic) else value for value in values)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Registry:
+    """Where an AnnData keeps each piece of a screen, and the vocabularies found in it.
+
+    Built by :func:`register`; stored with :meth:`to_dict` and rebuilt with :meth:`from_dict`.
+    Two registries are equal when their keys and vocabularies are.
+
+    Attributes
+    ----------
+    perturbation_key, control, separator
+        ``.obs`` column of perturbation labels, the control label(s) (the first names the control
+        condition), and the separator of combinations.
+    layer, gene_key, size_factor_key, covariate_keys, count_data
+        As passed to :func:`register`.
+    genes
+        Gene names in ``.var`` order.
+    conditions
+        Canonical condition labels: control first, then in order of first appearance.
+    covariate_categories
+        Categories of each categorical covariate (numeric covariates are absent).
+    condition_targets
+        Read-only bool ``[P, d]``; ``condition_targets[p, g]`` iff condition ``p`` targets gene
+        ``g``.
+    targets
+        Every perturbed gene, in gene order.
+    """
+
+    perturbation_key: str = "perturbation"
+    control: tuple[str, ...] = ("control",)
+    separator: str = "+"
+    layer: str | None = None
+    gene_key: str | None = None
+    size_factor_key: str | None = None
+    covariate_keys: tuple[str, ...] = ()
+    count_data: bool = True
+    genes: tuple[str, ...]
+    conditions: tuple[str, ...]
+    covariate_categories: dict[str, tuple] = field(default_factory=dict)
+    condition_targets: np.ndarray = field(init=False, repr=False)
+    targets: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        assign = lambda name, value: object.__setattr__(self, name, value)
+        assign("control", control_labels(self.control))
+        assign("covariate_keys", as_tuple(self.covariate_keys))
+        assign("genes", tuple(str(gene) for gene in as_tuple(self.genes)))
+        assign("conditions", tuple(str(label) for label in as_tuple(self.conditions)))
+        categories = {str(key): as_tuple(value) for key, value in self.covariate_categories.items()}
+        assign("covariate_categories", categories)
+        if len(set(self.genes)) != len(self.genes) or len(set(self.conditions)) != len(
+            self.conditions
+        ):
+            raise ValueError("Registry genes and conditions must be unique.")
+        if not self.conditions or self.conditions[0] != self.control[0]:
+            raise ValueError(f"The first condition must be the control {self.control[0]!r}.")
+        if not set(categories) <= set(self.covariate_keys):
+            raise ValueError("covariate_categories names covariates missing from covariate_keys.")
+        column = {gene: index for index, gene in enumerate(self.genes)}  # gene -> column
+        condition_targets = np.zeros((len(self.conditions), len(self.genes)), dtype=bool)
+        for row, label in enumerate(self.conditions):
+            targets = parse_perturbation(label, control=self.control, separator=self.separator)
+            if self.canonical_label(targets) != label or not set(targets) <= column.keys():
+                raise ValueError(
+                    f"Condition {label!r} is not a canonical label of genes in the registry."
+                )
+            condition_targets[row, [column[target] for target in targets]] = True
+        condition_targets.flags.writeable = False
+        assign("condition_targets", condition_targets)
+        assign("targets", tuple(np.asarray(self.genes)[condition_targets.any(axis=0)].tolist()))
+
+    def canonical_label(self, targets: Iterable[str]) -> str:
+        """The condition label of a set of targets, with this registry's control and separator.
+
+        Examples
+        --------
+        >>> Registry(genes=("a", "b"), conditions=("ctrl",), control="ctrl").canonical_label([])
+        'ctrl'
+        """
+        return canonical_label(targets, control=self.control[0], separator=self.separator)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict (lists, strings, numbers, None) that :meth:`from_dict` reads.
+
+        Examples
+        --------
+        >>> registry = Registry(genes=("a", "b"), conditions=("control", "a+b"))
+        >>> Registry.from_dict(registry.to_dict()) == registry
+        True
+        """
+        data: dict[str, Any] = {"schema_version": _SCHEMA_VERSION}
+        for item in fields(self):
+            if item.init:
+                value = getattr(self, item.name)
+                data[item.name] = list(value) if isinstance(value, tuple) else value
+        data["covariate_categories"] = {
+            key: list(values) for key, values in self.covariate_categories.items()
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Registry:
+        """Rebuild a registry from :meth:`to_dict` output (also after an h5ad round trip)."""
+        data = dict(data)
+        version = data.pop("schema_version", None)
+        if version != _SCHEMA_VERSION:
+            raise ValueError(
+                f"Registry schema_version {version!r} is not {_SCHEMA_VERSION}: register the "
+                "AnnData again with this version of causalcell."
+            )
+        for name in _SCALAR_FIELDS & set(data):
+            if isinstance(data[name], np.ndarray | np.generic):
+                data[name] = data[name].item()  # NumPy scalars after an h5ad round trip
+        return cls(**data)
+
+    def __repr__(self) -> str:
+        def short(value):
+            if isinstance(value, tuple) and len(value) > _REPR_ITEMS:
+                shown = ", ".join(repr(item) for item in value[:_REPR_ITEMS])
+                return f"({shown}, ... {len(value)} in all)"
+            return repr(value)
+
+        shown = [item.name for item in fields(self) if item.repr]
+        return f"Registry({', '.join(f'{name}={short(getattr(self, name))}' for name in shown)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Registry) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.genes, self.conditions, self.perturbation_key, self.layer))

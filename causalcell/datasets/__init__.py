@@ -1,0 +1,14 @@
+"""Datasets: simulated perturbation screens with ground truth, and small shipped real data."""
+
+from causalcell.datasets._ground_truth import GroundTruth, ground_truth
+from causalcell.datasets._loaders import krumsiek11, krumsiek11_graph, pbmc68k_reduced
+from causalcell.datasets._screen import simulate_screen
+
+__all__ = [
+    "GroundTruth",
+    "ground_truth",
+    "krumsiek11",
+    "krumsiek11_graph",
+    "pbmc68k_reduced",
+    "simulate_screen",
+]

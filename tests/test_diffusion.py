@@ -1,0 +1,256 @@
+"""Stationary diffusion maths against closed forms and exact references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from causalcell.diffusion import (
+    LinearDrift,
+    NeuralDrift,
+    UnstableDriftError,
+    check_stable,
+    intervene,
+    intervene_linear,
+    simulate_chains,
+    solve_continuous_lyapunov,
+    stationary_moments,
+)
+from causalcell.interventions import Intervention, compose, from_targets
+
+
+def random_stable(rng, size, density=0.4):
+    """Random non-symmetric drift: decays in [0.3, 3] plus sparse off-diagonal weights."""
+    weights = rng.normal(0.0, 0.8, (size, size)) * (rng.random((size, size)) < density)
+    np.fill_diagonal(weights, 0.0)
+    matrix = weights - np.diag(rng.uniform(0.3, 3.0, size))
+    shift = max(0.0, np.linalg.eigvals(matrix).real.max() + 0.2)
+    return matrix - shift * np.eye(size)
+
+
+@pytest.mark.parametrize("size", [1, 2, 10, 40])
+def test_lyapunov_matches_scipy(size):
+    rng = np.random.default_rng(size)
+    drift = random_stable(rng, size)
+    factor = rng.normal(size=(size, size))
+    noise = factor @ factor.T + np.eye(size)
+    reference = scipy.linalg.solve_continuous_lyapunov(drift, -noise)
+    solution = np.asarray(solve_continuous_lyapunov(jnp.float32(drift), jnp.float32(noise)))
+    # float32 carries ~1e-7 relative precision; the sign iteration is backward stable, so the
+    # error is eps times the conditioning of the Lyapunov operator, <= ~1e2 for these draws.
+    np.testing.assert_allclose(solution, reference, atol=2e-5 * np.abs(reference).max())
+
+
+def test_lyapunov_is_batched_and_jittable():
+    rng = np.random.default_rng(0)
+    drifts = np.stack([random_stable(rng, 5) for _ in range(3)])
+    noise = np.eye(5)
+    batched = jax.jit(solve_continuous_lyapunov)(jnp.float32(drifts), jnp.float32(noise))
+    one_by_one = np.stack([scipy.linalg.solve_continuous_lyapunov(d, -noise) for d in drifts])
+    assert batched.shape == (3, 5, 5)
+    # Same float32 argument as test_lyapunov_matches_scipy.
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-5 * np.abs(one_by_one).max())
+
+
+def test_lyapunov_gradient_matches_kronecker_reference():
+    rng = np.random.default_rng(1)
+    size = 4
+    drift = random_stable(rng, size)
+    noise = np.diag(rng.uniform(0.5, 2.0, size))
+    weights = rng.normal(size=(size, size))
+
+    def kronecker(drift, noise):
+        # vec(A X + X A^T) = (I kron A + A kron I) vec(X) in column-major order.
+        eye = jnp.eye(size)
+        operator = jnp.kron(eye, drift) + jnp.kron(drift, eye)
+        return jnp.linalg.solve(operator, -noise.T.reshape(-1)).reshape(size, size).T
+
+    with jax.enable_x64(True):
+        loss = lambda solve: lambda a, q: jnp.sum(solve(a, q) * weights)
+        ours = jax.grad(loss(solve_continuous_lyapunov), argnums=(0, 1))(drift, noise)
+        reference = jax.grad(loss(kronecker), argnums=(0, 1))(drift, noise)
+    for got, expected in zip(ours, reference, strict=True):
+        # float64 throughout: both are exact up to round-off of a 16 x 16 solve.
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_unstable_drift_gives_nan_and_a_clear_error():
+    unstable = jnp.array([[0.1, 0.0], [0.0, -1.0]])
+    assert np.isnan(solve_continuous_lyapunov(unstable, jnp.eye(2))).all()
+    with pytest.raises(UnstableDriftError, match=r"largest eigenvalue real part is 0\.1"):
+        check_stable(unstable)
+    check_stable(jnp.array([[-1.0, 5.0], [0.0, -1.0]]))
+
+
+def chain_drift(decay=(1.0, 1.5), weight=0.8, bias=(0.5, 0.2)):
+    """Two genes, gene 0 -> gene 1 with ``weight`` (drift[1, 0] = weight)."""
+    matrix = jnp.array([[-decay[0], 0.0], [weight, -decay[1]]])
+    return LinearDrift.from_matrix(matrix, jnp.array(bias))
+
+
+def test_drift_orientation_row_is_target():
+    drift = chain_drift()
+    np.testing.assert_allclose(drift.matrix(), [[-1.0, 0.0], [0.8, -1.5]], rtol=1e-6)
+    # Raising gene 0 raises gene 1's drift, not the other way round.
+    derivative = jax.jacfwd(drift)(jnp.zeros(2))
+    assert derivative[1, 0] == pytest.approx(0.8) and derivative[0, 1] == 0.0
+
+
+def test_control_moments_closed_form():
+    a0, a1, w, b0, b1 = 1.0, 1.5, 0.8, 0.5, 0.2
+    s0, s1 = 0.7, 1.0
+    mean, covariance = stationary_moments(chain_drift(), jnp.array([s0, s1]))
+    mean0 = b0 / a0
+    np.testing.assert_allclose(mean, [mean0, (b1 + w * mean0) / a1], rtol=1e-6)
+    # Closed-form Lyapunov solution of the 2 x 2 triangular system.
+    var0 = s0**2 / (2 * a0)
+    cov01 = w * var0 / (a0 + a1)
+    var1 = (s1**2 + 2 * w * cov01) / (2 * a1)
+    np.testing.assert_allclose(covariance, [[var0, cov01], [cov01, var1]], rtol=1e-5)
+
+
+def test_shift_moves_the_mean_by_minus_inverse_drift():
+    drift = chain_drift()
+    shift = from_targets(2, [0], "shift", 0.3)
+    base_mean, base_cov = stationary_moments(drift, 1.0)
+    mean, covariance = stationary_moments(drift, 1.0, shift)
+    # delta mu = -A^{-1} e_0 * 0.3 = 0.3 / a0 * (1, w / a1).
+    np.testing.assert_allclose(mean - base_mean, [0.3, 0.3 * 0.8 / 1.5], rtol=1e-5)
+    np.testing.assert_allclose(covariance, base_cov, rtol=1e-6)
+
+
+def test_knockout_pins_the_gene_and_cuts_its_parents():
+    drift = chain_drift()
+    mean, covariance = stationary_moments(
+        drift, jnp.array([0.7, 1.0]), from_targets(2, [1], "knockout", -2.0)
+    )
+    np.testing.assert_allclose(mean, [0.5, -2.0], rtol=1e-6)
+    # Gene 1 is an OU process at its own decay, independent of gene 0.
+    np.testing.assert_allclose(covariance, np.diag([0.49 / 2.0, 1.0 / 3.0]), atol=1e-6)
+    upstream = stationary_moments(drift, 1.0, from_targets(2, [0], "knockout", 1.0))[0]
+    np.testing.assert_allclose(upstream, [1.0, (0.2 + 0.8 * 1.0) / 1.5], rtol=1e-6)
+
+
+def test_knockdown_moves_the_gene_by_log_fraction_and_noise_scale_scales_variance():
+    drift = chain_drift()
+    base_mean, base_cov = stationary_moments(drift, 1.0)
+    mean, _ = stationary_moments(drift, 1.0, from_targets(2, [1], "knockdown", 0.25))
+    np.testing.assert_allclose(mean - base_mean, [0.0, np.log(0.25)], atol=1e-6)
+    _, covariance = stationary_moments(drift, 1.0, from_targets(2, [0], "noise_scale", 2.0))
+    np.testing.assert_allclose(covariance[0, 0], 4.0 * base_cov[0, 0], rtol=1e-6)
+
+
+def test_vector_field_and_matrix_interventions_agree():
+    rng = np.random.default_rng(2)
+    drift = LinearDrift.from_matrix(
+        jnp.float32(random_stable(rng, 6)), jnp.float32(rng.normal(size=6))
+    )
+    combined = compose(
+        compose(
+            from_targets(6, [1], "knockout", 0.5), from_targets(6, [2, 3], "shift", [1.0, -2.0])
+        ),
+        from_targets(6, [4], "knockdown", 0.3),
+    )
+    matrix, bias, _ = intervene_linear(drift, 1.0, combined)
+    points = jnp.float32(rng.normal(size=(5, 6)))
+    # Same arithmetic in two layouts; float32 round-off only.
+    np.testing.assert_allclose(
+        intervene(drift, combined)(points), points @ matrix.T + bias, atol=1e-5
+    )
+
+
+def test_batched_interventions_give_batched_moments():
+    drift = chain_drift()
+    rows = [
+        Intervention.identity(2),
+        from_targets(2, [0], "shift", 1.0),
+        from_targets(2, [1], "knockout", 0.0),
+    ]
+    stacked = jax.tree_util.tree_map(lambda *fields: jnp.stack(fields), *rows)
+    means, covariances = stationary_moments(drift, 1.0, stacked)
+    for index, row in enumerate(rows):
+        mean, covariance = stationary_moments(drift, 1.0, row)
+        np.testing.assert_allclose(means[index], mean, rtol=1e-6)
+        np.testing.assert_allclose(covariances[index], covariance, rtol=1e-6)
+
+
+def test_simulated_chains_match_the_lyapunov_covariance():
+    rng = np.random.default_rng(3)
+    size, chains, dt = 3, 20_000, 0.005
+    drift = LinearDrift.from_matrix(
+        jnp.float32(random_stable(rng, size)), jnp.float32(rng.normal(size=size))
+    )
+    sigma = jnp.float32(rng.uniform(0.5, 1.0, size))
+    knockout = from_targets(size, [2], "knockout", 1.0)
+    mean, covariance = (
+        np.asarray(v, np.float64) for v in stationary_moments(drift, sigma, knockout)
+    )
+    decay = np.asarray(drift.decay)
+    draws = simulate_chains(
+        jax.random.key(0),
+        drift,
+        sigma,
+        jnp.zeros((chains, size)),
+        intervention=knockout,
+        dt=dt,
+        burn_in=12.0 / decay.min(),
+    )[:, 0]
+    draws = np.asarray(draws, np.float64)
+    # Monte Carlo standard errors of independent chains: mean sqrt(S_ii / n), covariance
+    # sqrt((S_ii S_jj + S_ij^2) / n); 5 of them, plus Euler-Maruyama's O(dt * decay)
+    # stationary-variance bias (relative dt * max decay / 2 for a scalar OU process, doubled).
+    variances = np.diag(covariance)
+    np.testing.assert_array_less(np.abs(draws.mean(0) - mean), 5 * np.sqrt(variances / chains))
+    standard_error = np.sqrt((np.outer(variances, variances) + covariance**2) / chains)
+    bias = dt * decay.max() * np.sqrt(np.outer(variances, variances))
+    np.testing.assert_array_less(np.abs(np.cov(draws.T) - covariance), 5 * standard_error + bias)
+
+
+def neural_drift():
+    """Gene 1 regulated by gene 0 through a bounded tanh network; gene 0 has no parents."""
+    return NeuralDrift(
+        log_decay=jnp.log(jnp.array([1.0, 2.0])),
+        bias=jnp.array([0.5, 0.0]),
+        center=jnp.zeros(2),
+        parents=jnp.array([[1], [0]]),
+        parent_mask=jnp.array([[0.0], [1.0]]),
+        input_weights=jnp.array([[[0.0, 0.0]], [[1.5, -0.5]]]),
+        hidden_bias=jnp.array([[0.0, 0.0], [0.2, 0.1]]),
+        output_weights=jnp.array([[0.0, 0.0], [1.0, 0.5]]),
+    )
+
+
+def test_neural_drift_closed_form_and_linearisation():
+    drift = neural_drift()
+    x = jnp.array([0.3, -0.4])
+    expected_1 = -2.0 * -0.4 + 1.0 * np.tanh(1.5 * 0.3 + 0.2) + 0.5 * np.tanh(-0.5 * 0.3 + 0.1)
+    np.testing.assert_allclose(drift(x), [0.5 - 0.3, expected_1], rtol=1e-6)
+    linear = drift.linearize(x)
+    np.testing.assert_allclose(linear.matrix(), jax.jacfwd(drift)(x), rtol=1e-6)
+    np.testing.assert_allclose(linear(x), drift(x), rtol=1e-6, atol=1e-7)
+    # Bounded regulation: |MLP| <= sum |output weights| = 1.5 anywhere.
+    far = jnp.array([[1e3, 0.0], [-1e3, 0.0]])
+    assert np.all(np.abs(drift.regulation(far)[:, 1]) <= 1.5 + 1e-6)
+
+
+def test_neural_knockout_of_regulator_matches_closed_form_mean():
+    drift = neural_drift()
+    knockout = from_targets(2, [0], "knockout", 0.7)
+    draws = simulate_chains(
+        jax.random.key(1),
+        drift,
+        0.3,
+        jnp.zeros((4000, 2)),
+        intervention=knockout,
+        dt=0.01,
+        burn_in=8.0,
+    )[:, 0]
+    # Gene 0 is OU around 0.7 with variance 0.09 / 2; gene 1's mean is E[h(x0)] / 2 with h the
+    # network: computed here by Gauss-Hermite quadrature over x0's exact Gaussian law.
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    x0 = 0.7 + np.sqrt(0.045) * nodes
+    network = np.tanh(1.5 * x0 + 0.2) + 0.5 * np.tanh(-0.5 * x0 + 0.1)
+    expected = np.sum(weights * network) / np.sqrt(2 * np.pi) / 2.0
+    # Standard error of 4000 chain means is sqrt(0.09 / 4 / 4000) ~ 2.4e-3; 5 of them.
+    np.testing.assert_allclose(np.asarray(draws).mean(0), [0.7, expected], atol=0.012)
