@@ -9,6 +9,7 @@ import networkx as nx
 import numpy as np
 
 from causalcell.diffusion import LinearDrift, NeuralDrift
+from causalcell.graph import drift_mask, from_adjacency, graph_from_drift
 from causalcell.interventions import Intervention
 
 __all__ = ["GroundTruth", "ground_truth"]
@@ -60,12 +61,8 @@ def ground_truth(adata) -> GroundTruth:
     drift_class = LinearDrift if stored["drift_kind"] == "linear" else NeuralDrift
     drift = drift_class(**fields)
     genes = list(map(str, adata.var_names))
-    matrix = np.asarray(stored["drift_matrix"])
-    adjacency = np.asarray(stored["graph"])
-    graph = nx.DiGraph()
-    graph.add_nodes_from(genes)
-    for parent, child in zip(*np.nonzero(adjacency), strict=True):
-        graph.add_edge(genes[parent], genes[child], weight=float(matrix[child, parent]))
+    edges = drift_mask(from_adjacency(np.asarray(stored["graph"]), genes), genes)
+    graph = graph_from_drift(np.asarray(stored["drift_matrix"]) * edges, genes)
     interventions = Intervention(
         **{name: jnp.asarray(value) for name, value in stored["interventions"].items()}
     )

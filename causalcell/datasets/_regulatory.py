@@ -51,7 +51,7 @@ def _signed_magnitudes(rng, shape, weight_range, activation_probability):
 
 def random_linear_drift(
     rng: np.random.Generator,
-    adjacency: np.ndarray,
+    mask: np.ndarray,
     baseline: np.ndarray,
     *,
     decay_range=(0.5, 2.0),
@@ -60,18 +60,21 @@ def random_linear_drift(
 ) -> LinearDrift:
     """Linear drift on a graph whose control stationary mean is exactly ``baseline``.
 
+    ``mask`` is the graph in drift orientation (``mask[j, i] = 1`` iff ``i -> j``, see
+    :func:`causalcell.graph.drift_mask`).
+
     The weight of edge ``i -> j`` is ``decay_j * u`` with ``|u|`` uniform in ``weight_range``
     and a random sign, so an edge moves its target by an amount comparable to the target's own
     variation. Acyclic graphs give a triangular (hence stable) drift for any weights; cyclic
     graphs are shrunk to strict diagonal dominance. The bias is ``-A @ baseline``.
     """
-    num_genes = adjacency.shape[0]
+    num_genes = mask.shape[0]
     decay = _decay(rng, num_genes, decay_range)
-    signed = _signed_magnitudes(rng, adjacency.shape, weight_range, activation_probability)
-    weights = adjacency.T * signed * decay[:, None]
+    signed = _signed_magnitudes(rng, mask.shape, weight_range, activation_probability)
+    weights = mask * signed * decay[:, None]
     row_sum = np.abs(weights).sum(axis=1)
     limit = _CYCLIC_DOMINANCE * decay
-    if not nx.is_directed_acyclic_graph(nx.DiGraph(adjacency)):
+    if not nx.is_directed_acyclic_graph(nx.DiGraph(mask)):
         weights *= np.minimum(1.0, limit / np.maximum(row_sum, 1e-12))[:, None]
     matrix = weights - np.diag(decay)
     return LinearDrift(
@@ -83,7 +86,7 @@ def random_linear_drift(
 
 def random_neural_drift(
     rng: np.random.Generator,
-    adjacency: np.ndarray,
+    mask: np.ndarray,
     baseline: np.ndarray,
     *,
     hidden: int = 4,
@@ -91,7 +94,7 @@ def random_neural_drift(
     weight_range=(0.5, 1.5),
     input_scale: float = 1.5,
 ) -> NeuralDrift:
-    """Nonlinear drift with a random tanh network per gene over its parents.
+    """Nonlinear drift with a random tanh network per gene over its parents (``mask[j]``).
 
     Each gene's network output is scaled to ``decay_j * u`` (``|u|`` in ``weight_range``) so
     that regulation is comparable to the gene's own variation; ``input_scale`` sets how far a
@@ -99,14 +102,14 @@ def random_neural_drift(
     perturbations interact non-additively. The bias makes ``baseline`` a fixed point of the
     unperturbed, noise-free drift.
     """
-    num_genes = adjacency.shape[0]
+    num_genes = mask.shape[0]
     decay = _decay(rng, num_genes, decay_range)
-    in_degree = adjacency.sum(axis=0)
+    in_degree = mask.sum(axis=1)
     width = max(int(in_degree.max(initial=0)), 1)
     parents = np.zeros((num_genes, width), dtype=np.int32)
     parent_mask = np.zeros((num_genes, width), dtype=np.float32)
     for gene in np.flatnonzero(in_degree):
-        members = np.flatnonzero(adjacency[:, gene])
+        members = np.flatnonzero(mask[gene])
         parents[gene, : members.size] = members
         parent_mask[gene, : members.size] = 1.0
     input_weights = rng.normal(0.0, input_scale, (num_genes, width, hidden))

@@ -18,6 +18,7 @@ from causalcell.datasets._regulatory import (
     random_neural_drift,
 )
 from causalcell.diffusion import LinearDrift, sample_stationary, simulate_chains, stationary_moments
+from causalcell.graph import drift_mask, from_adjacency
 from causalcell.interventions import Intervention, compose, from_targets
 from causalcell.perturbations import canonical_label
 
@@ -147,11 +148,12 @@ def simulate_screen(
     genes = [f"G{index:0{len(str(num_genes - 1))}d}" for index in range(num_genes)]
 
     adjacency = random_adjacency(rng, num_genes, expected_parents, acyclic=acyclic)
+    mask = drift_mask(from_adjacency(adjacency, genes), genes)
     baseline = np.log(_normalised(np.exp(rng.normal(0.0, 1.0, num_genes))))
     if drift == "linear":
-        truth = random_linear_drift(rng, adjacency, baseline)
+        truth = random_linear_drift(rng, mask, baseline)
     else:
-        truth = random_neural_drift(rng, adjacency, baseline)
+        truth = random_neural_drift(rng, mask, baseline)
     decay = np.asarray(truth.decay)
 
     singles = _choose_singles(rng, perturbed_genes, genes, adjacency)

@@ -1,0 +1,50 @@
+"""Evaluation vocabulary of causalcell (DESIGN section 7).
+
+Expression is log1p-normalised (:func:`causalcell.preprocessing.normalize_log1p`). The pseudobulk
+of a condition ``p`` is the mean expression ``mu_p`` of its cells, and its effect is
+``delta_p = mu_p - mu_ctrl``.
+
+- Pseudobulk: :class:`Pseudobulk`, :func:`pseudobulk`, :func:`top_de_genes`,
+  :func:`pearson_delta`, :func:`pseudobulk_mse`, :func:`rmse`, :func:`pseudobulk_l2`.
+- Cell populations: :func:`energy_distance`, :func:`mmd_rbf`, :func:`median_heuristic_bandwidth`.
+- Ground-truth recovery: :func:`shd`, :func:`auprc` (adjacency ``A[i, j] = 1`` iff ``i -> j``),
+  :func:`interval_coverage`.
+- Concepts: :func:`normalized_mutual_info`, :func:`adjusted_rand_index`.
+
+This module never imports anndata: pass arrays (``adata.X``, ``adata.obs[key]``).
+"""
+
+from causalcell._metrics_clustering import adjusted_rand_index, normalized_mutual_info
+from causalcell._metrics_distribution import (
+    energy_distance,
+    median_heuristic_bandwidth,
+    mmd_rbf,
+)
+from causalcell._metrics_expression import (
+    Pseudobulk,
+    pearson_delta,
+    pseudobulk,
+    pseudobulk_l2,
+    pseudobulk_mse,
+    rmse,
+    top_de_genes,
+)
+from causalcell._metrics_recovery import auprc, interval_coverage, shd
+
+__all__ = [
+    "Pseudobulk",
+    "adjusted_rand_index",
+    "auprc",
+    "energy_distance",
+    "interval_coverage",
+    "median_heuristic_bandwidth",
+    "mmd_rbf",
+    "normalized_mutual_info",
+    "pearson_delta",
+    "pseudobulk",
+    "pseudobulk_l2",
+    "pseudobulk_mse",
+    "rmse",
+    "shd",
+    "top_de_genes",
+]
