@@ -38,7 +38,7 @@ def test_layout_and_counts(screen):
     assert screen.shape == (1200, 8)
     assert np.all(counts >= 0) and np.all(counts == np.round(counts))
     labels = screen.obs["perturbation"]
-    assert list(labels.cat.categories)[0] == "control"
+    assert labels.cat.categories[0] == "control"
     assert (labels == "control").sum() == 240  # control_fraction 0.2 of 1200 cells
     perturbed = set(screen.uns["simulation"]["targets"])
     assert set(screen.var_names[screen.var["perturbed"]]) == perturbed

@@ -235,15 +235,19 @@ def test_finite_for_extreme_rates_and_size_factors(noise):
     counts = jnp.array([[0, 1, 3], [10**7, 0, 1], [10**3, 10**6, 0]])
     parameters = _parameters(noise, 3)
 
-    def total_log_prob(log_rate):
+    @jax.jit
+    @jax.grad
+    def gradient(log_rate):
         distribution = noise.distribution(log_rate, size_factors, **parameters)
-        return distribution.log_prob(noise.observation(counts, size_factors)).sum()
+        log_prob = distribution.log_prob(noise.observation(counts, size_factors))
+        assert log_prob.shape == (3, 3)
+        return log_prob.sum()
 
     log_prob = noise.distribution(log_rate, size_factors, **parameters).log_prob(
         noise.observation(counts, size_factors)
     )
     assert jnp.isfinite(log_prob).all()
-    assert jnp.isfinite(jax.grad(total_log_prob)(log_rate)).all()
+    assert jnp.isfinite(gradient(log_rate)).all()
 
 
 @pytest.mark.parametrize("noise", ALL_MODELS, ids=lambda noise: type(noise).__name__)

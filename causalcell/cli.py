@@ -1,0 +1,114 @@
+"""Command line: ``causalcell demo`` and ``causalcell simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _demo(arguments) -> int:
+    from causalcell import evaluation
+    from causalcell.data import register, to_arrays
+    from causalcell.datasets import simulate_screen
+    from causalcell.preprocessing import normalize_log1p
+
+    started = time.perf_counter()
+    print(
+        f"Simulating a knockout screen: {arguments.genes} genes, {arguments.cells} cells, "
+        f"{arguments.singles} single and {arguments.doubles} double perturbations "
+        f"(seed {arguments.seed})..."
+    )
+    adata = simulate_screen(
+        num_genes=arguments.genes,
+        num_cells=arguments.cells,
+        perturbed_genes=arguments.singles,
+        double_perturbations=arguments.doubles,
+        intervention="knockout",
+        key=arguments.seed,
+    )
+    registry = register(adata)
+    arrays = to_arrays(adata, registry)
+    expression = normalize_log1p(arrays.counts, arrays.size_factors)
+    labels = [registry.conditions[index] for index in arrays.condition_index]
+    split = evaluation.split_combinations(registry.conditions, seed=arguments.seed)
+    print(
+        f"Held out {len(split.held_out)} of {arguments.doubles} double perturbations: "
+        f"{', '.join(split.held_out)}."
+    )
+    predictions = evaluation.baseline_predictions(expression, labels, split)
+    table = evaluation.evaluate_predictions(expression, labels, split.held_out, predictions)
+    wide = table.pivot(index="model", columns="metric", values="value")
+    wide = wide.loc[list(predictions), list(evaluation.METRICS)]
+    print()
+    print("Held-out doubles (mean over conditions; Pearson: higher is better, others: lower):")
+    print(wide.to_string(float_format=lambda value: f"{value:.4f}"))
+    if arguments.output is not None:
+        output = Path(arguments.output)
+        output.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output / "metrics.csv", index=False)
+        adata.write_h5ad(output / "screen.h5ad")
+        print(f"\nWrote {output / 'metrics.csv'} and {output / 'screen.h5ad'}.")
+    print(f"\nDone in {time.perf_counter() - started:.1f} s.")
+    return 0
+
+
+def _simulate(arguments) -> int:
+    from causalcell.datasets import simulate_screen
+
+    adata = simulate_screen(
+        num_genes=arguments.genes,
+        num_cells=arguments.cells,
+        drift=arguments.drift,
+        perturbed_genes=arguments.singles,
+        double_perturbations=arguments.doubles,
+        intervention=arguments.intervention,
+        key=arguments.seed,
+    )
+    adata.write_h5ad(arguments.output)
+    print(f"Wrote {adata.n_obs} cells x {adata.n_vars} genes to {arguments.output}.")
+    return 0
+
+
+def _screen_options(parser, *, genes, cells, singles, doubles) -> None:
+    parser.add_argument("--genes", type=int, default=genes, help="number of genes")
+    parser.add_argument("--cells", type=int, default=cells, help="number of cells")
+    parser.add_argument("--singles", type=int, default=singles, help="singly perturbed genes")
+    parser.add_argument("--doubles", type=int, default=doubles, help="double perturbations")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``causalcell`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="causalcell", description="Causal generative models of single-cell screens."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="simulate a screen, hold out doubles, score predictions against baselines"
+    )
+    _screen_options(demo, genes=30, cells=6000, singles=8, doubles=8)
+    demo.add_argument("--output", help="folder for metrics.csv and the simulated screen.h5ad")
+    demo.set_defaults(handler=_demo)
+    simulate = commands.add_parser("simulate", help="simulate a screen and write it as .h5ad")
+    _screen_options(simulate, genes=50, cells=10_000, singles=10, doubles=10)
+    simulate.add_argument("--drift", choices=("linear", "neural"), default="linear")
+    simulate.add_argument(
+        "--intervention", choices=("knockout", "knockdown", "shift"), default="knockout"
+    )
+    simulate.add_argument("--output", required=True, help="path of the .h5ad file to write")
+    simulate.set_defaults(handler=_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``causalcell`` command."""
+    arguments = build_parser().parse_args(argv)
+    return arguments.handler(arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Project promises: the README's commands, CI, lint."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.DOTALL)
+
+
+def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_second():
+    text = (ROOT / "README.md").read_text()
+    commands = readme_commands()
+    assert len(commands) == 2, "README must hold exactly two copy-paste commands"
+    assert text.index(commands[0]) < text.index(commands[1]) < text.index("\n## ")
+    install_and_demo, install_and_test = commands
+    assert install_and_demo.startswith("python3 -m venv") and "causalcell demo" in install_and_demo
+    assert "'.[test]'" in install_and_test and install_and_test.endswith("pytest")
+    assert install_and_test in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ruff") is None, reason="ruff is installed with the test extras"
+)
+def test_ruff_is_clean():
+    for arguments in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *arguments, "."],, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
