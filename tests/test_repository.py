@@ -33,5 +33,9 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_second():
 def test_ruff_is_clean():
     for arguments in (["check"], ["format", "--check"]):
         result = subprocess.run(
-            [sys.executable, "-m", "ruff", *arguments, "."],, cwd=ROOT, capture_output=True, text=True)
+            [sys.executable, "-m", "ruff", *arguments, "."],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
