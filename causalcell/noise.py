@@ -79,8 +79,7 @@ __all__ = [
 #: The mean functions a noise model accepts: ``l * exp(x)`` or ``l * softmax(x)`` over genes.
 LINKS = ("exp", "softmax")
 
-# Default priors, (loc, scale) of a Normal on the log (or logit) scale. Each is documented on the
-# class that uses it.
+# Default priors: (loc, scale) on the log or logit scale, documented on the class using each.
 _CONCENTRATION_PRIOR = (math.log(10.0), 2.0)
 _GATE_LOGITS_PRIOR = (-3.0, 2.0)
 _SCALE_PRIOR = (math.log(0.5), 1.0)
@@ -122,14 +121,9 @@ class NoiseModel(ABC):
         return log_rate
 
     def log_mean(self, log_rate: jax.Array, size_factors: jax.Array) -> jax.Array:
-        """Log of the expected count, ``log l_c + log_fraction(x)_cg``, ``[..., cells, genes]``.
+        """Log expected count ``log l_c + log_fraction(x)_cg``, ``[..., cells, genes]``.
 
-        Parameters
-        ----------
-        log_rate
-            Latent log-expression ``[..., cells, genes]``.
-        size_factors
-            Positive per-cell size factors ``[..., cells]`` (a scalar broadcasts to every cell).
+        ``size_factors`` ``[..., cells]`` must be positive; a scalar broadcasts to every cell.
         """
         log_size = jnp.log(jnp.asarray(size_factors, dtype=jnp.result_type(float)))
         return log_size[..., None] + self.log_fraction(log_rate)
@@ -165,7 +159,8 @@ class NegativeBinomial(NoiseModel):
     ``Var = mu + mu**2 / theta``: the concentration is the inverse dispersion (NB2 of Hilbe
     2011); ``theta -> inf`` gives Poisson. Implemented as ``NegativeBinomialLogits`` with
     ``total_count = theta`` and ``logits = log(mu) - log(theta)``, so ``mu`` is never
-    exponentiated. Hafemeister & Satija (2019) model UMI counts this way, per gene.
+    exponentiated. Hafemeister & Satija (2019) model UMI counts this way, per gene. Sample site
+    ``f"{prefix}_concentration"``; parameter ``concentration``.
 
     Parameters
     ----------
@@ -173,10 +168,6 @@ class NegativeBinomial(NoiseModel):
         Prior of each gene's concentration (a positive univariate distribution, or one with
         batch shape ``(num_genes,)``). Default ``LogNormal(log 10, 2)``: median 10, 95% of the
         mass in about ``[0.2, 500]``, from strongly overdispersed genes to nearly Poisson ones.
-
-    Notes
-    -----
-    Sample site ``f"{prefix}_concentration"``; parameter name ``concentration``.
     """
 
     concentration_prior: dist.Distribution | None = None
@@ -201,7 +192,8 @@ class ZeroInflatedNegativeBinomial(NoiseModel):
     ``(1 - pi) mu``, variance ``(1 - pi) mu (1 + mu / theta + pi mu)``. Lopez et al. (2018) use
     it for single cells; Svensson (2020) shows droplet UMI counts are mostly fitted by the plain
     negative binomial, so prefer :class:`NegativeBinomial` and keep the default prior, which
-    puts the gate near zero.
+    puts the gate near zero. Sample sites ``f"{prefix}_concentration"`` and
+    ``f"{prefix}_gate_logits"``; parameters ``concentration`` and ``gate_logits``.
 
     Parameters
     ----------
@@ -210,11 +202,6 @@ class ZeroInflatedNegativeBinomial(NoiseModel):
     gate_logits_prior
         Prior of ``logit(pi)`` per gene. Default ``Normal(-3, 2)``: median gate 0.05, 95% of
         the mass below about 0.7.
-
-    Notes
-    -----
-    Sample sites ``f"{prefix}_concentration"`` and ``f"{prefix}_gate_logits"``; parameter
-    names ``concentration`` and ``gate_logits``.
     """
 
     concentration_prior: dist.Distribution | None = None
@@ -272,7 +259,8 @@ class LogNormalizedGaussian(NoiseModel):
     here, by normalising each cell, not through the mean. Its distribution is
     ``Normal(loc = log1p(target_sum * f_cg), scale_g)`` with ``f_cg = exp(x_cg)`` (or the
     softmax), the expected normalised count ``E[counts / l]``; ``loc`` is computed as
-    ``softplus(log(target_sum) + log f)``. Not a count model: counts are not reproduced.
+    ``softplus(log(target_sum) + log f)``. Not a count model: counts are not reproduced. Sample
+    site ``f"{prefix}_scale"``; parameter ``scale``.
 
     Parameters
     ----------
@@ -282,10 +270,6 @@ class LogNormalizedGaussian(NoiseModel):
         Prior of each gene's standard deviation on the log1p scale. Default
         ``LogNormal(log 0.5, 1)``: median 0.5, 95% of the mass in about ``[0.07, 3.5]``, and no
         mass at zero, where the likelihood of a constant gene would be unbounded.
-
-    Notes
-    -----
-    Sample site ``f"{prefix}_scale"``; parameter name ``scale``.
     """
 
     target_sum: float = DEFAULT_TARGET_SUM
@@ -353,24 +337,23 @@ def validate_counts(counts) -> None:
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must be numbers, got an array of dtype {values.dtype}.")
     values = values.reshape(-1)
-    if values.dtype.kind == "f":
-        _raise_where(
-            ~np.isfinite(values), values, locate, "non-finite",
-            "Counts must be finite (no NaN or infinity): look for missing values in the input "
-            "layer, or drop the cells or genes that hold them.",
-        )  # fmt: skip
-    if values.dtype.kind in "if":
-        _raise_where(
-            values < 0, values, locate, "negative",
-            "Counts must be non-negative: pass raw counts (e.g. adata.layers['counts']), not "
-            "centred or scaled data.",
-        )  # fmt: skip
-    if values.dtype.kind == "f":
-        _raise_where(
-            values != np.floor(values), values, locate, "non-integer",
-            "Counts must be whole numbers: these look normalised or log-transformed; pass raw "
-            "counts (e.g. adata.layers['counts']).",
-        )  # fmt: skip
+    for kinds, is_bad, problem, fix in _COUNT_CHECKS:
+        if values.dtype.kind in kinds:
+            _raise_where(is_bad(values), values, locate, problem, fix)
+
+
+# (dtype kinds checked, mask of bad values, problem, fix), in the order they are reported.
+_COUNT_CHECKS = (
+    ("f", lambda values: ~np.isfinite(values), "non-finite",
+     "Counts must be finite (no NaN or infinity): look for missing values in the input layer, "
+     "or drop the cells or genes that hold them."),
+    ("if", lambda values: values < 0, "negative",
+     "Counts must be non-negative: pass raw counts (e.g. adata.layers['counts']), not centred "
+     "or scaled data."),
+    ("f", lambda values: values != np.floor(values), "non-integer",
+     "Counts must be whole numbers: these look normalised or log-transformed; pass raw counts "
+     "(e.g. adata.layers['counts'])."),
+)  # fmt: skip
 
 
 def _per_gene_site(name: str, prior: dist.Distribution, num_genes: int) -> jax.Array:

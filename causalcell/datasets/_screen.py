@@ -17,7 +17,7 @@ from causalcell.datasets._regulatory import (
     random_linear_drift,
     random_neural_drift,
 )
-from causalcell.diffusion import LinearDrift, sample_stationary, simulate_chains, stationary_moments
+from causalcell.diffusion import LinearDrift, simulate_chains, stationary_moments
 from causalcell.graph import drift_mask, from_adjacency
 from causalcell.interventions import Intervention, compose, from_targets
 from causalcell.perturbations import canonical_label
@@ -309,18 +309,29 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
+@jax.jit
+def _mean_and_factor(drift: LinearDrift, sigma, intervention: Intervention):
+    """Stationary mean and Cholesky factor of the covariance: one compile for all conditions."""
+    mean, covariance = stationary_moments(drift, sigma, intervention)
+    return mean, jnp.linalg.cholesky(covariance)
+
+
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
-    latent = np.empty((cell_condition.size, drift.num_genes), dtype=np.float32)
+    """Exact Gaussian draws: ``mean_p + L_p z`` with one standard normal ``z`` per cell."""
+    standard = np.asarray(jax.random.normal(key, (cell_condition.size, drift.num_genes)))
+    latent = np.empty_like(standard)
     means = []
-    sample = jax.jit(sample_stationary, static_argnames="num_samples")
-    moments = jax.jit(stationary_moments)
-    for index, condition_key in enumerate(jax.random.split(key, len(interventions.shift))):
+    for index in range(interventions.shift.shape[0]):
         member = jax.tree_util.tree_map(lambda field, i=index: field[i], interventions)
-        rows = np.flatnonzero(cell_condition == index)
-        latent[rows] = np.asarray(
-            sample(condition_key, drift, sigma, member, num_samples=rows.size)
-        )
-        means.append(np.asarray(moments(drift, sigma, member)[0]))
+        mean, factor = (np.asarray(value) for value in _mean_and_factor(drift, sigma, member))
+        if not np.isfinite(factor).all():
+            raise ValueError(
+                "A simulated condition has no stationary law (unstable drift); please report this "
+                "with the arguments of simulate_screen."
+            )
+        rows = cell_condition == index
+        latent[rows] = mean + standard[rows] @ factor.T
+        means.append(mean)
     return latent, np.stack(means)
 
 
