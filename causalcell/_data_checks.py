@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
+from causalcell._counts import find_invalid_entries
 from causalcell.preprocessing import library_size
 
 #: How many offending names an error message lists before it says "... and N more".
@@ -111,46 +111,19 @@ def counts_matrix(adata, layer: str | None):
     return adata.X
 
 
-def _first_bad_entry(counts, values: np.ndarray, bad_values: np.ndarray):
-    """Row, column and value of the first (row-major) entry flagged in ``bad_values``."""
-    if sparse.issparse(counts):
-        coordinates = counts.tocoo()  # same entry order as ``counts.data`` for csr/csc/coo
-        rows, columns = coordinates.row[bad_values], coordinates.col[bad_values]
-        first = np.lexsort((columns, rows))[0]
-        return int(rows[first]), int(columns[first]), values[bad_values][first]
-    row, column = np.unravel_index(np.flatnonzero(bad_values)[0], counts.shape)
-    return int(row), int(column), counts[row, column]
-
-
 def check_counts(counts, *, adata, genes: Sequence[str], layer: str | None, count_data: bool):
     """Raise unless every entry is finite (and, for count data, a non-negative integer).
 
     Sparse input is checked through its stored values only (never densified).
     """
-    if sparse.issparse(counts):
-        if counts.format not in ("csr", "csc", "coo"):
-            counts = counts.tocoo()
-        values = counts.data
-    else:
-        counts = np.asarray(counts)
-        values = counts
-    problems = {}
-    if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
-        raise ValueError(f"Counts must be numeric, got dtype {values.dtype}.")
-    if np.issubdtype(values.dtype, np.inexact):
-        problems["non-finite"] = ~np.isfinite(values)
-    if count_data:
-        if np.issubdtype(values.dtype, np.signedinteger) or np.issubdtype(values.dtype, np.inexact):
-            problems["negative"] = values < 0
-        if np.issubdtype(values.dtype, np.inexact):
-            problems["non-integer"] = np.isfinite(values) & (values != np.round(values))
-    found = {name: mask for name, mask in problems.items() if mask.any()}
-    if not found:
+    try:
+        invalid = find_invalid_entries(counts, count_data=count_data)
+    except TypeError as error:
+        raise ValueError(str(error).replace("counts must be", "Counts must be")) from None
+    if invalid is None:
         return
-    bad_values = np.logical_or.reduce(list(found.values()))
-    row, column, first = _first_bad_entry(counts, values, bad_values)
     source = ".X" if layer is None else f".layers[{layer!r}]"
-    summary = ", ".join(f"{int(mask.sum())} {name}" for name, mask in found.items())
+    summary = ", ".join(f"{number} {name}" for name, number in invalid.problems.items())
     layers = list(adata.layers.keys())
     fix = (
         "The count models need raw counts: pass layer= naming the raw counts "
@@ -161,8 +134,8 @@ def check_counts(counts, *, adata, genes: Sequence[str], layer: str | None, coun
     )
     raise ValueError(
         f"{source} has entries that are not valid {'counts' if count_data else 'values'} "
-        f"({summary}); the first is {first.item()!r} at cell {str(adata.obs_names[row])!r}, gene "
-        f"{genes[column]!r}. {fix}"
+        f"({summary}); the first is {invalid.value!r} at cell "
+        f"{str(adata.obs_names[invalid.row])!r}, gene {genes[invalid.column]!r}. {fix}"
     )
 
 

@@ -64,6 +64,7 @@ import numpyro
 import numpyro.distributions as dist
 import scipy.sparse
 
+from causalcell._counts import PROBLEM_FIXES, find_invalid_entries
 from causalcell.preprocessing import DEFAULT_TARGET_SUM
 
 __all__ = [
@@ -323,37 +324,22 @@ def validate_counts(counts) -> None:
     >>> validate_counts(np.array([[0.0, 1.5]]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: counts contain 1 non-integer value(s), the first 1.5 at cell 0, gene 1. ...
+    ValueError: counts contain 1 non-integer value(s); the first bad one is 1.5 at cell 0, ...
     """
-    if scipy.sparse.issparse(counts):
-        if counts.format not in ("csr", "csc", "coo"):
-            counts = counts.tocsr()  # a sparse copy with a flat `.data`, never a dense one
-        values = np.asarray(counts.data)
-        locate = lambda position: _sparse_position(counts, position)
-    else:
-        values = np.asarray(counts)
-        shape = values.shape
-        locate = lambda position: tuple(int(i) for i in np.unravel_index(position, shape))
-    if values.dtype.kind not in "biuf":
-        raise TypeError(f"counts must be numbers, got an array of dtype {values.dtype}.")
-    values = values.reshape(-1)
-    for kinds, is_bad, problem, fix in _COUNT_CHECKS:
-        if values.dtype.kind in kinds:
-            _raise_where(is_bad(values), values, locate, problem, fix)
-
-
-# (dtype kinds checked, mask of bad values, problem, fix), in the order they are reported.
-_COUNT_CHECKS = (
-    ("f", lambda values: ~np.isfinite(values), "non-finite",
-     "Counts must be finite (no NaN or infinity): look for missing values in the input layer, "
-     "or drop the cells or genes that hold them."),
-    ("if", lambda values: values < 0, "negative",
-     "Counts must be non-negative: pass raw counts (e.g. adata.layers['counts']), not centred "
-     "or scaled data."),
-    ("f", lambda values: values != np.floor(values), "non-integer",
-     "Counts must be whole numbers: these look normalised or log-transformed; pass raw counts "
-     "(e.g. adata.layers['counts'])."),
-)  # fmt: skip
+    invalid = find_invalid_entries(counts)
+    if invalid is None:
+        return
+    summary = ", ".join(f"{number} {problem}" for problem, number in invalid.problems.items())
+    where = (
+        f"cell {invalid.row}, gene {invalid.column}"
+        if np.ndim(counts) == 2
+        else (f"index {invalid.column}")
+    )
+    fixes = " ".join(PROBLEM_FIXES[problem] for problem in invalid.problems)
+    raise ValueError(
+        f"counts contain {summary} value(s); the first bad one is {invalid.value!r} at {where}. "
+        f"{fixes}"
+    )
 
 
 def _per_gene_site(name: str, prior: dist.Distribution, num_genes: int) -> jax.Array:
@@ -371,25 +357,3 @@ def _negative_binomial(log_mean: jax.Array, concentration: jax.Array) -> dist.Di
 def _dense(counts) -> jax.Array:
     """A JAX array of ``counts`` (scipy.sparse made dense)."""
     return jnp.asarray(counts.toarray() if scipy.sparse.issparse(counts) else counts)
-
-
-def _sparse_position(matrix, position: int) -> tuple[int, int]:
-    """(row, column) of the ``position``-th stored value of a csr, csc or coo matrix."""
-    if matrix.format == "coo":
-        return int(matrix.row[position]), int(matrix.col[position])
-    major = int(np.searchsorted(matrix.indptr, position, side="right")) - 1
-    minor = int(matrix.indices[position])
-    return (major, minor) if matrix.format == "csr" else (minor, major)
-
-
-def _raise_where(bad, values, locate, problem: str, fix: str) -> None:
-    """Raise a ValueError naming how many ``values`` are ``bad``, the first one, and the fix."""
-    if not bad.any():
-        return
-    first = int(np.flatnonzero(bad)[0])
-    index = locate(first)
-    where = f"cell {index[0]}, gene {index[1]}" if len(index) == 2 else f"index {index}"
-    raise ValueError(
-        f"counts contain {int(bad.sum())} {problem} value(s), the first "
-        f"{values[first].item()!r} at {where}. {fix}"
-    )

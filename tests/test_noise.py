@@ -371,7 +371,9 @@ def test_validate_counts_names_the_problem(value, problem):
 def test_validate_counts_counts_and_finds_the_first():
     counts = np.zeros((3, 4), dtype=np.int64)
     counts[2, 0] = counts[1, 3] = -2
-    with pytest.raises(ValueError, match=r"2 negative value\(s\), the first -2 at cell 1, gene 3"):
+    with pytest.raises(
+        ValueError, match=r"2 negative value\(s\); the first bad one is -2 at cell 1, gene 3"
+    ):
         validate_counts(counts)
     with pytest.raises(TypeError, match="must be numbers"):
         validate_counts(np.array([["1", "2"]]))
@@ -386,12 +388,13 @@ def test_validate_counts_sparse_is_never_dense(layout):
     validate_counts(good.asformat(layout))
     bad = scipy.sparse.coo_matrix((np.array([1.0, 2.5, -3.0]), (rows, columns)), shape=shape)
     with pytest.raises(
-        ValueError, match=r"1 negative value\(s\), the first -3.0 at cell 7, gene 11"
+        ValueError,
+        match=r"1 negative, 1 non-integer value\(s\); the first bad one is -3.0 at cell 7, gene 11",
     ):
         validate_counts(bad.asformat(layout))
     bad = scipy.sparse.coo_matrix((np.array([1.0, 2.5, 3.0]), (rows, columns)), shape=shape)
     with pytest.raises(
-        ValueError, match=r"non-integer value\(s\), the first 2.5 at cell 999999, gene 3"
+        ValueError, match=r"non-integer value\(s\); the first bad one is 2.5 at cell 999999, gene 3"
     ):
         validate_counts(bad.asformat(layout))
 
