@@ -39,3 +39,12 @@ def test_ruff_is_clean():
             text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_python_example_runs():
+    text = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)\n```", text, flags=re.DOTALL)
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["covariance"].shape == (50, 50)
+    assert namespace["arrays"].counts.shape == (10_000, 50)
