@@ -1,6 +1,7 @@
 """Project promises: the README's commands, CI, lint."""
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -48,3 +49,18 @@ def test_readme_python_example_runs():
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["covariance"].shape == (50, 50)
     assert namespace["arrays"].counts.shape == (10_000, 50)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is installed with the test extras"
+)
+def test_docs_build_in_strict_mode(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "register" in (tmp_path / "api" / "data" / "index.html").read_text()
