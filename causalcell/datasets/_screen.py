@@ -17,7 +17,12 @@ from causalcell.datasets._regulatory import (
     random_linear_drift,
     random_neural_drift,
 )
-from causalcell.diffusion import LinearDrift, simulate_chains, stationary_moments
+from causalcell.diffusion import (
+    LinearDrift,
+    simulate_chains,
+    stationary_mean,
+    stationary_moments,
+)
 from causalcell.graph import drift_mask, from_adjacency
 from causalcell.interventions import Intervention, compose, from_targets
 from causalcell.perturbations import canonical_label
@@ -342,9 +347,7 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
     # Start each chain at the stationary mean of the drift linearised at the baseline, under
     # the chain's intervention, plus independent noise of the right scale.
     linear = drift.linearize(drift.center)
-    start_means, _ = jax.vmap(lambda member: stationary_moments(linear, sigma, member))(
-        interventions
-    )
+    start_means = stationary_mean(linear, sigma, interventions)
     run = jax.jit(
         lambda k, initial, member: simulate_chains(
             k, drift, sigma, initial, intervention=member, dt=float(dt), burn_in=float(burn_in)

@@ -12,7 +12,11 @@ from causalcell.diffusion._lyapunov import (
     spectral_abscissa,
 )
 from causalcell.diffusion._simulate import simulate_chains
-from causalcell.diffusion._stationary import sample_stationary, stationary_moments
+from causalcell.diffusion._stationary import (
+    sample_stationary,
+    stationary_mean,
+    stationary_moments,
+)
 
 __all__ = [
     "LinearDrift",
@@ -25,5 +29,6 @@ __all__ = [
     "simulate_chains",
     "solve_continuous_lyapunov",
     "spectral_abscissa",
+    "stationary_mean",
     "stationary_moments",
 ]

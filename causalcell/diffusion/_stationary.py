@@ -9,7 +9,20 @@ from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import solve_continuous_lyapunov
 from causalcell.interventions import Intervention
 
-__all__ = ["sample_stationary", "stationary_moments"]
+__all__ = ["sample_stationary", "stationary_mean", "stationary_moments"]
+
+
+def stationary_mean(drift: LinearDrift, sigma, intervention: Intervention | None = None):
+    """Mean ``-A^{-1} b`` of the stationary law of the (intervened) linear diffusion.
+
+    One linear solve, no Lyapunov equation; batched interventions give ``[..., d]``.
+    """
+    matrix, bias, _ = intervene_linear(drift, sigma, intervention)
+    return _fixed_point(matrix, bias)
+
+
+def _fixed_point(matrix, bias):
+    return -jnp.linalg.solve(matrix, bias[..., None])[..., 0]
 
 
 def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | None = None):
@@ -44,7 +57,7 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
     [2.0, 1.0]
     """
     matrix, bias, sigma = intervene_linear(drift, sigma, intervention)
-    mean = -jnp.linalg.solve(matrix, bias[..., None])[..., 0]
+    mean = _fixed_point(matrix, bias)
     noise = sigma[..., :, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
     covariance = solve_continuous_lyapunov(matrix, noise)
     return mean, 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
