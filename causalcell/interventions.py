@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,7 +95,8 @@ def from_targets(
         remaining production fraction ``r`` in ``(0, 1]``), ``"knockout"`` (value: the pinned
         log-expression level) or ``"noise_scale"`` (value: a positive factor on ``sigma``).
     value
-        A scalar or one value per target.
+        A scalar or one value per target; may be traced (``jit``/``vmap`` over doses), in which
+        case the range checks are skipped.
 
     Raises
     ------
@@ -116,16 +118,24 @@ def from_targets(
         raise ValueError(
             f"A {kind} intervention needs a value (see the docstring for its meaning)."
         )
-    values = np.broadcast_to(np.asarray(value, dtype=np.float32), index.shape)
-    if kind == "knockdown" and np.any((values <= 0) | (values > 1)):
-        raise ValueError(f"Knockdown fractions must lie in (0, 1], got {values.tolist()}.")
-    if kind == "noise_scale" and np.any(values <= 0):
-        raise ValueError(f"Noise scales must be positive, got {values.tolist()}.")
+    values = jnp.asarray(value, dtype=jnp.float32)
+    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] not in (1, index.size)):
+        raise ValueError(
+            f"A {kind} intervention on {index.size} target(s) needs a scalar or {index.size} "
+            f"value(s), got shape {values.shape}."
+        )
+    values = jnp.broadcast_to(values, index.shape)
+    if not isinstance(values, jax.core.Tracer):  # range checks only where values are concrete
+        concrete = np.asarray(values)
+        if kind == "knockdown" and np.any((concrete <= 0) | (concrete > 1)):
+            raise ValueError(f"Knockdown fractions must lie in (0, 1], got {concrete.tolist()}.")
+        if kind == "noise_scale" and np.any(concrete <= 0):
+            raise ValueError(f"Noise scales must be positive, got {concrete.tolist()}.")
     base = Intervention.identity(num_genes)
     if kind == "shift":
         return base._replace(shift=base.shift.at[index].set(values))
     if kind == "knockdown":
-        return base._replace(knockdown=base.knockdown.at[index].set(np.log(values)))
+        return base._replace(knockdown=base.knockdown.at[index].set(jnp.log(values)))
     if kind == "noise_scale":
         return base._replace(noise_scale=base.noise_scale.at[index].set(values))
     return base._replace(

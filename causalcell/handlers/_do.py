@@ -1,0 +1,172 @@
+"""The ``do`` handler: interventions on named sample sites and on vectorised sites."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from numpyro.primitives import Messenger, apply_stack
+
+from causalcell.handlers._ops import INTERVENTION_MESSAGE, InterventionSpec
+from causalcell.interventions import Intervention, compose, from_targets
+
+__all__ = ["UnknownSiteError", "do"]
+
+
+class UnknownSiteError(KeyError):
+    """An intervention or evidence names something the model does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0])
+
+
+def _suggest(name, candidates) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=3)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+class do(Messenger):
+    """Intervene on a NumPyro program: ``do(model, {"x": 1.0, "genes": {"GATA1": knockout()}})``.
+
+    - A **named sample site** ``"x"`` takes the given value (an array broadcastable to the
+      site's shape; it may be traced, e.g. a dose under ``vmap``). The site is recorded as a
+      deterministic site carrying the intervened value, so ``trace`` and ``Predictive`` report
+      the intervened value, it adds nothing to the log density, and outer ``substitute`` or
+      ``condition`` handlers (e.g. posterior samples in ``Predictive``) cannot override it.
+    - A **vectorised site** ``"genes"`` (a model calling
+      :func:`causalcell.handlers.intervention`) takes a mapping from entry names to
+      :class:`InterventionSpec` (``shift``, ``knockdown``, ``knockout``, ``noise_scale``);
+      nested ``do`` handlers compose.
+
+    Unlike ``numpyro.handlers.do``, a name the model never visits raises
+    :class:`UnknownSiteError` when the model returns, and so does an unknown entry name.
+
+    Parameters
+    ----------
+    fn
+        The model (a callable containing NumPyro primitives).
+    data
+        Site name -> value (named sites) or -> ``{entry: InterventionSpec}`` (vectorised sites).
+
+    Raises
+    ------
+    UnknownSiteError
+        For a site or entry name the model does not have (with close matches).
+    ValueError
+        For a value whose shape does not broadcast to the site's shape.
+
+    Examples
+    --------
+    >>> import numpyro, numpyro.distributions as dist
+    >>> from numpyro.handlers import seed, trace
+    >>> def model():
+    ...     x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    ...     return numpyro.sample("y", dist.Normal(2.0 * x, 0.1))
+    >>> sites = trace(seed(do(model, {"x": 1.0}), 0)).get_trace()
+    >>> float(sites["x"]["value"]), sites["x"]["type"]
+    (1.0, 'deterministic')
+    """
+
+    def __init__(self, fn=None, data: Mapping | None = None):
+        if data is None or not isinstance(data, Mapping):
+            raise TypeError("do(model, data) needs a mapping from site names to interventions.")
+        self.data = dict(data)
+        self._visited: set[str] = set()
+        super().__init__(fn)
+
+    def __enter__(self):
+        self._visited = set()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        super().__exit__(exc_type, exc_value, traceback)
+        if exc_type is None:
+            missing = [name for name in self.data if name not in self._visited]
+            if missing:
+                raise UnknownSiteError(
+                    f"do() names {missing}, which the model never sampled."
+                    f"{_suggest(missing[0], self._visited)}"
+                    f" The model's sites: {sorted(self._visited)} (vectorised sites are named "
+                    "by their intervention() name)."
+                )
+
+    def process_message(self, msg):
+        name = msg.get("name")
+        if msg["type"] == INTERVENTION_MESSAGE:
+            self._visited.add(msg["site"])
+        elif msg["type"] == "sample":
+            self._visited.add(name)
+        if msg["type"] == INTERVENTION_MESSAGE and msg["site"] in self.data:
+            current = msg["value"] if msg["value"] is not None else msg["fn"]()
+            msg["value"] = compose(
+                current, _resolve(msg["site"], msg["names"], self.data[msg["site"]])
+            )
+        elif msg["type"] == "sample" and name in self.data and not msg.get("_causalcell_done"):
+            value = _check_shape(name, msg["fn"], self.data[name])
+            # The model continues with the intervened value; the message stops here so that no
+            # outer handler (substitute, condition, trace) can replace or score it ...
+            msg["value"] = value
+            msg["stop"] = True
+            # ... and a deterministic record carries the value to outer handlers instead.
+            apply_stack(
+                {
+                    "type": "deterministic",
+                    "name": name,
+                    "value": value,
+                    "cond_indep_stack": msg["cond_indep_stack"],
+                    "infer": {"intervened": True},
+                    # substitute/condition skip messages marked as already handled
+                    "_control_flow_done": True,
+                    "_causalcell_done": True,
+                }
+            )
+
+
+def _check_shape(name, fn: dist.Distribution, value):
+    value = jnp.asarray(value)
+    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    try:
+        broadcast = jnp.broadcast_shapes(value.shape, shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(
+            f"do() value for {name!r} has shape {value.shape}, which does not broadcast to the "
+            f"site's shape {shape}; pass a scalar or an array of shape {shape}."
+        )
+    return jnp.broadcast_to(value, shape).astype(jnp.result_type(value, jnp.float32))
+
+
+def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
+    if not isinstance(specs, Mapping):
+        raise TypeError(
+            f"do() on the vectorised site {site!r} needs a mapping of entry names to "
+            f"interventions, e.g. {{{names[0]!r}: knockout()}}; got {type(specs).__name__}."
+        )
+    index = {entry: position for position, entry in enumerate(names)}
+    unknown = [str(entry) for entry in specs if str(entry) not in index]
+    if unknown:
+        raise UnknownSiteError(
+            f"do() on {site!r} names {unknown}, which are not among its {len(names)} entries."
+            f"{_suggest(unknown[0], names)}"
+        )
+    result = Intervention.identity(len(names))
+    for entry, spec in specs.items():
+        specs_list = (
+            spec
+            if isinstance(spec, list | tuple) and not isinstance(spec, InterventionSpec)
+            else [spec]
+        )
+        for one in specs_list:
+            if not isinstance(one, InterventionSpec):
+                raise TypeError(
+                    f"Intervention on {entry!r} must be built with shift(), knockdown(), "
+                    f"knockout() or noise_scale(); got {one!r}."
+                )
+            result = compose(
+                result, from_targets(len(names), [index[str(entry)]], one.kind, one.value)
+            )
+    return jax.tree_util.tree_map(jnp.asarray, result)
