@@ -104,7 +104,13 @@ class do(Messenger):
             msg["value"] = compose(
                 current, _resolve(msg["site"], msg["names"], self.data[msg["site"]])
             )
-        elif msg["type"] == "sample" and name in self.data and not msg.get("_causalcell_done"):
+        elif (
+            msg["type"] == "sample"
+            and name in self.data
+            # a mapping addresses the vectorised site's intervention(), not its sample site
+            and not isinstance(self.data[name], Mapping)
+            and not msg.get("_causalcell_done")
+        ):
             value = _check_shape(name, msg["fn"], self.data[name])
             # The model continues with the intervened value; the message stops here so that no
             # outer handler (substitute, condition, trace) can replace or score it ...
