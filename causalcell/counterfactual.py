@@ -47,7 +47,15 @@ from causalcell._coupling import (
 from causalcell.handlers import do
 from causalcell.handlers._do import UnknownSiteError, _suggest
 
-__all__ = ["COUPLINGS", "NOISE_SUFFIX", "WORLDS", "abduce", "exogenize", "predict_worlds"]
+__all__ = [
+    "COUPLINGS",
+    "NOISE_SUFFIX",
+    "WORLDS",
+    "abduce",
+    "abduction_model",
+    "exogenize",
+    "predict_worlds",
+]
 
 #: Suffix of the explicit exogenous-noise site of a Gaussian site.
 NOISE_SUFFIX = "__noise"
@@ -129,12 +137,23 @@ def _check_names(kind: str, names, sites) -> None:
         )
 
 
+def abduction_model(model, evidence: Mapping):
+    """The model whose posterior is the abduction: ``exogenize(condition(model, evidence))``.
+
+    Fit a guide to it (e.g. ``numpyro.infer.autoguide.AutoNormal`` with SVI) and pass the guide
+    to :func:`abduce` for abduction by a fitted guide instead of NUTS (large models).
+    """
+    return exogenize(condition(model, data=dict(evidence)))
+
+
 def abduce(
     model,
     evidence: Mapping,
     *,
     key,
     posterior_samples: Mapping | None = None,
+    guide=None,
+    guide_params: Mapping | None = None,
     num_samples: int = 500,
     num_warmup: int = 500,
     model_args: tuple = (),
@@ -172,7 +191,15 @@ def abduce(
     model_kwargs = dict(model_kwargs or {})
     sites = _site_names(model, model_args, model_kwargs)
     _check_names("evidence", evidence, [n for n, s in sites.items() if s["type"] == "sample"])
-    abduction = exogenize(condition(model, data=dict(evidence)))
+    abduction = abduction_model(model, evidence)
+    if guide is not None:
+        if guide_params is None:
+            raise ValueError("A guide needs its fitted parameters: pass guide_params.")
+        sampler = Predictive(guide, params=dict(guide_params), num_samples=num_samples)
+        draws = sampler(key, *model_args, **model_kwargs)
+        model_sites = _site_names(abduction, model_args, model_kwargs)
+        draws = {name: value for name, value in draws.items() if name in model_sites}
+        return _with_deterministic(abduction, draws, model_args, model_kwargs)
     if posterior_samples is None:
         sampler = MCMC(
             NUTS(abduction), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False
