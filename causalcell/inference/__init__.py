@@ -1,0 +1,18 @@
+"""Inference (DESIGN 5): minibatch SVI with amortized guides, NUTS, and the Posterior object."""
+
+from causalcell.inference._guides import AmortizedGuide, default_encoder_inputs
+from causalcell.inference._nuts import fit_nuts
+from causalcell.inference._posterior import Posterior
+from causalcell.inference._subsample import subsample
+from causalcell.inference._svi import EarlyStopping, FitDivergedError, fit
+
+__all__ = [
+    "AmortizedGuide",
+    "EarlyStopping",
+    "FitDivergedError",
+    "Posterior",
+    "default_encoder_inputs",
+    "fit",
+    "fit_nuts",
+    "subsample",
+]

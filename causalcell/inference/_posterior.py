@@ -1,0 +1,429 @@
+"""The result of a fit: posterior draws of global sites, per-cell encodings, predictions, files.
+
+A :class:`Posterior` wraps either a fitted guide and its parameters (``method="svi"``) or stored
+NUTS draws (``method="nuts"``) together with the model and the data it was fitted to. Global
+sites are the latent sample sites outside the per-cell plate (per-gene sites in a "genes" plate
+included); local sites are the latent sample sites inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import Predictive
+
+from causalcell import _arviz
+from causalcell.inference._guides import AmortizedGuide
+from causalcell.inference._serialization import (
+    describe_model,
+    guide_spec,
+    load_tree,
+    model_fingerprint,
+    param_template,
+    qualified_name,
+    read_header,
+    ready_guide,
+    rebuild_guide,
+    save_tree,
+    site_differences,
+    split_data,
+    stored_template,
+)
+
+__all__ = ["Posterior"]
+
+_KIND = "causalcell.Posterior"
+
+
+def _as_key(key) -> jax.Array:
+    """An integer seed or a PRNG key as a PRNG key."""
+    return jax.random.PRNGKey(key) if isinstance(key, int) else key
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _encode_batch(guide, others, num_samples, num_cells, size, params, arrays, start, key):
+    """Encode the ``size`` cells from ``start`` (the last one repeated past the end)."""
+    index = jnp.minimum(start + jnp.arange(size), num_cells - 1)
+    heads = guide.encode(params, {**dict(others), **arrays}, index)
+    result = {}
+    for position, (name, (loc, scale)) in enumerate(heads.items()):
+        result[name] = {"mean": loc, "scale": scale}
+        if num_samples:
+            noise = jax.random.normal(jax.random.fold_in(key, position), (num_samples, *loc.shape))
+            result[name]["draws"] = loc + scale * noise
+    return result
+
+
+class Posterior:
+    """A fitted posterior: SVI guide parameters or NUTS draws, with the model and its data.
+
+    Built by :func:`causalcell.inference.fit` and :func:`causalcell.inference.fit_nuts`; all
+    arguments are keyword-only after ``model``.
+
+    Parameters
+    ----------
+    model
+        The NumPyro model, called as ``model(**data, **model_kwargs)``.
+    method
+        ``"svi"`` (needs ``guide`` and ``params``) or ``"nuts"`` (needs ``samples``).
+    data
+        The arrays the model was fitted to.
+    model_kwargs
+        Non-array keyword arguments of the model.
+    guide, params
+        The fitted guide and the (constrained) parameters of guide and model (SVI).
+    samples
+        ``{site: [draws, ...]}`` of every latent site (NUTS), chains one after the other.
+    losses
+        The loss history (SVI); kept in :attr:`losses`, not in :meth:`to_arviz`.
+    config
+        JSON-serialisable settings of the fit, saved with the posterior.
+    plate
+        Name of the per-cell plate.
+    num_chains
+        Number of chains stacked in ``samples``.
+    sample_stats
+        ``{statistic: [chain, draw]}`` per-draw diagnostics of NUTS (``diverging``, ...).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        method: str,
+        data: Mapping,
+        model_kwargs: Mapping | None = None,
+        guide=None,
+        params: Mapping | None = None,
+        samples: Mapping | None = None,
+        losses=None,
+        config: Mapping | None = None,
+        plate: str = "cells",
+        num_chains: int = 1,
+        sample_stats: Mapping | None = None,
+    ):
+        if method == "svi" and (guide is None or params is None):
+            raise ValueError("A method='svi' posterior needs the fitted guide and its params.")
+        if method == "nuts" and samples is None:
+            raise ValueError("A method='nuts' posterior needs the MCMC samples.")
+        if method not in ("svi", "nuts"):
+            raise ValueError(f"method must be 'svi' or 'nuts', got {method!r}.")
+        self.model, self.method, self.plate = model, method, plate
+        self.data = dict(data)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.guide, self.params = guide, params
+        self.samples = None if samples is None else {k: jnp.asarray(v) for k, v in samples.items()}
+        self.num_chains = num_chains
+        self.sample_stats = {k: jnp.asarray(v) for k, v in (sample_stats or {}).items()}
+        self.losses = None if losses is None else jnp.asarray(losses)
+        self.config = dict(config or {})
+        self._description = None
+        if self.samples and self.num_draws % num_chains:
+            raise ValueError(f"{self.num_draws} draws do not split into {num_chains} chains.")
+
+    # -- what the model holds -----------------------------------------------------------------
+    def _sites(self) -> tuple[dict, int | None]:
+        if self._description is None:
+            self._description = describe_model(self.model, self.data, self.model_kwargs, self.plate)
+        return self._description
+
+    def _latent(self, local: bool) -> tuple[str, ...]:
+        sites = self._sites()[0]
+        return tuple(
+            name
+            for name, site in sites.items()
+            if not site["observed"] and (self.plate in site["plates"]) == local
+        )
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        """Latent sample sites outside the per-cell plate (per-gene sites included)."""
+        return self._latent(local=False)
+
+    @property
+    def local_sites(self) -> tuple[str, ...]:
+        """Latent sample sites inside the per-cell plate."""
+        return self._latent(local=True)
+
+    @property
+    def num_cells(self) -> int | None:
+        """Size of the per-cell plate for :attr:`data` (``None`` if the model has no such plate)."""
+        return self._sites()[1]
+
+    @property
+    def num_draws(self) -> int:
+        """Number of stored NUTS draws, all chains together (0 for SVI)."""
+        return 0 if not self.samples else next(iter(self.samples.values())).shape[0]
+
+    def __repr__(self) -> str:
+        sites = self._sites()[0]
+        guide = "None" if self.guide is None else type(self.guide).__name__
+        lines = [
+            f"Posterior(method={self.method!r}, model={qualified_name(self.model)}, "
+            f"guide={guide}, cells={self.num_cells})"
+        ]
+        for label, names in (("global", self.global_sites), ("local", self.local_sites)):
+            shapes = ", ".join(
+                f"{name} ({', '.join(map(str, sites[name]['shape']))})" for name in names
+            )
+            lines.append(f"  {label} sites: {shapes or 'none'}")
+        if self.samples:
+            lines.append(f"  draws: {self.num_draws} in {self.num_chains} chain(s)")
+        if self.losses is not None and self.losses.size:
+            lines.append(f"  loss: {self.losses.size} steps, last {float(self.losses[-1]):.6g}")
+        return "\n".join(lines)
+
+    # -- draws ----------------------------------------------------------------------------------
+    def _select_draws(self, key, num_samples: int | None, names) -> dict:
+        """``num_samples`` stored NUTS draws, picked at random without replacement (all if None)."""
+        if num_samples is None or num_samples == self.num_draws:
+            return {name: self.samples[name] for name in names}
+        if num_samples > self.num_draws:
+            raise ValueError(
+                f"Only {self.num_draws} NUTS draws are stored; ask for at most that many "
+                "(num_samples=None gives all) or run fit_nuts with more num_samples."
+            )
+        chosen = jax.random.choice(_as_key(key), self.num_draws, (num_samples,), replace=False)
+        return {name: self.samples[name][chosen] for name in names}
+
+    def _arguments(self, data: Mapping | None = None) -> dict:
+        return {**(self.data if data is None else data), **self.model_kwargs}
+
+    def sample(self, key, num_samples: int | None = 1000) -> dict[str, jax.Array]:
+        """Draws of the global sites: ``{site: [num_samples, ...]}``.
+
+        An :class:`AmortizedGuide` draws from its global part only (its encoder does not run);
+        another guide runs whole through :class:`numpyro.infer.Predictive`; NUTS picks
+        ``num_samples`` stored draws at random without replacement (``None``: all, in order).
+        """
+        names = self.global_sites
+        if not names:
+            return {}
+        if self.method == "nuts":
+            return self._select_draws(key, num_samples, names)
+        ready_guide(self.guide, self._arguments(), self.plate)
+        guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
+        predictive = Predictive(
+            guide, params=self.params, num_samples=num_samples, return_sites=list(names)
+        )
+        draws = predictive(_as_key(key), **self._arguments())
+        return {name: draws[name] for name in names}
+
+    def encode(
+        self, batch_size: int = 1024, num_samples: int = 0, key=None, data: Mapping | None = None
+    ) -> dict[str, dict[str, jax.Array]]:
+        """Per-cell posterior of the local sites for all cells, in minibatches of cells.
+
+        Returns ``{site: {"mean": [cells, ...], "scale": [cells, ...]}}``, plus ``"draws"``
+        ``[num_samples, cells, ...]`` when ``num_samples > 0`` (then ``key`` is needed). With an
+        :class:`AmortizedGuide`, one jitted function of fixed batch shape encodes ``batch_size``
+        cells at a time (the last batch padded), for :attr:`data` or new ``data``; with NUTS,
+        the mean and standard deviation (``ddof=1``) of the stored draws.
+
+        Raises
+        ------
+        NotImplementedError
+            For SVI with a guide other than :class:`AmortizedGuide` (use :meth:`predictive`).
+        """
+        if num_samples and key is None:
+            raise ValueError("encode(num_samples > 0) draws at random: pass a key.")
+        if self.method == "nuts":
+            if data is not None:
+                raise ValueError("NUTS draws belong to the fitted cells; encode takes no data.")
+            names = self.local_sites
+            draws = self._select_draws(key, num_samples, names) if num_samples else {}
+            result = {}
+            for name in names:
+                values = self.samples[name]
+                result[name] = {"mean": values.mean(0), "scale": values.std(0, ddof=1)}
+                if num_samples:
+                    result[name]["draws"] = draws[name]
+            return result
+        if not isinstance(self.guide, AmortizedGuide):
+            raise NotImplementedError(
+                f"encode needs an AmortizedGuide (an encoder of cells); this posterior's guide "
+                f"is {type(self.guide).__name__}. Draw per-cell sites with "
+                f"predictive(key, return_sites={list(self.local_sites)}) instead."
+            )
+        data = self.data if data is None else dict(data)
+        arguments = self._arguments(data)
+        ready_guide(self.guide, arguments, self.plate)
+        num_cells = (
+            self.num_cells
+            if data is self.data
+            else describe_model(self.model, data, self.model_kwargs, self.plate)[1]
+        )
+        if num_cells is None:
+            raise ValueError(f"The model has no plate {self.plate!r} of cells to encode.")
+        arrays, others = split_data(data)
+        arrays = {name: jnp.asarray(value) for name, value in arrays.items()}
+        static = (self.guide, tuple(sorted(others.items())), num_samples, num_cells)
+        size = min(batch_size, num_cells)
+        key = _as_key(0 if key is None else key)
+        batches = [
+            _encode_batch(*static, size, self.params, arrays, start, jax.random.fold_in(key, start))
+            for start in range(0, num_cells, size)
+        ]
+        result = {}
+        for name, fields in batches[0].items():
+            result[name] = {}
+            for field in fields:
+                axis = 1 if field == "draws" else 0
+                joined = jnp.concatenate([batch[name][field] for batch in batches], axis=axis)
+                result[name][field] = jax.lax.slice_in_dim(joined, 0, num_cells, axis=axis)
+        return result
+
+    def predictive(
+        self,
+        key,
+        num_samples: int = 100,
+        data: Mapping | None = None,
+        return_sites=None,
+        **data_overrides,
+    ) -> dict[str, jax.Array]:
+        """Posterior predictive draws ``{site: [num_samples, ...]}``.
+
+        Latent sites are drawn from the guide (SVI, run on ``data``, :attr:`data` by default) or
+        picked from the NUTS draws; the model then runs on ``data`` updated by
+        ``data_overrides`` (e.g. ``counts=None`` simulates new counts) and
+        :class:`numpyro.infer.Predictive` returns its observed and deterministic sites, or
+        ``return_sites``.
+        """
+        guide_key, model_key = jax.random.split(_as_key(key))
+        data = self.data if data is None else dict(data)
+        latent = [*self.global_sites, *self.local_sites]
+        if self.method == "nuts":
+            samples = self._select_draws(guide_key, num_samples, latent)
+        else:
+            ready_guide(self.guide, self._arguments(data), self.plate)
+            guide = Predictive(
+                self.guide, params=self.params, num_samples=num_samples, return_sites=latent
+            )
+            samples = guide(guide_key, **self._arguments(data))
+        predictive = Predictive(
+            self.model, posterior_samples=samples, params=self.params, return_sites=return_sites
+        )
+        return predictive(model_key, **{**self._arguments(data), **data_overrides})
+
+    def to_arviz(self, num_samples: int = 500, key=None):
+        """The global sites as an ArviZ posterior (``InferenceData`` or ``DataTree``).
+
+        SVI gives one chain of ``num_samples`` draws from :meth:`sample` (``key`` 0 by
+        default); NUTS gives every stored draw with its chains, and its ``sample_stats``. The
+        loss history is not included (its length is not the number of draws): read
+        :attr:`losses`.
+        """
+        groups = {}
+        if self.method == "nuts":
+            chains = self.num_chains
+
+            def by_chain(values):
+                return np.asarray(values).reshape(chains, -1, *values.shape[1:])
+
+            groups["posterior"] = {name: by_chain(self.samples[name]) for name in self.global_sites}
+            if self.sample_stats:
+                groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
+        else:
+            draws = self.sample(0 if key is None else key, num_samples)
+            groups["posterior"] = {name: np.asarray(value)[None] for name, value in draws.items()}
+        return _arviz.from_groups(groups)
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the posterior to one file (see :meth:`load`); the data are not saved.
+
+        The file (an ``.npz`` archive, written atomically) holds the parameters (SVI) or draws
+        (NUTS), the loss history, ``config``, and to recognise the model on loading: its
+        qualified name and a fingerprint of its sample sites (names, shapes, plates).
+        """
+        sites, num_cells = self._sites()
+        metadata = {
+            "kind": _KIND,
+            "method": self.method,
+            "model": {
+                "name": qualified_name(self.model),
+                "fingerprint": model_fingerprint(sites),
+                "sites": sites,
+            },
+            "num_cells": num_cells,
+            "plate": self.plate,
+            "guide": guide_spec(self.guide),
+            "num_chains": self.num_chains,
+            "config": self.config,
+        }
+        tree = {"params": self.params} if self.method == "svi" else {"samples": self.samples}
+        if self.sample_stats:
+            tree["sample_stats"] = self.sample_stats
+        if self.losses is not None:
+            tree["losses"] = self.losses
+        save_tree(path, tree, metadata)
+
+    @classmethod
+    def load(
+        cls, path, model, *, data: Mapping, guide=None, model_kwargs: Mapping | None = None
+    ) -> Posterior:
+        """Read a posterior written by :meth:`save`, for ``model`` run on ``data``.
+
+        The parameter tree is rebuilt by tracing the guide (``guide``, or for an
+        :class:`AmortizedGuide` with default encoder inputs and for ``AutoNormal``, one rebuilt
+        from the file) on ``data``, then filled with the stored leaves, bit for bit.
+
+        Raises
+        ------
+        ValueError
+            If the file was saved from another model (a different qualified name or different
+            sample sites: the message names both and the differing sites), with another guide,
+            by a newer causalcell (``format_version``), or is not a saved posterior.
+        """
+        header = read_header(path)
+        metadata = header["metadata"]
+        if metadata.get("kind") != _KIND:
+            raise ValueError(f"{path} is not a saved Posterior (kind {metadata.get('kind')!r}).")
+        model_kwargs = dict(model_kwargs or {})
+        plate = metadata["plate"]
+        sites, num_cells = describe_model(model, data, model_kwargs, plate)
+        saved, name = metadata["model"], qualified_name(model)
+        if saved["name"] != name or saved["fingerprint"] != model_fingerprint(sites):
+            differences = site_differences(saved["sites"], sites) or "the sample sites agree"
+            models = (
+                f"with model {name} and different sample sites"
+                if saved["name"] == name
+                else f"from model {saved['name']} but is loaded with model {name}"
+            )
+            raise ValueError(f"{path} was saved {models}: {differences}.")
+        template = stored_template(header, ("samples", "sample_stats", "losses"))
+        if metadata["method"] == "svi":
+            if guide is None:
+                guide = rebuild_guide(metadata["guide"], model)
+            if qualified_name(type(guide)) != metadata["guide"]["kind"]:
+                raise ValueError(
+                    f"{path} was saved with guide {metadata['guide']['kind']}, not "
+                    f"{qualified_name(type(guide))}."
+                )
+            template["params"] = param_template(model, guide, {**data, **model_kwargs}, plate)
+        elif num_cells != metadata["num_cells"] and any(
+            plate in site["plates"] and not site["observed"] for site in sites.values()
+        ):
+            raise ValueError(
+                f"{path} holds NUTS draws for {metadata['num_cells']} cells but the data have "
+                f"{num_cells}."
+            )
+        tree, _ = load_tree(path, template)
+        return cls(
+            model,
+            method=metadata["method"],
+            data=data,
+            model_kwargs=model_kwargs,
+            guide=guide,
+            params=tree.get("params"),
+            samples=tree.get("samples"),
+            losses=tree.get("losses"),
+            config=metadata["config"],
+            plate=plate,
+            num_chains=metadata["num_chains"],
+            sample_stats=tree.get("sample_stats"),
+        )

@@ -1,0 +1,402 @@
+"""Pytrees to files and back: one ``.npz`` archive of array leaves plus a JSON header.
+
+The archive holds one member per leaf of the flattened pytree (``leaf_0``, ``leaf_1``, ...) and a
+member ``header`` with UTF-8 JSON: the file ``format_version``, the causalcell version that wrote
+it, a table of the leaves (``path`` as :func:`jax.tree_util.keystr` writes it, ``shape``,
+``dtype``) and the caller's ``metadata``. Reading needs no pickle: the structure of the tree comes
+from a *template* the caller rebuilds (for instance by tracing a guide), so equinox modules and
+other registered pytrees round-trip; the leaf table only checks that template and file agree.
+Writing is atomic (a temporary file in the same folder, then :func:`os.replace`), so a crash
+never leaves a half-written checkpoint behind.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> import jax.numpy as jnp
+>>> tree = {"loc": jnp.zeros(3), "scale": jnp.ones((2, 2))}
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "tree.npz"
+>>> save_tree(path, tree, {"step": 10})
+>>> loaded, metadata = load_tree(path, template=tree)
+>>> loaded["scale"].shape, metadata
+((2, 2), {'step': 10})
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.handlers import block, replay, seed, trace
+from numpyro.infer.autoguide import AutoGuide, AutoNormal
+
+from causalcell.inference._guides import AmortizedGuide, default_encoder_inputs
+from causalcell.inference._subsample import subsample
+
+__all__ = [
+    "FORMAT_VERSION",
+    "describe_model",
+    "guide_spec",
+    "load_tree",
+    "model_fingerprint",
+    "param_template",
+    "qualified_name",
+    "read_header",
+    "read_metadata",
+    "ready_guide",
+    "rebuild_guide",
+    "save_tree",
+    "site_differences",
+    "split_data",
+    "stored_template",
+]
+
+#: Version of the file layout written by :func:`save_tree`; files with a larger one are refused.
+FORMAT_VERSION = 1
+
+_HEADER = "header"
+
+
+def _leaf_name(position: int) -> str:
+    return f"leaf_{position}"
+
+
+def _is_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _dtype_string(leaf) -> str:
+    """``'<f4'``-style dtype of an array, scalar or ShapeDtypeStruct; ``'key<fry>'`` for keys."""
+    if _is_key(leaf):
+        return str(leaf.dtype)
+    dtype = getattr(leaf, "dtype", None)
+    return np.dtype(np.asarray(leaf).dtype if dtype is None else dtype).str
+
+
+def save_tree(path, tree, metadata: Mapping | None = None) -> None:
+    """Write the array leaves of ``tree`` and JSON ``metadata`` to ``path``, atomically.
+
+    Parameters
+    ----------
+    path
+        Destination file; written exactly there (no suffix is added), replacing any old file
+        only once the new one is complete.
+    tree
+        Any pytree of arrays (dicts, tuples, equinox modules; typed PRNG keys are kept as key
+        data and re-wrapped on loading). ``None`` nodes are empty subtrees, as in JAX.
+    metadata
+        JSON-serialisable mapping stored with the leaves (numpy scalars are converted).
+
+    Raises
+    ------
+    TypeError
+        If ``metadata`` is not JSON-serialisable.
+    """
+    path = Path(path)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    arrays, table = {}, []
+    for position, (key_path, leaf) in enumerate(leaves):
+        array = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+        arrays[_leaf_name(position)] = array
+        entry = {"path": jax.tree_util.keystr(key_path), "shape": list(np.shape(leaf))}
+        entry["dtype"] = _dtype_string(leaf)
+        if _is_key(leaf):
+            entry["key_impl"] = str(jax.random.key_impl(leaf))
+        table.append(entry)
+    from causalcell import __version__
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        "causalcell_version": __version__,
+        "leaves": table,
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        text = json.dumps(header, default=_json_default, sort_keys=True)
+    except TypeError as error:
+        raise TypeError(
+            f"The metadata saved with a tree must be JSON-serialisable: {error}"
+        ) from None
+    arrays[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, np.generic | np.ndarray) or (
+        isinstance(value, jax.Array) and value.ndim == 0
+    ):
+        return np.asarray(value).tolist()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def read_header(path) -> dict:
+    """The whole JSON header of a file written by :func:`save_tree`, after its version check.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such an archive, or its ``format_version`` is unknown or newer than
+        :data:`FORMAT_VERSION`.
+    """
+    with np.load(Path(path), allow_pickle=False) as archive:
+        if _HEADER not in archive.files:
+            raise ValueError(f"{path} was not written by causalcell (no {_HEADER!r} entry).")
+        header = json.loads(archive[_HEADER].tobytes().decode("utf-8"))
+    version = header.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has file format_version {version!r}; this causalcell "
+            f"({header.get('causalcell_version', 'unknown')} wrote it) reads versions 1 to "
+            f"{FORMAT_VERSION}. Upgrade causalcell to read it."
+        )
+    return header
+
+
+def read_metadata(path) -> dict:
+    """The ``metadata`` mapping stored by :func:`save_tree` (after the version check)."""
+    return read_header(path)["metadata"]
+
+
+def load_tree(path, template=None, *, allow_shape_change: Sequence[str] = ()):
+    """Read a tree written by :func:`save_tree`: ``(tree, metadata)``.
+
+    Parameters
+    ----------
+    path
+        File written by :func:`save_tree`.
+    template
+        A pytree with the structure to rebuild; its leaves may be arrays or
+        :class:`jax.ShapeDtypeStruct` (for instance from :func:`jax.eval_shape`). ``None``
+        returns the leaves as a flat ``{path: array}`` dict, ``path`` as in the leaf table.
+    allow_shape_change
+        Top-level keys of a dict template (e.g. ``("losses",)``) whose leaves are taken as
+        stored, whatever their shape and dtype (histories whose length the template cannot know).
+
+    Returns
+    -------
+    tree, metadata
+        The tree (leaves as ``jax.Array``, bit for bit as saved) and the stored metadata.
+
+    Raises
+    ------
+    ValueError
+        If the format version is unsupported, or the template's leaves (paths, shapes, dtypes)
+        differ from the file's; the message lists the differences.
+    """
+    header = read_header(path)
+    table = header["leaves"]
+    with np.load(Path(path), allow_pickle=False) as archive:
+        leaves = []
+        for position, entry in enumerate(table):
+            array = jnp.asarray(archive[_leaf_name(position)])
+            if "key_impl" in entry:
+                array = jax.random.wrap_key_data(array, impl=entry["key_impl"])
+            leaves.append(array)
+    if template is None:
+        return {entry["path"]: leaf for entry, leaf in zip(table, leaves)}, header["metadata"]
+    expected, treedef = jax.tree_util.tree_flatten_with_path(template)
+    free = tuple(
+        jax.tree_util.keystr((jax.tree_util.DictKey(name),)) for name in allow_shape_change
+    )
+
+    def row(path: str, shape, dtype: str) -> tuple:
+        return (path,) if path.startswith(free) else (path, tuple(shape), dtype)
+
+    wanted = [
+        row(jax.tree_util.keystr(key_path), np.shape(leaf), _dtype_string(leaf))
+        for key_path, leaf in expected
+    ]
+    stored = [row(entry["path"], entry["shape"], entry["dtype"]) for entry in table]
+    if wanted != stored:
+        raise ValueError(f"{path} does not hold the expected tree: {_describe(wanted, stored)}")
+    return jax.tree_util.tree_unflatten(treedef, leaves), header["metadata"]
+
+
+def _describe(wanted: list, stored: list) -> str:
+    """Differences between two leaf tables, as one readable line."""
+    expected, found = {row[0]: row[1:] for row in wanted}, {row[0]: row[1:] for row in stored}
+    parts = []
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    if missing:
+        parts.append(f"missing leaves {missing}")
+    if extra:
+        parts.append(f"unexpected leaves {extra}")
+    for name in expected.keys() & found.keys():
+        if expected[name] != found[name]:
+            parts.append(
+                f"{name} has shape {found[name][0]} and dtype {found[name][1]} in the file but "
+                f"{expected[name][0]} and {expected[name][1]} are expected"
+            )
+    return "; ".join(sorted(parts)) or "the leaves come in a different order"
+
+
+# -- recognising a model and rebuilding its guide's parameters -------------------------------
+#: A dict key in a path written by ``jax.tree_util.keystr``: ``['name']`` (the key's repr).
+_DICT_KEY = r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
+
+
+def qualified_name(function) -> str:
+    function = getattr(function, "func", function)  # functools.partial
+    module = getattr(function, "__module__", None) or type(function).__module__
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}"
+
+
+def split_data(data: Mapping) -> tuple[dict, dict]:
+    """``(arrays, others)``: the entries with a shape, and the rest (``None``, numbers)."""
+    arrays = {name: value for name, value in data.items() if hasattr(value, "shape")}
+    return arrays, {name: value for name, value in data.items() if name not in arrays}
+
+
+def describe_model(model, data: Mapping, model_kwargs: Mapping, plate: str):
+    """Sample sites of ``model`` run on ``data``: ``({site: description}, num_cells)``.
+
+    A description is ``{"shape", "plates", "observed"}`` with the per-cell axis of the shape
+    written ``"cells"``. The model is traced abstractly (``jax.eval_shape``: no computation over
+    the cells), or eagerly if it needs concrete values.
+    """
+    arrays, others = split_data(data)
+    static: dict = {}
+
+    def run(arrays):
+        model_trace = trace(seed(model, 0)).get_trace(**others, **arrays, **model_kwargs)
+        static.clear()
+        for name, site in model_trace.items():
+            if site["type"] == "plate" and name == plate:
+                static[None] = site["args"][0]
+            elif site["type"] == "sample":
+                frames = {frame.name: frame for frame in site["cond_indep_stack"]}
+                axis = frames[plate].dim if plate in frames else None
+                if axis is not None:
+                    axis -= len(site["fn"].event_shape)
+                static[name] = (sorted(frames), site["is_observed"], axis)
+        return {name: site["value"] for name, site in model_trace.items() if name in static}
+
+    try:
+        values = jax.eval_shape(run, arrays)
+    except jax.errors.JAXTypeError:  # the model reads concrete values: trace it for real
+        values = run(arrays)
+    num_cells = static.pop(None, None)
+    sites = {}
+    for name, (plates, observed, axis) in static.items():
+        shape: list = list(np.shape(values[name]))
+        if axis is not None:
+            shape[axis] = "cells"
+        sites[name] = {"shape": shape, "plates": plates, "observed": bool(observed)}
+    return sites, num_cells
+
+
+def model_fingerprint(sites: Mapping) -> str:
+    """sha256 of the canonical JSON of every site's name, shape and plates."""
+    canonical = {name: [site["shape"], site["plates"]] for name, site in sites.items()}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def site_differences(saved: Mapping, current: Mapping) -> str:
+    parts = []
+    for name in sorted(saved.keys() | current.keys()):
+        if name not in current:
+            parts.append(f"site {name!r} is missing from the model")
+        elif name not in saved:
+            parts.append(f"site {name!r} (shape {current[name]['shape']}) is not in the file")
+        else:
+            before = (saved[name]["shape"], saved[name]["plates"])
+            after = (current[name]["shape"], current[name]["plates"])
+            if before != after:
+                parts.append(
+                    f"site {name!r} has shape {before[0]} in plates {before[1]} in the file but "
+                    f"{after[0]} in plates {after[1]} in the model"
+                )
+    return "; ".join(parts)
+
+
+def guide_spec(guide) -> dict | None:
+    """What the file records of the guide, enough to rebuild the common ones."""
+    if guide is None:
+        return None
+    spec = {"kind": qualified_name(type(guide))}
+    if isinstance(guide, AmortizedGuide):
+        spec.update(
+            hidden=list(guide.hidden),
+            global_guide=guide.global_guide_kind,
+            rank=guide.rank,
+            plate=guide.plate,
+            key=guide.key,
+            default_inputs=guide.encoder_inputs is default_encoder_inputs,
+        )
+    elif isinstance(guide, AutoNormal):
+        spec["prefix"] = guide.prefix
+    return spec
+
+
+def rebuild_guide(spec: Mapping, model):
+    if spec["kind"] == qualified_name(AmortizedGuide) and spec["default_inputs"]:
+        settings = {name: spec[name] for name in ("hidden", "global_guide", "rank", "plate", "key")}
+        return AmortizedGuide(model, **settings)
+    if spec["kind"] == qualified_name(AutoNormal):
+        return AutoNormal(model, prefix=spec["prefix"])
+    raise ValueError(
+        f"The file was saved with a guide {spec['kind']} that cannot be rebuilt from the file "
+        "alone (custom encoder inputs or guide class); pass guide=... as constructed for the fit."
+    )
+
+
+def stored_template(header: Mapping, groups) -> dict:
+    """Template of the stored dict-of-arrays ``groups`` (e.g. NUTS samples), from the leaf table."""
+    template: dict = {}
+    for entry in header["leaves"]:
+        keys = [ast.literal_eval(key) for key in re.findall(_DICT_KEY, entry["path"])]
+        if keys[0] in groups:
+            leaf = jax.ShapeDtypeStruct(tuple(entry["shape"]), np.dtype(entry["dtype"]))
+            if len(keys) == 1:
+                template[keys[0]] = leaf
+            else:
+                template.setdefault(keys[0], {})[keys[1]] = leaf
+    return template
+
+
+def ready_guide(guide, data: Mapping, plate: str) -> None:
+    """Let a guide set itself up (prototype trace, encoder) eagerly, on one subsampled cell."""
+    needs_setup = (isinstance(guide, AmortizedGuide) and guide.local_shapes is None) or (
+        isinstance(guide, AutoGuide) and guide.prototype_trace is None
+    )
+    if needs_setup:
+        with block():
+            seed(subsample(guide, plate, 1), 0)(**data)
+
+
+def param_template(model, guide, data: Mapping, plate: str) -> dict:
+    """Shapes and tree structure of the model's and the guide's parameters, traced abstractly."""
+    ready_guide(guide, data, plate)
+    arrays, others = split_data(data)
+
+    def run(arrays):
+        guide_trace = trace(seed(guide, 0)).get_trace(**others, **arrays)
+        model_trace = trace(replay(seed(model, 1), guide_trace)).get_trace(**others, **arrays)
+        return {
+            name: site["value"]
+            for site_trace in (guide_trace, model_trace)
+            for name, site in site_trace.items()
+            if site["type"] == "param"
+        }
+
+    return jax.eval_shape(run, arrays)

@@ -1,0 +1,296 @@
+"""``fit``: minibatch SVI with jitted chunks of steps, divergence guard and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
+from tqdm.auto import tqdm
+
+from causalcell._warnings import CausalcellWarning
+from causalcell.inference._guides import AmortizedGuide
+from causalcell.inference._posterior import Posterior
+from causalcell.inference._serialization import load_tree, save_tree
+from causalcell.inference._subsample import subsample
+
+__all__ = ["EarlyStopping", "FitDivergedError", "fit"]
+
+GUIDES = ("amortized", "normal", "lowrank", "delta")
+
+
+class FitDivergedError(RuntimeError):
+    """The loss became non-finite; ``posterior`` holds the last good parameters."""
+
+    def __init__(self, message: str, posterior: Posterior):
+        super().__init__(message)
+        self.posterior = posterior
+
+
+class EarlyStopping(NamedTuple):
+    """Stop when the mean loss of a chunk has not improved by ``min_delta`` (relative) for
+    ``patience`` chunks in a row."""
+
+    patience: int = 5
+    min_delta: float = 1e-3
+
+
+def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
+    if callable(guide) and not isinstance(guide, str):
+        return guide
+    if guide == "amortized":
+        return AmortizedGuide(model, plate=plate, **guide_kwargs)
+    if guide == "normal":
+        return AutoNormal(model, **guide_kwargs)
+    if guide == "lowrank":
+        return AutoLowRankMultivariateNormal(model, **guide_kwargs)
+    if guide == "delta":
+        return AutoDelta(model, **guide_kwargs)
+    raise ValueError(f"guide must be one of {GUIDES} or a callable guide, got {guide!r}.")
+
+
+def _chunk_runner(svi: SVI, length: int, model_kwargs: Mapping):
+    """A jitted function running ``length`` SVI steps, stopping at the first non-finite loss.
+
+    The loss of an update is evaluated at the parameters *before* it, so when the loss of step
+    ``k`` is non-finite the last good parameters are those of step ``k - 1``: the runner keeps
+    them. Returns the state (the last good one after a divergence), the losses, and the offset
+    of the first non-finite loss in the chunk (``length`` when all were finite).
+    """
+
+    def run(state, data):
+        def step(carry, _):
+            state, last_good, diverged_at, position = carry
+            new_state, loss = svi.update(state, **data, **model_kwargs)
+            running = diverged_at == length
+            good = jnp.isfinite(loss) & running
+            last_good = _select(good, state, last_good)
+            diverged_at = jnp.where(running & ~good, position, diverged_at)
+            state = _select(good, new_state, state)
+            return (state, last_good, diverged_at, position + 1), loss
+
+        start = (state, state, jnp.array(length), jnp.array(0))
+        (state, last_good, diverged_at, _), losses = jax.lax.scan(step, start, None, length=length)
+        return _select(diverged_at < length, last_good, state), losses, diverged_at
+
+    return jax.jit(run)
+
+
+def _select(condition, when_true, when_false):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition, a, b), when_true, when_false)
+
+
+def fit(
+    model,
+    data: Mapping,
+    *,
+    guide="amortized",
+    optimizer: optax.GradientTransformation | None = None,
+    num_steps: int = 2000,
+    batch_size: int | None = None,
+    key: int | jax.Array = 0,
+    model_kwargs: Mapping | None = None,
+    plate: str = "cells",
+    loss=None,
+    chunk_size: int = 100,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    early_stopping: EarlyStopping | None = None,
+    on_divergence: str = "raise",
+    progress_bar: bool = True,
+    guide_kwargs: Mapping | None = None,
+) -> Posterior:
+    """Fit a NumPyro model by (minibatch) stochastic variational inference.
+
+    The model is called as ``model(**data, **model_kwargs)`` and opens its per-cell plate
+    without a subsample size (``with numpyro.plate("cells", n) as index:``), indexing per-cell
+    arrays with ``index``; ``batch_size`` minibatches that plate from outside (see
+    :class:`causalcell.inference.subsample`). Data go to the device once; steps run in jitted
+    chunks of ``chunk_size`` (a ``lax.scan``), so no Python work per step.
+
+    Parameters
+    ----------
+    model
+        A NumPyro program.
+    data
+        Arrays passed to the model as keyword arguments.
+    guide
+        ``"amortized"`` (:class:`AmortizedGuide`: encoder for per-cell sites, AutoNormal for the
+        rest), ``"normal"``, ``"lowrank"``, ``"delta"``, or a guide callable.
+    optimizer
+        An optax transformation; ``optax.adam(1e-3)`` by default.
+    num_steps
+        Total SVI steps.
+    batch_size
+        Cells per step (``None``: all cells).
+    key
+        Seed or PRNG key: the same key gives the same fit, bit for bit.
+    model_kwargs
+        Non-array keyword arguments of the model (static under jit).
+    loss
+        A NumPyro ELBO; ``Trace_ELBO()`` by default.
+    chunk_size
+        Steps per jitted chunk (progress-bar and divergence-check granularity).
+    checkpoint
+        A file to save the optimiser state to every ``checkpoint_every`` steps; if it exists
+        when ``fit`` starts, the fit resumes from it and ends exactly as an uninterrupted run.
+    early_stopping
+        Optional plateau rule on chunk-mean losses.
+    on_divergence
+        ``"raise"`` (:class:`FitDivergedError` carrying the last good posterior) or ``"warn"``
+        (a :class:`causalcell.CausalcellWarning`; the last good posterior is returned).
+    progress_bar
+        Show a tqdm bar with the running loss.
+    guide_kwargs
+        Extra arguments of the guide constructor (e.g. ``encoder_inputs``, ``hidden``).
+
+    Returns
+    -------
+    Posterior
+        With ``params``, the loss history ``losses`` and the fit settings in ``config``.
+
+    Raises
+    ------
+    FitDivergedError
+        If the loss becomes non-finite and ``on_divergence="raise"``.
+    ValueError
+        For bad settings or a checkpoint from a different fit.
+
+    References
+    ----------
+    Hoffman, M. D., Blei, D. M., Wang, C. & Paisley, J. (2013). Stochastic variational
+    inference. JMLR 14.
+    """
+    if on_divergence not in ("raise", "warn"):
+        raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}.")
+    if num_steps < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_steps and chunk_size must be positive, got {num_steps}, {chunk_size}."
+        )
+    chunk_size = min(chunk_size, num_steps)
+    checkpoint_every = max(chunk_size, checkpoint_every - checkpoint_every % chunk_size)
+    model_kwargs = dict(model_kwargs or {})
+    data = {name: jnp.asarray(value) for name, value in data.items()}
+    data = jax.device_put(data)
+    key = jax.random.key(key) if isinstance(key, int) else key
+    guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
+    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+    svi = SVI(
+        subsample(model, plate, batch_size),
+        subsample(guide_object, plate, batch_size),
+        optimizer,
+        loss if loss is not None else Trace_ELBO(),
+    )
+    state = svi.init(key, **data, **model_kwargs)
+    config = {
+        "method": "svi",
+        "guide": guide if isinstance(guide, str) else type(guide).__name__,
+        "optimizer": repr(optimizer),
+        "num_steps": num_steps,
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "plate": plate,
+        "model_kwargs": {name: repr(value) for name, value in model_kwargs.items()},
+    }
+    losses: list[np.ndarray] = []
+    step = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, losses, step = _resume(checkpoint, state, config)
+    runners: dict[int, Callable] = {}
+    best, stale = np.inf, 0
+    diverged = None
+    bar = tqdm(total=num_steps, initial=step, disable=not progress_bar, desc="SVI", unit="step")
+    try:
+        while step < num_steps:
+            length = min(chunk_size, num_steps - step)
+            if length not in runners:
+                runners[length] = _chunk_runner(svi, length, model_kwargs)
+            state, chunk_losses, diverged_at = runners[length](state, data)
+            chunk_losses = np.asarray(chunk_losses)
+            diverged_at = int(diverged_at)
+            if diverged_at < length:
+                losses.append(chunk_losses[:diverged_at])
+                diverged = step + diverged_at
+                step += diverged_at
+                break
+            losses.append(chunk_losses)
+            step += length
+            mean_loss = float(chunk_losses.mean())
+            bar.update(length)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
+            if checkpoint is not None and (step % checkpoint_every == 0 or step == num_steps):
+                _save_checkpoint(checkpoint, state, losses, step, config)
+            if early_stopping is not None:
+                if mean_loss < best - early_stopping.min_delta * abs(best):
+                    best, stale = mean_loss, 0
+                else:
+                    stale += 1
+                    if stale >= early_stopping.patience:
+                        config["stopped_early_at"] = step
+                        break
+    finally:
+        bar.close()
+    history = np.concatenate(losses) if losses else np.zeros(0)
+    config["steps_run"] = step
+    if diverged is not None:
+        config["diverged_at"] = diverged
+    posterior = Posterior(
+        model,
+        method="svi",
+        data=data,
+        model_kwargs=model_kwargs,
+        guide=guide_object,
+        params=svi.get_params(state),
+        losses=history,
+        config=config,
+        plate=plate,
+    )
+    if diverged is not None:
+        message = (
+            f"The loss became non-finite at step {diverged}; stopped and kept the parameters of "
+            f"step {diverged - 1}. Try a smaller learning rate (e.g. optax.adam(1e-4)), "
+            "optax.clip_by_global_norm before the optimiser, a larger batch_size, or check the "
+            "data for NaN/inf and the model for unbounded link functions."
+        )
+        if on_divergence == "raise":
+            raise FitDivergedError(message, posterior)
+        warnings.warn(message, CausalcellWarning, stacklevel=2)
+    return posterior
+
+
+def _checkpoint_metadata(config: Mapping, step: int) -> dict:
+    # The optimiser has no comparable form (optax closures); its state is checked leaf by leaf
+    # (structure, shapes, dtypes) when the checkpoint is loaded into the fresh state.
+    names = ("guide", "num_steps", "batch_size", "chunk_size", "plate", "model_kwargs")
+    fixed = {name: config[name] for name in names}
+    return {"kind": "causalcell.fit checkpoint", "step": step, "config": fixed}
+
+
+def _save_checkpoint(path, state, losses, step, config) -> None:
+    history = np.concatenate(losses) if losses else np.zeros(0)
+    tree = {"state": state, "losses": history}
+    save_tree(path, tree, _checkpoint_metadata(config, step))
+
+
+def _resume(path, state, config):
+    template = {"state": state, "losses": np.zeros(0)}
+    tree, metadata = load_tree(path, template, allow_shape_change=("losses",))
+    if metadata.get("kind") != "causalcell.fit checkpoint":
+        raise ValueError(f"{path} is not a causalcell fit checkpoint.")
+    expected = _checkpoint_metadata(config, metadata["step"])["config"]
+    if metadata["config"] != expected:
+        changed = sorted(k for k in expected if metadata["config"].get(k) != expected[k])
+        saved = json.dumps({name: metadata["config"].get(name) for name in changed})
+        raise ValueError(
+            f"Checkpoint {path} comes from a fit with different settings ({', '.join(changed)}: "
+            f"{saved}); delete it or pass the same settings to resume."
+        )
+    return tree["state"], [np.asarray(tree["losses"])], int(metadata["step"])

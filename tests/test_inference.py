@@ -1,0 +1,227 @@
+"""fit(): SVI against exact posteriors, parameter recovery, divergence, checkpoints, seeds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+
+from causalcell import CausalcellWarning
+from causalcell.inference import EarlyStopping, FitDivergedError, _svi, fit
+
+PRIOR_SD = 10.0
+
+
+def normal_mean(x):
+    """x_i ~ N(mu, 1), mu ~ N(0, 10^2): the posterior of mu is Gaussian in closed form."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD))
+    with numpyro.plate("cells", x.shape[0]) as index:
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x[index])
+
+
+def exact_posterior(x):
+    precision = x.shape[0] + PRIOR_SD**-2
+    return x.sum() / precision, precision**-0.5
+
+
+@pytest.fixture(scope="module")
+def normal_data():
+    return np.random.default_rng(0).normal(1.7, 1.0, size=2000).astype(np.float32)
+
+
+def test_minibatch_svi_matches_the_conjugate_posterior(normal_data):
+    posterior = fit(
+        normal_mean,
+        {"x": normal_data},
+        guide="normal",
+        optimizer=optax.adam(optax.exponential_decay(0.05, 500, 0.1)),
+        num_steps=2000,
+        batch_size=200,
+        key=1,
+        progress_bar=False,
+    )
+    draws = posterior.sample(jax.random.key(2), 4000)["mu"]
+    mean, sd = exact_posterior(normal_data)
+    # Minibatch gradients leave optimisation noise of a fraction of the posterior sd (0.022)
+    # after the step size decays 100-fold; 4000 draws add 0.0004. Allow half a posterior sd.
+    assert float(draws.mean()) == pytest.approx(mean, abs=0.5 * sd)
+    # The fitted scale of a Gaussian posterior under a Gaussian guide: within 30% (a scale
+    # parameter sees noisier gradients than the mean).
+    assert float(draws.std()) == pytest.approx(sd, rel=0.3)
+    assert posterior.losses.shape == (2000,)
+
+
+def negative_binomial(counts, size_factors):
+    """counts_cg ~ NB(mean l_c exp(mu_g), concentration theta_g)."""
+    genes = counts.shape[1]
+    mu = numpyro.sample("log_mean", dist.Normal(0.0, 3.0).expand([genes]).to_event(1))
+    theta = numpyro.sample("concentration", dist.LogNormal(1.0, 1.0).expand([genes]).to_event(1))
+    with numpyro.plate("cells", counts.shape[0]) as index:
+        mean = size_factors[index, None] * jnp.exp(mu)
+        numpyro.sample("counts", dist.NegativeBinomial2(mean, theta).to_event(1), obs=counts[index])
+
+
+def test_fit_recovers_negative_binomial_means_and_dispersions():
+    rng = np.random.default_rng(3)
+    cells, genes = 3000, 40
+    true_mean = rng.normal(0.0, 1.0, genes)
+    true_theta = np.exp(rng.uniform(np.log(0.5), np.log(20.0), genes))
+    sizes = np.exp(rng.normal(0.0, 0.3, cells))
+    mean = sizes[:, None] * np.exp(true_mean)
+    counts = rng.negative_binomial(true_theta, true_theta / (true_theta + mean)).astype(np.float32)
+    posterior = fit(
+        negative_binomial,
+        {"counts": counts, "size_factors": sizes.astype(np.float32)},
+        guide="normal",
+        optimizer=optax.adam(0.02),
+        num_steps=1500,
+        batch_size=512,
+        key=0,
+        progress_bar=False,
+    )
+    draws = posterior.sample(jax.random.key(0), 500)
+    fitted_mean = np.asarray(draws["log_mean"].mean(0))
+    fitted_theta = np.asarray(jnp.log(draws["concentration"]).mean(0))
+    # Log-means are pinned by 3000 cells (s.e. ~ 0.02-0.05 on a spread of 1): r > 0.99.
+    assert np.corrcoef(fitted_mean, true_mean)[0, 1] > 0.99
+    # log concentration has s.e. ~ sqrt(2 / n) * (1 + theta / mean) ~ 0.03-0.4 over a spread of
+    # 1.1 (log-uniform on [0.5, 20]); the weakest genes (low mean, high theta) are noisy: r > 0.9.
+    assert np.corrcoef(fitted_theta, np.log(true_theta))[0, 1] > 0.9
+
+
+def exploding(x):
+    """The likelihood overflows once the location parameter passes ~4.5: a divergence."""
+    a = numpyro.sample("a", dist.Normal(0.0, 10.0))
+    with numpyro.plate("cells", x.shape[0]) as index:
+        numpyro.sample("x", dist.Normal(jnp.exp(jnp.exp(a)), 1.0), obs=x[index])
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_parameters():
+    data = {"x": jnp.full(10, 50.0)}  # pulls a upward until exp(exp(a)) overflows
+    with pytest.raises(
+        FitDivergedError, match=r"non-finite at step \d+; stopped and kept"
+    ) as caught:
+        fit(
+            exploding,
+            data,
+            guide="delta",
+            optimizer=optax.sgd(0.5),
+            num_steps=300,
+            chunk_size=50,
+            progress_bar=False,
+        )
+    posterior = caught.value.posterior
+    step = posterior.config["diverged_at"]
+    assert 0 < step < 300 and posterior.losses.shape == (step,)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(posterior.params))
+    with pytest.warns(CausalcellWarning, match="non-finite"):
+        warned = fit(
+            exploding,
+            data,
+            guide="delta",
+            optimizer=optax.sgd(0.5),
+            num_steps=300,
+            chunk_size=50,
+            progress_bar=False,
+            on_divergence="warn",
+        )
+    np.testing.assert_array_equal(warned.params["a_auto_loc"], posterior.params["a_auto_loc"])
+
+
+def test_same_key_same_result_and_different_key_different_result(normal_data):
+    settings = dict(guide="normal", num_steps=200, batch_size=100, progress_bar=False)
+    first = fit(normal_mean, {"x": normal_data}, key=5, **settings)
+    second = fit(normal_mean, {"x": normal_data}, key=5, **settings)
+    other = fit(normal_mean, {"x": normal_data}, key=6, **settings)
+    for name, value in first.params.items():
+        np.testing.assert_array_equal(value, second.params[name])
+    assert not np.array_equal(first.losses, other.losses)
+
+
+def test_resume_from_a_checkpoint_is_bit_for_bit(normal_data, tmp_path, monkeypatch):
+    settings = dict(
+        guide="normal",
+        num_steps=400,
+        batch_size=100,
+        chunk_size=50,
+        checkpoint_every=200,
+        key=3,
+        progress_bar=False,
+    )
+    uninterrupted = fit(
+        normal_mean, {"x": normal_data}, checkpoint=tmp_path / "full.npz", **settings
+    )
+
+    original = _svi._save_checkpoint
+
+    def crash_after_first_save(path, state, losses, step, config):
+        original(path, state, losses, step, config)
+        raise KeyboardInterrupt  # the machine went away right after step 200 was saved
+
+    monkeypatch.setattr(_svi, "_save_checkpoint", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit(normal_mean, {"x": normal_data}, checkpoint=tmp_path / "resumed.npz", **settings)
+    monkeypatch.setattr(_svi, "_save_checkpoint", original)
+    resumed = fit(normal_mean, {"x": normal_data}, checkpoint=tmp_path / "resumed.npz", **settings)
+    for name, value in uninterrupted.params.items():
+        np.testing.assert_array_equal(value, resumed.params[name])
+    np.testing.assert_array_equal(uninterrupted.losses, resumed.losses)
+    with pytest.raises(ValueError, match="different settings"):
+        fit(
+            normal_mean,
+            {"x": normal_data},
+            checkpoint=tmp_path / "resumed.npz",
+            **{**settings, "batch_size": 50},
+        )
+
+
+def test_early_stopping_ends_a_converged_fit(normal_data):
+    posterior = fit(
+        normal_mean,
+        {"x": normal_data},
+        guide="normal",
+        optimizer=optax.adam(0.1),
+        num_steps=5000,
+        chunk_size=100,
+        early_stopping=EarlyStopping(patience=3, min_delta=1e-3),
+        progress_bar=False,
+    )
+    assert posterior.config["stopped_early_at"] < 5000
+    assert posterior.losses.shape == (posterior.config["stopped_early_at"],)
+
+
+def test_amortized_guide_recovers_per_cell_latents():
+    rng = np.random.default_rng(4)
+    cells, genes = 600, 30
+    loadings = rng.normal(0.0, 1.0, (2, genes))
+    latent = rng.normal(size=(cells, 2))
+    counts = rng.poisson(np.exp(0.6 * latent @ loadings + 1.5)).astype(np.float32)
+
+    def factor_model(counts):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2, counts.shape[1]]).to_event(2))
+        b = numpyro.sample("b", dist.Normal(0.0, 2.0).expand([counts.shape[1]]).to_event(1))
+        with numpyro.plate("cells", counts.shape[0]) as index:
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            numpyro.sample(
+                "counts", dist.Poisson(jnp.exp(0.6 * z @ w + b)).to_event(1), obs=counts[index]
+            )
+
+    posterior = fit(
+        factor_model,
+        {"counts": counts},
+        optimizer=optax.adam(0.01),
+        num_steps=2000,
+        batch_size=128,
+        key=0,
+        progress_bar=False,
+    )
+    encoded = posterior.encode(batch_size=256)["z"]["mean"]
+    # The latents are identified up to a linear map: regress the truth on the encoded means.
+    design = np.c_[encoded, np.ones(cells)]
+    coefficients, *_ = np.linalg.lstsq(design, latent, rcond=None)
+    residual = latent - design @ coefficients
+    r_squared = 1 - residual.var(0) / latent.var(0)
+    # 30 Poisson genes at ~5 counts carry most of a 2-d signal: R^2 > 0.75 per axis.
+    assert np.all(r_squared > 0.75), r_squared
