@@ -181,7 +181,10 @@ def abduce(
     -------
     dict
         Draws with a leading sample axis: global sites, ``f"{x}__noise"`` for every Gaussian
-        unit-level site, and other latent sites.
+        unit-level site, and other latent sites. With ``posterior_samples`` of ``S`` draws and
+        NUTS abduction there are ``num_samples * S`` draws, noise-major: draw ``i * S + s``
+        pairs noise draw ``i`` with parameter draw ``s``. NUTS then runs over the noise of all
+        ``S`` draws at once (``S`` times the latent dimension): keep ``S`` moderate.
 
     Raises
     ------

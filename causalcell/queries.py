@@ -327,16 +327,17 @@ def effect(
     individual = arms[1] - arms[0]
     unit_axes = tuple(range(1, individual.ndim))
     response = np.stack([np.asarray(arm).mean(axis=unit_axes) for arm in arms], axis=1)
+    outcome_dims = _dims(model_trace, [outcome])[outcome]
+    unit_dims = (
+        outcome_dims[len(outcome_dims) - (individual.ndim - 2) :] if individual.ndim > 2 else ()
+    )
     return CausalResult(
         {
             "effect": response[:, 1] - response[:, 0],
             "response": response,
             "individual_effect": individual,
         },
-        dims={
-            "response": ("arm",),
-            "individual_effect": ("noise", *[f"unit_dim_{k}" for k in range(individual.ndim - 2)]),
-        },
+        dims={"response": ("arm",), "individual_effect": ("noise", *unit_dims)},
         coords={"arm": tuple(repr(value) for value in values)},
         attrs={"estimand": estimand, "treatment": treatment, "outcome": outcome},
     )

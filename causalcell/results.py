@@ -205,14 +205,15 @@ class CausalResult:
 
     def mean(self, name: str | None = None):
         """Posterior mean over ``sample``: one array, or ``{name: array}`` when ``name`` is None."""
-        return self._apply(lambda values: np.mean(values, axis=0), name)
+        # float64 accumulation: a float32 mean of identical draws can leave its own HDI.
+        return self._apply(lambda values: np.mean(values, axis=0, dtype=np.float64), name)
 
     def std(self, name: str | None = None):
         """Posterior standard deviation over ``sample``, with ``ddof=1`` as ArviZ's ``sd``.
 
         One array, or ``{name: array}`` when ``name`` is None; NaN with a single sample.
         """
-        return self._apply(lambda values: np.std(values, axis=0, ddof=1), name)
+        return self._apply(lambda values: np.std(values, axis=0, ddof=1, dtype=np.float64), name)
 
     def quantile(self, q, name: str | None = None):
         """Quantiles ``q`` (in [0, 1]) over ``sample``, as :func:`numpy.quantile` (linear).

@@ -54,7 +54,7 @@ def _encode_batch(guide, others, num_samples, num_cells, size, params, arrays, s
         result[name] = {"mean": loc, "scale": scale}
         if num_samples:
             noise = jax.random.normal(jax.random.fold_in(key, position), (num_samples, *loc.shape))
-            result[name]["draws"] = loc + scale * noise
+            result[name]["draws"] = jnp.moveaxis(loc + scale * noise, 0, 1)  # cells first
     return result
 
 
@@ -194,17 +194,31 @@ class Posterior:
         return {**(self.data if data is None else data), **self.model_kwargs}
 
     def sample(self, key, num_samples: int | None = 1000) -> dict[str, jax.Array]:
-        """Draws of the global sites: ``{site: [num_samples, ...]}``.
+        """Draws of the global sites.
 
         An :class:`AmortizedGuide` draws from its global part only (its encoder does not run);
-        another guide runs whole through :class:`numpyro.infer.Predictive`; NUTS picks
-        ``num_samples`` stored draws at random without replacement (``None``: all, in order).
+        another guide runs whole through :class:`numpyro.infer.Predictive`; NUTS picks stored
+        draws at random without replacement.
+
+        Parameters
+        ----------
+        key
+            Seed or PRNG key.
+        num_samples
+            Number of draws; for NUTS, ``None`` gives every stored draw in order.
+
+        Returns
+        -------
+        dict
+            ``{site: [num_samples, ...]}`` for every site of :attr:`global_sites`.
         """
         names = self.global_sites
-        if not names:
-            return {}
         if self.method == "nuts":
             return self._select_draws(key, num_samples, names)
+        if num_samples is None:
+            raise ValueError("An SVI posterior draws num_samples afresh: pass a number.")
+        if not names:
+            return {}
         ready_guide(self.guide, self._arguments(), self.plate)
         guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
         predictive = Predictive(
@@ -216,13 +230,28 @@ class Posterior:
     def encode(
         self, batch_size: int = 1024, num_samples: int = 0, key=None, data: Mapping | None = None
     ) -> dict[str, dict[str, jax.Array]]:
-        """Per-cell posterior of the local sites for all cells, in minibatches of cells.
+        """Per-cell posterior of the local sites, for every cell.
 
-        Returns ``{site: {"mean": [cells, ...], "scale": [cells, ...]}}``, plus ``"draws"``
-        ``[num_samples, cells, ...]`` when ``num_samples > 0`` (then ``key`` is needed). With an
-        :class:`AmortizedGuide`, one jitted function of fixed batch shape encodes ``batch_size``
-        cells at a time (the last batch padded), for :attr:`data` or new ``data``; with NUTS,
-        the mean and standard deviation (``ddof=1``) of the stored draws.
+        With an :class:`AmortizedGuide`, one jitted function of fixed batch shape encodes
+        ``batch_size`` cells at a time (the last batch padded); with NUTS, the mean and
+        standard deviation (``ddof=1``) of the stored draws summarise each cell.
+
+        Parameters
+        ----------
+        batch_size
+            Cells per jitted call (amortized guide).
+        num_samples
+            Draws per cell to return as well (0: none); needs ``key``.
+        key
+            Seed or PRNG key of the draws.
+        data
+            New cells to encode (amortized guide only); :attr:`data` by default.
+
+        Returns
+        -------
+        dict
+            ``{site: {"mean": [cells, ...], "scale": [cells, ...]}}``, with ``"draws"``
+            ``[num_samples, cells, ...]`` when ``num_samples > 0``.
 
         Raises
         ------
@@ -268,13 +297,10 @@ class Posterior:
             _encode_batch(*static, size, self.params, arrays, start, jax.random.fold_in(key, start))
             for start in range(0, num_cells, size)
         ]
-        result = {}
-        for name, fields in batches[0].items():
-            result[name] = {}
-            for field in fields:
-                axis = 1 if field == "draws" else 0
-                joined = jnp.concatenate([batch[name][field] for batch in batches], axis=axis)
-                result[name][field] = jax.lax.slice_in_dim(joined, 0, num_cells, axis=axis)
+        result = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:num_cells], *batches)
+        for fields in result.values():
+            if "draws" in fields:
+                fields["draws"] = jnp.moveaxis(fields["draws"], 0, 1)
         return result
 
     def predictive(
@@ -285,13 +311,29 @@ class Posterior:
         return_sites=None,
         **data_overrides,
     ) -> dict[str, jax.Array]:
-        """Posterior predictive draws ``{site: [num_samples, ...]}``.
+        """Posterior predictive draws, through :class:`numpyro.infer.Predictive`.
 
-        Latent sites are drawn from the guide (SVI, run on ``data``, :attr:`data` by default) or
-        picked from the NUTS draws; the model then runs on ``data`` updated by
-        ``data_overrides`` (e.g. ``counts=None`` simulates new counts) and
-        :class:`numpyro.infer.Predictive` returns its observed and deterministic sites, or
-        ``return_sites``.
+        Latent sites are drawn from the guide run on ``data`` (SVI) or picked from the NUTS
+        draws; the model then runs on ``data`` updated by ``data_overrides``, so ``counts=None``
+        simulates counts while an amortized guide still encodes the observed ones.
+
+        Parameters
+        ----------
+        key
+            Seed or PRNG key.
+        num_samples
+            Number of draws (at most the number stored, for NUTS).
+        data
+            Data for guide and model; :attr:`data` by default.
+        return_sites
+            Sites to return; by default the model's observed and deterministic sites.
+        **data_overrides
+            Entries replacing those of ``data`` (or of ``model_kwargs``) for the model only.
+
+        Returns
+        -------
+        dict
+            ``{site: [num_samples, ...]}``.
         """
         guide_key, model_key = jax.random.split(_as_key(key))
         data = self.data if data is None else dict(data)
@@ -310,21 +352,28 @@ class Posterior:
         return predictive(model_key, **{**self._arguments(data), **data_overrides})
 
     def to_arviz(self, num_samples: int = 500, key=None):
-        """The global sites as an ArviZ posterior (``InferenceData`` or ``DataTree``).
+        """The global sites as an ArviZ posterior (``InferenceData`` on 0.x, ``DataTree`` on 1.x).
 
-        SVI gives one chain of ``num_samples`` draws from :meth:`sample` (``key`` 0 by
-        default); NUTS gives every stored draw with its chains, and its ``sample_stats``. The
-        loss history is not included (its length is not the number of draws): read
-        :attr:`losses`.
+        SVI gives one chain of ``num_samples`` draws from :meth:`sample`; NUTS gives every
+        stored draw with its chains (``num_samples`` and ``key`` unused) and a
+        ``sample_stats`` group. Per-cell sites are left out (see :meth:`encode`), and so is the
+        SVI loss history, whose length is not the number of draws (read :attr:`losses`).
+
+        Parameters
+        ----------
+        num_samples
+            Draws for an SVI posterior.
+        key
+            Seed or PRNG key of those draws (0 by default).
         """
         groups = {}
         if self.method == "nuts":
             chains = self.num_chains
-
-            def by_chain(values):
-                return np.asarray(values).reshape(chains, -1, *values.shape[1:])
-
-            groups["posterior"] = {name: by_chain(self.samples[name]) for name in self.global_sites}
+            groups["posterior"] = {
+                name: np.asarray(values).reshape(chains, -1, *values.shape[1:])
+                for name, values in self.samples.items()
+                if name in self.global_sites
+            }
             if self.sample_stats:
                 groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
         else:

@@ -36,7 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.handlers import block, replay, seed, trace
-from numpyro.infer.autoguide import AutoGuide, AutoNormal
+from numpyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuide,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 
 from causalcell.inference._guides import AmortizedGuide, default_encoder_inputs
 from causalcell.inference._subsample import subsample
@@ -255,6 +262,7 @@ _DICT_KEY = r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
 
 
 def qualified_name(function) -> str:
+    """``module.qualname`` of a function, class or callable object (partials unwrapped)."""
     function = getattr(function, "func", function)  # functools.partial
     module = getattr(function, "__module__", None) or type(function).__module__
     name = getattr(function, "__qualname__", None) or type(function).__qualname__
@@ -312,6 +320,7 @@ def model_fingerprint(sites: Mapping) -> str:
 
 
 def site_differences(saved: Mapping, current: Mapping) -> str:
+    """The sites that differ between two :func:`describe_model` tables, as one sentence."""
     parts = []
     for name in sorted(saved.keys() | current.keys()):
         if name not in current:
@@ -330,7 +339,7 @@ def site_differences(saved: Mapping, current: Mapping) -> str:
 
 
 def guide_spec(guide) -> dict | None:
-    """What the file records of the guide, enough to rebuild the common ones."""
+    """What a file records of the guide: its class, and the settings that fix its parameters."""
     if guide is None:
         return None
     spec = {"kind": qualified_name(type(guide))}
@@ -343,17 +352,33 @@ def guide_spec(guide) -> dict | None:
             key=guide.key,
             default_inputs=guide.encoder_inputs is default_encoder_inputs,
         )
-    elif isinstance(guide, AutoNormal):
-        spec["prefix"] = guide.prefix
+    elif isinstance(guide, AutoGuide):
+        spec.update(prefix=guide.prefix, rank=getattr(guide, "rank", None))
     return spec
 
 
+#: Auto-guides whose parameters are fixed by the model, the prefix and the rank alone.
+_REBUILDABLE = {
+    qualified_name(kind): kind
+    for kind in (
+        AutoNormal,
+        AutoDelta,
+        AutoDiagonalNormal,
+        AutoMultivariateNormal,
+        AutoLowRankMultivariateNormal,
+    )
+}
+
+
 def rebuild_guide(spec: Mapping, model):
+    """A guide equal in parameter structure to the one described by ``spec``, for ``model``."""
     if spec["kind"] == qualified_name(AmortizedGuide) and spec["default_inputs"]:
         settings = {name: spec[name] for name in ("hidden", "global_guide", "rank", "plate", "key")}
         return AmortizedGuide(model, **settings)
-    if spec["kind"] == qualified_name(AutoNormal):
-        return AutoNormal(model, prefix=spec["prefix"])
+    if spec["kind"] in _REBUILDABLE:
+        kind = _REBUILDABLE[spec["kind"]]
+        rank = {"rank": spec["rank"]} if kind is AutoLowRankMultivariateNormal else {}
+        return kind(model, prefix=spec["prefix"], **rank)
     raise ValueError(
         f"The file was saved with a guide {spec['kind']} that cannot be rebuilt from the file "
         "alone (custom encoder inputs or guide class); pass guide=... as constructed for the fit."
