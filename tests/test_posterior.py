@@ -302,6 +302,15 @@ def test_save_load_round_trip_nuts(nuts_posterior, conjugate, tmp_path):
     assert loaded.num_cells == 10
 
 
+def test_save_load_round_trip_auto_normal(normal_posterior, conjugate, tmp_path):
+    normal_posterior.save(tmp_path / "normal.npz")
+    loaded = Posterior.load(tmp_path / "normal.npz", normal_mean, data=conjugate[0])
+    assert isinstance(loaded.guide, AutoNormal)  # rebuilt from the file
+    assert_trees_identical(loaded.params, normal_posterior.params)
+    key = jax.random.key(9)
+    assert_trees_identical(loaded.sample(key, 10), normal_posterior.sample(key, 10))
+
+
 def test_load_with_a_different_model_raises(amortized_posterior, tmp_path):
     path = tmp_path / "posterior.npz"
     amortized_posterior.save(path)
@@ -362,3 +371,15 @@ def test_repr_and_validation(amortized_posterior, conjugate):
         Posterior(normal_mean, method="mcmc", data=conjugate[0])
     with pytest.raises(ValueError, match="needs the fitted guide"):
         Posterior(normal_mean, method="svi", data=conjugate[0])
+
+
+def test_sites_of_a_model_that_reads_concrete_values():
+    def thresholded(values=None, *, noise):
+        scale = PRIOR_SCALE if float(noise.max()) < 5 else 1.0  # needs a concrete array
+        mean = numpyro.sample("mean", dist.Normal(0.0, scale))
+        with numpyro.plate("cells", noise.shape[0]):
+            numpyro.sample("values", dist.Normal(mean, noise), obs=values)
+
+    data = {"values": jnp.zeros(3), "noise": jnp.ones(3)}
+    posterior = Posterior(thresholded, method="nuts", data=data, samples={"mean": jnp.ones(2)})
+    assert posterior.global_sites == ("mean",) and posterior.num_cells == 3  # traced eagerly

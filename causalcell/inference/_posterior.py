@@ -44,7 +44,6 @@ def _as_key(key) -> jax.Array:
     return jax.random.PRNGKey(key) if isinstance(key, int) else key
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _encode_batch(guide, others, num_samples, num_cells, size, params, arrays, start, key):
     """Encode the ``size`` cells from ``start`` (the last one repeated past the end)."""
     index = jnp.minimum(start + jnp.arange(size), num_cells - 1)
@@ -88,6 +87,23 @@ class Posterior:
         Number of chains stacked in ``samples``.
     sample_stats
         ``{statistic: [chain, draw]}`` per-draw diagnostics of NUTS (``diverging``, ...).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> def model(values=None, *, noise):
+    ...     mean = numpyro.sample("mean", dist.Normal(0.0, 10.0))
+    ...     with numpyro.plate("cells", noise.shape[0]) as index:
+    ...         numpyro.sample("values", dist.Normal(mean, noise[index]), obs=values[index])
+    >>> data = {"values": jnp.array([0.5, 1.5]), "noise": jnp.ones(2)}
+    >>> posterior = Posterior(model, method="nuts", data=data, samples={"mean": jnp.ones(4)})
+    >>> posterior
+    Posterior(method='nuts', model=...model, guide=None, cells=2)
+      global sites: mean ()
+      local sites: none
+      draws: 4 in 1 chain(s)
+    >>> posterior.sample(0, num_samples=2)["mean"].shape
+    (2,)
     """
 
     def __init__(
@@ -122,6 +138,7 @@ class Posterior:
         self.losses = None if losses is None else jnp.asarray(losses)
         self.config = dict(config or {})
         self._description = None
+        self._encode_batch = None  # jitted per posterior, so no global cache keeps the guide
         if self.samples and self.num_draws % num_chains:
             raise ValueError(f"{self.num_draws} draws do not split into {num_chains} chains.")
 
@@ -290,12 +307,15 @@ class Posterior:
             raise ValueError(f"The model has no plate {self.plate!r} of cells to encode.")
         arrays, others = split_data(data)
         arrays = {name: jnp.asarray(value) for name, value in arrays.items()}
-        static = (self.guide, tuple(sorted(others.items())), num_samples, num_cells)
-        size = min(batch_size, num_cells)
+        if self._encode_batch is None:
+            self._encode_batch = jax.jit(
+                partial(_encode_batch, self.guide), static_argnums=(0, 1, 2, 3)
+            )
+        static = (tuple(sorted(others.items())), num_samples, num_cells, min(batch_size, num_cells))
         key = _as_key(0 if key is None else key)
         batches = [
-            _encode_batch(*static, size, self.params, arrays, start, jax.random.fold_in(key, start))
-            for start in range(0, num_cells, size)
+            self._encode_batch(*static, self.params, arrays, start, jax.random.fold_in(key, start))
+            for start in range(0, num_cells, static[-1])
         ]
         result = jax.tree.map(lambda *parts: jnp.concatenate(parts)[:num_cells], *batches)
         for fields in result.values():

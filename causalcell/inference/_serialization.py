@@ -9,6 +9,10 @@ other registered pytrees round-trip; the leaf table only checks that template an
 Writing is atomic (a temporary file in the same folder, then :func:`os.replace`), so a crash
 never leaves a half-written checkpoint behind.
 
+The second half holds what a saved posterior records to recognise its model and rebuild its
+guide's parameter tree: a table of the model's sample sites (:func:`describe_model`, traced
+abstractly) and its fingerprint, a description of the guide, and the abstract parameter template.
+
 Examples
 --------
 >>> import tempfile, pathlib
@@ -147,9 +151,7 @@ def save_tree(path, tree, metadata: Mapping | None = None) -> None:
 
 
 def _json_default(value):
-    if isinstance(value, np.generic | np.ndarray) or (
-        isinstance(value, jax.Array) and value.ndim == 0
-    ):
+    if isinstance(value, np.generic | np.ndarray | jax.Array):
         return np.asarray(value).tolist()
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
