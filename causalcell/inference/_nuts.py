@@ -11,7 +11,7 @@ from numpyro.infer import MCMC, NUTS
 
 from causalcell._warnings import CausalcellWarning
 from causalcell.inference._posterior import Posterior
-from causalcell.inference._serialization import describe_model
+from causalcell.inference._posterior_files import describe_model
 
 __all__ = ["fit_nuts"]
 

@@ -18,25 +18,16 @@ from numpyro.infer import Predictive
 
 from causalcell import _arviz
 from causalcell.inference._guides import AmortizedGuide
-from causalcell.inference._serialization import (
+from causalcell.inference._posterior_files import (
     describe_model,
-    guide_spec,
-    load_tree,
-    model_fingerprint,
-    param_template,
+    load_posterior_arguments,
     qualified_name,
-    read_header,
     ready_guide,
-    rebuild_guide,
-    save_tree,
-    site_differences,
+    save_posterior,
     split_data,
-    stored_template,
 )
 
 __all__ = ["Posterior"]
-
-_KIND = "causalcell.Posterior"
 
 
 def _as_key(key) -> jax.Array:
@@ -409,27 +400,7 @@ class Posterior:
         (NUTS), the loss history, ``config``, and to recognise the model on loading: its
         qualified name and a fingerprint of its sample sites (names, shapes, plates).
         """
-        sites, num_cells = self._sites()
-        metadata = {
-            "kind": _KIND,
-            "method": self.method,
-            "model": {
-                "name": qualified_name(self.model),
-                "fingerprint": model_fingerprint(sites),
-                "sites": sites,
-            },
-            "num_cells": num_cells,
-            "plate": self.plate,
-            "guide": guide_spec(self.guide),
-            "num_chains": self.num_chains,
-            "config": self.config,
-        }
-        tree = {"params": self.params} if self.method == "svi" else {"samples": self.samples}
-        if self.sample_stats:
-            tree["sample_stats"] = self.sample_stats
-        if self.losses is not None:
-            tree["losses"] = self.losses
-        save_tree(path, tree, metadata)
+        save_posterior(self, path)
 
     @classmethod
     def load(
@@ -448,51 +419,4 @@ class Posterior:
             sample sites: the message names both and the differing sites), with another guide,
             by a newer causalcell (``format_version``), or is not a saved posterior.
         """
-        header = read_header(path)
-        metadata = header["metadata"]
-        if metadata.get("kind") != _KIND:
-            raise ValueError(f"{path} is not a saved Posterior (kind {metadata.get('kind')!r}).")
-        model_kwargs = dict(model_kwargs or {})
-        plate = metadata["plate"]
-        sites, num_cells = describe_model(model, data, model_kwargs, plate)
-        saved, name = metadata["model"], qualified_name(model)
-        if saved["name"] != name or saved["fingerprint"] != model_fingerprint(sites):
-            differences = site_differences(saved["sites"], sites) or "the sample sites agree"
-            models = (
-                f"with model {name} and different sample sites"
-                if saved["name"] == name
-                else f"from model {saved['name']} but is loaded with model {name}"
-            )
-            raise ValueError(f"{path} was saved {models}: {differences}.")
-        template = stored_template(header, ("samples", "sample_stats", "losses"))
-        if metadata["method"] == "svi":
-            if guide is None:
-                guide = rebuild_guide(metadata["guide"], model)
-            if qualified_name(type(guide)) != metadata["guide"]["kind"]:
-                raise ValueError(
-                    f"{path} was saved with guide {metadata['guide']['kind']}, not "
-                    f"{qualified_name(type(guide))}."
-                )
-            template["params"] = param_template(model, guide, {**data, **model_kwargs}, plate)
-        elif num_cells != metadata["num_cells"] and any(
-            plate in site["plates"] and not site["observed"] for site in sites.values()
-        ):
-            raise ValueError(
-                f"{path} holds NUTS draws for {metadata['num_cells']} cells but the data have "
-                f"{num_cells}."
-            )
-        tree, _ = load_tree(path, template)
-        return cls(
-            model,
-            method=metadata["method"],
-            data=data,
-            model_kwargs=model_kwargs,
-            guide=guide,
-            params=tree.get("params"),
-            samples=tree.get("samples"),
-            losses=tree.get("losses"),
-            config=metadata["config"],
-            plate=plate,
-            num_chains=metadata["num_chains"],
-            sample_stats=tree.get("sample_stats"),
-        )
+        return cls(**load_posterior_arguments(path, model, data, guide, model_kwargs))

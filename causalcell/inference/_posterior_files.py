@@ -1,0 +1,290 @@
+"""Posterior files: what identifies a model and its guide, and saving and loading posteriors."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from numpyro.handlers import block, replay, seed, trace
+from numpyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuide,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+
+from causalcell.inference._guides import AmortizedGuide, default_encoder_inputs
+from causalcell.inference._serialization import DICT_KEY, load_tree, read_header, save_tree
+from causalcell.inference._subsample import subsample
+
+__all__ = [
+    "describe_model",
+    "guide_spec",
+    "load_posterior_arguments",
+    "model_fingerprint",
+    "param_template",
+    "qualified_name",
+    "ready_guide",
+    "rebuild_guide",
+    "save_posterior",
+    "site_differences",
+    "split_data",
+    "stored_template",
+]
+
+
+def qualified_name(function) -> str:
+    """``module.qualname`` of a function, class or callable object (partials unwrapped)."""
+    function = getattr(function, "func", function)  # functools.partial
+    module = getattr(function, "__module__", None) or type(function).__module__
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}"
+
+
+def split_data(data: Mapping) -> tuple[dict, dict]:
+    """``(arrays, others)``: the entries with a shape, and the rest (``None``, numbers)."""
+    arrays = {name: value for name, value in data.items() if hasattr(value, "shape")}
+    return arrays, {name: value for name, value in data.items() if name not in arrays}
+
+
+def describe_model(model, data: Mapping, model_kwargs: Mapping, plate: str):
+    """Sample sites of ``model`` run on ``data``: ``({site: description}, num_cells)``.
+
+    A description is ``{"shape", "plates", "observed"}`` with the per-cell axis of the shape
+    written ``"cells"``. The model is traced abstractly (``jax.eval_shape``: no computation over
+    the cells), or eagerly if it needs concrete values.
+    """
+    arrays, others = split_data(data)
+    static: dict = {}
+
+    def run(arrays):
+        model_trace = trace(seed(model, 0)).get_trace(**others, **arrays, **model_kwargs)
+        static.clear()
+        for name, site in model_trace.items():
+            if site["type"] == "plate" and name == plate:
+                static[None] = site["args"][0]
+            elif site["type"] == "sample":
+                frames = {frame.name: frame for frame in site["cond_indep_stack"]}
+                axis = frames[plate].dim if plate in frames else None
+                if axis is not None:
+                    axis -= len(site["fn"].event_shape)
+                static[name] = (sorted(frames), site["is_observed"], axis)
+        return {name: site["value"] for name, site in model_trace.items() if name in static}
+
+    try:
+        values = jax.eval_shape(run, arrays)
+    except jax.errors.JAXTypeError:  # the model reads concrete values: trace it for real
+        values = run(arrays)
+    num_cells = static.pop(None, None)
+    sites = {}
+    for name, (plates, observed, axis) in static.items():
+        shape: list = list(np.shape(values[name]))
+        if axis is not None:
+            shape[axis] = "cells"
+        sites[name] = {"shape": shape, "plates": plates, "observed": bool(observed)}
+    return sites, num_cells
+
+
+def model_fingerprint(sites: Mapping) -> str:
+    """sha256 of the canonical JSON of every site's name, shape and plates."""
+    canonical = {name: [site["shape"], site["plates"]] for name, site in sites.items()}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def site_differences(saved: Mapping, current: Mapping) -> str:
+    """The sites that differ between two :func:`describe_model` tables, as one sentence."""
+    parts = []
+    for name in sorted(saved.keys() | current.keys()):
+        if name not in current:
+            parts.append(f"site {name!r} is missing from the model")
+        elif name not in saved:
+            parts.append(f"site {name!r} (shape {current[name]['shape']}) is not in the file")
+        else:
+            before = (saved[name]["shape"], saved[name]["plates"])
+            after = (current[name]["shape"], current[name]["plates"])
+            if before != after:
+                parts.append(
+                    f"site {name!r} has shape {before[0]} in plates {before[1]} in the file but "
+                    f"{after[0]} in plates {after[1]} in the model"
+                )
+    return "; ".join(parts)
+
+
+def guide_spec(guide) -> dict | None:
+    """What a file records of the guide: its class, and the settings that fix its parameters."""
+    if guide is None:
+        return None
+    spec = {"kind": qualified_name(type(guide))}
+    if isinstance(guide, AmortizedGuide):
+        spec.update(
+            hidden=list(guide.hidden),
+            global_guide=guide.global_guide_kind,
+            rank=guide.rank,
+            plate=guide.plate,
+            key=guide.key,
+            default_inputs=guide.encoder_inputs is default_encoder_inputs,
+        )
+    elif isinstance(guide, AutoGuide):
+        spec.update(prefix=guide.prefix, rank=getattr(guide, "rank", None))
+    return spec
+
+
+#: Auto-guides whose parameters are fixed by the model, the prefix and the rank alone.
+_REBUILDABLE = {
+    qualified_name(kind): kind
+    for kind in (
+        AutoNormal,
+        AutoDelta,
+        AutoDiagonalNormal,
+        AutoMultivariateNormal,
+        AutoLowRankMultivariateNormal,
+    )
+}
+
+
+def rebuild_guide(spec: Mapping, model):
+    """A guide equal in parameter structure to the one described by ``spec``, for ``model``."""
+    if spec["kind"] == qualified_name(AmortizedGuide) and spec["default_inputs"]:
+        settings = {name: spec[name] for name in ("hidden", "global_guide", "rank", "plate", "key")}
+        return AmortizedGuide(model, **settings)
+    if spec["kind"] in _REBUILDABLE:
+        kind = _REBUILDABLE[spec["kind"]]
+        rank = {"rank": spec["rank"]} if kind is AutoLowRankMultivariateNormal else {}
+        return kind(model, prefix=spec["prefix"], **rank)
+    raise ValueError(
+        f"The file was saved with a guide {spec['kind']} that cannot be rebuilt from the file "
+        "alone (custom encoder inputs or guide class); pass guide=... as constructed for the fit."
+    )
+
+
+def stored_template(header: Mapping, groups) -> dict:
+    """Template of the stored dict-of-arrays ``groups`` (e.g. NUTS samples), from the leaf table."""
+    template: dict = {}
+    for entry in header["leaves"]:
+        keys = [ast.literal_eval(key) for key in re.findall(DICT_KEY, entry["path"])]
+        if keys[0] in groups:
+            leaf = jax.ShapeDtypeStruct(tuple(entry["shape"]), np.dtype(entry["dtype"]))
+            if len(keys) == 1:
+                template[keys[0]] = leaf
+            else:
+                template.setdefault(keys[0], {})[keys[1]] = leaf
+    return template
+
+
+def ready_guide(guide, data: Mapping, plate: str) -> None:
+    """Let a guide set itself up (prototype trace, encoder) eagerly, on one subsampled cell."""
+    needs_setup = (isinstance(guide, AmortizedGuide) and guide.local_shapes is None) or (
+        isinstance(guide, AutoGuide) and guide.prototype_trace is None
+    )
+    if needs_setup:
+        with block():
+            seed(subsample(guide, plate, 1), 0)(**data)
+
+
+def param_template(model, guide, data: Mapping, plate: str) -> dict:
+    """Shapes and tree structure of the model's and the guide's parameters, traced abstractly."""
+    ready_guide(guide, data, plate)
+    arrays, others = split_data(data)
+
+    def run(arrays):
+        guide_trace = trace(seed(guide, 0)).get_trace(**others, **arrays)
+        model_trace = trace(replay(seed(model, 1), guide_trace)).get_trace(**others, **arrays)
+        return {
+            name: site["value"]
+            for site_trace in (guide_trace, model_trace)
+            for name, site in site_trace.items()
+            if site["type"] == "param"
+        }
+
+    return jax.eval_shape(run, arrays)
+
+
+_KIND = "causalcell.Posterior"
+
+
+def save_posterior(posterior, path) -> None:
+    """Body of :meth:`Posterior.save`: parameters or draws plus the model's identity."""
+    sites, num_cells = posterior._sites()
+    metadata = {
+        "kind": _KIND,
+        "method": posterior.method,
+        "model": {
+            "name": qualified_name(posterior.model),
+            "fingerprint": model_fingerprint(sites),
+            "sites": sites,
+        },
+        "num_cells": num_cells,
+        "plate": posterior.plate,
+        "guide": guide_spec(posterior.guide),
+        "num_chains": posterior.num_chains,
+        "config": posterior.config,
+    }
+    tree = (
+        {"params": posterior.params}
+        if posterior.method == "svi"
+        else {"samples": posterior.samples}
+    )
+    if posterior.sample_stats:
+        tree["sample_stats"] = posterior.sample_stats
+    if posterior.losses is not None:
+        tree["losses"] = posterior.losses
+    save_tree(path, tree, metadata)
+
+
+def load_posterior_arguments(path, model, data, guide, model_kwargs) -> dict:
+    """Body of :meth:`Posterior.load`: the constructor arguments, checked against the file."""
+    header = read_header(path)
+    metadata = header["metadata"]
+    if metadata.get("kind") != _KIND:
+        raise ValueError(f"{path} is not a saved Posterior (kind {metadata.get('kind')!r}).")
+    model_kwargs = dict(model_kwargs or {})
+    plate = metadata["plate"]
+    sites, num_cells = describe_model(model, data, model_kwargs, plate)
+    saved, name = metadata["model"], qualified_name(model)
+    if saved["name"] != name or saved["fingerprint"] != model_fingerprint(sites):
+        differences = site_differences(saved["sites"], sites) or "the sample sites agree"
+        models = (
+            f"with model {name} and different sample sites"
+            if saved["name"] == name
+            else f"from model {saved['name']} but is loaded with model {name}"
+        )
+        raise ValueError(f"{path} was saved {models}: {differences}.")
+    template = stored_template(header, ("samples", "sample_stats", "losses"))
+    if metadata["method"] == "svi":
+        if guide is None:
+            guide = rebuild_guide(metadata["guide"], model)
+        if qualified_name(type(guide)) != metadata["guide"]["kind"]:
+            raise ValueError(
+                f"{path} was saved with guide {metadata['guide']['kind']}, not "
+                f"{qualified_name(type(guide))}."
+            )
+        template["params"] = param_template(model, guide, {**data, **model_kwargs}, plate)
+    elif num_cells != metadata["num_cells"] and any(
+        plate in site["plates"] and not site["observed"] for site in sites.values()
+    ):
+        raise ValueError(
+            f"{path} holds NUTS draws for {metadata['num_cells']} cells but the data have "
+            f"{num_cells}."
+        )
+    tree, _ = load_tree(path, template)
+    return dict(
+        model=model,
+        method=metadata["method"],
+        data=data,
+        model_kwargs=model_kwargs,
+        guide=guide,
+        params=tree.get("params"),
+        samples=tree.get("samples"),
+        losses=tree.get("losses"),
+        config=metadata["config"],
+        plate=plate,
+        num_chains=metadata["num_chains"],
+        sample_stats=tree.get("sample_stats"),
+    )
