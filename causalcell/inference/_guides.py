@@ -12,6 +12,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 from numpyro.handlers import block, seed, trace
+from numpyro.infer import init_to_median
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 
 __all__ = ["AmortizedGuide", "default_encoder_inputs"]
@@ -120,11 +121,15 @@ class AmortizedGuide:
             )
         self.local_shapes = local
         blocked = block(self.model, hide=list(local))
+        # Globals start at their prior medians: with scientific priors that is a sane state,
+        # unlike numpyro's default uniform(-2, 2) draw in unconstrained space, which can put
+        # thousands of genes' log-rates far out and overflow the first steps.
+        start = init_to_median(num_samples=15)
         if self.global_guide_kind == "normal":
-            self.global_guide = AutoNormal(blocked, prefix="global")
+            self.global_guide = AutoNormal(blocked, prefix="global", init_loc_fn=start)
         else:
             self.global_guide = AutoLowRankMultivariateNormal(
-                blocked, rank=self.rank, prefix="global"
+                blocked, rank=self.rank, prefix="global", init_loc_fn=start
             )
         index = jnp.arange(1)
         features = self.encoder_inputs(data, index).shape[-1]
