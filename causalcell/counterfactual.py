@@ -124,8 +124,9 @@ class _replay(Messenger):
             msg["value"] = self.draw[name]  # an abducted latent of the factual world
 
 
-def _site_names(model, model_args, model_kwargs) -> dict:
-    return trace(seed(model, jax.random.key(0))).get_trace(*model_args, **model_kwargs)
+def model_trace(model, model_args=(), model_kwargs=None) -> dict:
+    """One seeded trace of ``model`` (site names, shapes, plates)."""
+    return trace(seed(model, jax.random.key(0))).get_trace(*model_args, **(model_kwargs or {}))
 
 
 def _check_names(kind: str, names, sites) -> None:
@@ -192,7 +193,7 @@ def abduce(
         If ``evidence`` names a site the model lacks.
     """
     model_kwargs = dict(model_kwargs or {})
-    sites = _site_names(model, model_args, model_kwargs)
+    sites = model_trace(model, model_args, model_kwargs)
     _check_names("evidence", evidence, [n for n, s in sites.items() if s["type"] == "sample"])
     abduction = abduction_model(model, evidence)
     if guide is not None:
@@ -200,7 +201,7 @@ def abduce(
             raise ValueError("A guide needs its fitted parameters: pass guide_params.")
         sampler = Predictive(guide, params=dict(guide_params), num_samples=num_samples)
         draws = sampler(key, *model_args, **model_kwargs)
-        model_sites = _site_names(abduction, model_args, model_kwargs)
+        model_sites = model_trace(abduction, model_args, model_kwargs)
         draws = {name: value for name, value in draws.items() if name in model_sites}
         return _with_deterministic(abduction, draws, model_args, model_kwargs)
     if posterior_samples is None:

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.handlers import seed, trace
 from numpyro.infer import Predictive
 
 from causalcell.counterfactual import (
@@ -27,6 +26,9 @@ from causalcell.counterfactual import (
     abduce,
     predict_worlds,
 )
+from causalcell.counterfactual import (
+    model_trace as trace_model,
+)
 from causalcell.handlers import do
 from causalcell.results import CausalResult
 
@@ -35,14 +37,10 @@ __all__ = ["counterfactual", "effect", "interventional"]
 ESTIMANDS = ("ate", "cate")
 
 
-def _trace(model, model_args, model_kwargs):
-    return trace(seed(model, jax.random.key(0))).get_trace(*model_args, **model_kwargs)
-
-
-def _unit_sites(model_trace) -> list[str]:
+def _unit_sites(traced) -> list[str]:
     return [
         name
-        for name, site in model_trace.items()
+        for name, site in traced.items()
         if site["type"] in ("sample", "deterministic")
         and site.get("cond_indep_stack")
         and not name.endswith(NOISE_SUFFIX)
@@ -55,19 +53,17 @@ def _global_draws(model, key, posterior_samples, num_samples, model_args, model_
         return {name: jnp.asarray(value) for name, value in posterior_samples.items()}
     if num_samples is None:
         raise ValueError("Give posterior_samples (from a fit) or num_samples (prior draws).")
-    model_trace = _trace(model, model_args, model_kwargs)
-    names = [
-        n for n, s in model_trace.items() if s["type"] == "sample" and not s["cond_indep_stack"]
-    ]
+    traced = trace_model(model, model_args, model_kwargs)
+    names = [n for n, s in traced.items() if s["type"] == "sample" and not s["cond_indep_stack"]]
     prior = Predictive(model, num_samples=num_samples, return_sites=names)
     return prior(key, *model_args, **model_kwargs) if names else {}
 
 
-def _dims(model_trace, names, leading=()) -> dict:
+def _dims(traced, names, leading=()) -> dict:
     """Axis names after ``sample``: ``leading`` axes, then the plates, then event axes."""
     dims = {}
     for name in names:
-        site = model_trace[name]
+        site = traced[name]
         plates = sorted(site.get("cond_indep_stack", []), key=lambda frame: frame.dim)
         ndim = jnp.ndim(site["value"])
         plate_names = [frame.name for frame in plates][-ndim:] if ndim else []
@@ -121,11 +117,11 @@ def interventional(
     """
     model_kwargs = dict(model_kwargs or {})
     intervened = do(model, dict(actions))
-    model_trace = _trace(intervened, model_args, model_kwargs)
-    names = list(sites) if sites is not None else _unit_sites(model_trace)
+    traced = trace_model(intervened, model_args, model_kwargs)
+    names = list(sites) if sites is not None else _unit_sites(traced)
     if not names:  # a model without plates: report every sample and deterministic site
-        names = [n for n, s in model_trace.items() if s["type"] in ("sample", "deterministic")]
-    _check_names("sites", names, model_trace)
+        names = [n for n, s in traced.items() if s["type"] in ("sample", "deterministic")]
+    _check_names("sites", names, traced)
     predictive = Predictive(
         intervened,
         posterior_samples=None if posterior_samples is None else dict(posterior_samples),
@@ -133,9 +129,7 @@ def interventional(
         return_sites=names,
     )
     draws = predictive(key, *model_args, **model_kwargs)
-    return CausalResult(
-        draws, dims=_dims(model_trace, names), attrs={"actions": repr(dict(actions))}
-    )
+    return CausalResult(draws, dims=_dims(traced, names), attrs={"actions": repr(dict(actions))})
 
 
 def counterfactual(
@@ -198,9 +192,9 @@ def counterfactual(
         model_args=model_args,
         model_kwargs=model_kwargs,
     )
-    model_trace = _trace(model, model_args, model_kwargs)
-    names = list(sites) if sites is not None else _unit_sites(model_trace)
-    _check_names("sites", names, model_trace)
+    traced = trace_model(model, model_args, model_kwargs)
+    names = list(sites) if sites is not None else _unit_sites(traced)
+    _check_names("sites", names, traced)
     worlds = predict_worlds(
         model,
         draws,
@@ -214,7 +208,7 @@ def counterfactual(
     )
     return CausalResult(
         worlds,
-        dims=_dims(model_trace, names, leading=("world",)),
+        dims=_dims(traced, names, leading=("world",)),
         coords={"world": WORLDS},
         attrs={"actions": repr(dict(actions)), "coupling": coupling},
     )
@@ -280,8 +274,8 @@ def effect(
             f"values must be (control_value, treated_value), got {len(values)} values."
         )
     model_kwargs = dict(model_kwargs or {})
-    model_trace = _trace(model, model_args, model_kwargs)
-    _check_names("effect", [treatment, outcome], model_trace)
+    traced = trace_model(model, model_args, model_kwargs)
+    _check_names("effect", [treatment, outcome], traced)
     parameter_key, noise_key = jax.random.split(key)
     parameters = _global_draws(
         model, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
@@ -327,7 +321,7 @@ def effect(
     individual = arms[1] - arms[0]
     unit_axes = tuple(range(1, individual.ndim))
     response = np.stack([np.asarray(arm).mean(axis=unit_axes) for arm in arms], axis=1)
-    outcome_dims = _dims(model_trace, [outcome])[outcome]
+    outcome_dims = _dims(traced, [outcome])[outcome]
     unit_dims = (
         outcome_dims[len(outcome_dims) - (individual.ndim - 2) :] if individual.ndim > 2 else ()
     )
