@@ -90,13 +90,40 @@ class AmortizedGuide:
         self.local_shapes: dict[str, tuple[int, ...]] | None = None
         self.global_guide = None
         self._encoder = None
+        self._plate_sizes: dict = {}
 
     # -- set-up from a prototype trace of the model ---------------------------------------
     def _prototype(self, kwargs: Mapping) -> dict:
-        """A trace of the model, hidden from every handler outside (SVI's, Predictive's)."""
-        tracer = trace(seed(self.model, jax.random.key(0)))
-        with block():
-            return tracer.get_trace(**kwargs)
+        """Abstract trace of the model: each site's type, plates and shapes, no values.
+
+        Runs under ``jax.eval_shape`` (nothing is computed on the data) and inside ``block``
+        (hidden from every handler outside: SVI's, Predictive's).
+        """
+        arrays = {name: value for name, value in kwargs.items() if hasattr(value, "shape")}
+        static = {name: value for name, value in kwargs.items() if name not in arrays}
+        captured = {}
+
+        def run(arrays):
+            tracer = trace(seed(self.model, jax.random.key(0)))
+            with block():
+                sites = tracer.get_trace(**arrays, **static)
+            for name, site in sites.items():
+                captured[name] = {
+                    "type": site["type"],
+                    "is_observed": site.get("is_observed", False),
+                    "cond_indep_stack": site.get("cond_indep_stack", []),
+                    "event_shape": tuple(site["fn"].event_shape)
+                    if site["type"] == "sample"
+                    else (),
+                    "batch_shape": tuple(site["fn"].batch_shape)
+                    if site["type"] == "sample"
+                    else (),
+                    "args": site.get("args", ()) if site["type"] == "plate" else (),
+                }
+            return 0
+
+        jax.eval_shape(run, arrays)
+        return captured
 
     def _setup(self, data: Mapping, kwargs: Mapping) -> None:
         prototype = self._prototype({**data, **kwargs})
@@ -106,8 +133,8 @@ class AmortizedGuide:
                 continue
             frames = [frame for frame in site["cond_indep_stack"] if frame.name == self.plate]
             if frames:
-                event = tuple(site["fn"].event_shape)
-                batch = tuple(site["fn"].batch_shape)
+                event = site["event_shape"]
+                batch = site["batch_shape"]
                 if len(batch) != 1:
                     raise ValueError(
                         f"Per-cell site {name!r} has batch shape {batch}; the amortized guide "
@@ -177,10 +204,17 @@ class AmortizedGuide:
                 numpyro.sample(name, dist.Normal(loc, scale).to_event(len(self.local_shapes[name])))
 
     def _plate_size(self, kwargs) -> int:
-        for site in self._prototype(kwargs).values():
-            if site["type"] == "plate" and site["name"] == self.plate:
-                return site["args"][0]
-        raise ValueError(f"The model has no plate named {self.plate!r}.")
+        """Size of the cell plate for these data (cached by the data's shapes)."""
+        signature = tuple(
+            (name, tuple(value.shape) if hasattr(value, "shape") else repr(value))
+            for name, value in sorted(kwargs.items())
+        )
+        if signature not in self._plate_sizes:
+            sites = self._prototype(kwargs)
+            if self.plate not in sites or sites[self.plate]["type"] != "plate":
+                raise ValueError(f"The model has no plate named {self.plate!r}.")
+            self._plate_sizes[signature] = int(sites[self.plate]["args"][0])
+        return self._plate_sizes[signature]
 
     def encode(self, params: Mapping, data: Mapping, index) -> dict:
         """``{site: (loc, scale)}`` of the cells ``index`` under fitted ``params`` (pure)."""
