@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI, Trace_ELBO, init_to_median
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
 from tqdm.auto import tqdm
 
@@ -49,6 +49,8 @@ def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
         return guide
     if guide == "amortized":
         return AmortizedGuide(model, plate=plate, **guide_kwargs)
+    # Auto-guides start at the prior medians (see AmortizedGuide) unless told otherwise.
+    guide_kwargs = {"init_loc_fn": init_to_median(num_samples=15), **guide_kwargs}
     if guide == "normal":
         return AutoNormal(model, **guide_kwargs)
     if guide == "lowrank":
