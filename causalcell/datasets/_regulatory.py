@@ -55,7 +55,7 @@ def random_linear_drift(
     baseline: np.ndarray,
     *,
     decay_range=(0.5, 2.0),
-    weight_range=(0.5, 1.5),
+    weight_range=(0.3, 1.0),
     activation_probability: float = 0.5,
 ) -> LinearDrift:
     """Linear drift on a graph whose control stationary mean is exactly ``baseline``.
@@ -63,15 +63,18 @@ def random_linear_drift(
     ``mask`` is the graph in drift orientation (``mask[j, i] = 1`` iff ``i -> j``, see
     :func:`causalcell.graph.drift_mask`).
 
-    The weight of edge ``i -> j`` is ``decay_j * u`` with ``|u|`` uniform in ``weight_range``
-    and a random sign, so an edge moves its target by an amount comparable to the target's own
-    variation. Acyclic graphs give a triangular (hence stable) drift for any weights; cyclic
-    graphs are shrunk to strict diagonal dominance. The bias is ``-A @ baseline``.
+    The weight of edge ``i -> j`` is ``decay_j * u / sqrt(k_j)`` with ``|u|`` uniform in
+    ``weight_range``, a random sign and ``k_j`` the in-degree of ``j``: an edge moves its target
+    by an amount comparable to the target's own variation, while long chains and hubs do not
+    amplify perturbations without bound (which would make a few genes dominate the library).
+    Acyclic graphs give a triangular (hence stable) drift for any weights; cyclic graphs are
+    shrunk to strict diagonal dominance. The bias is ``-A @ baseline``.
     """
     num_genes = mask.shape[0]
     decay = _decay(rng, num_genes, decay_range)
     signed = _signed_magnitudes(rng, mask.shape, weight_range, activation_probability)
-    weights = mask * signed * decay[:, None]
+    in_degree = np.maximum(mask.sum(axis=1), 1.0)
+    weights = mask * signed * (decay / np.sqrt(in_degree))[:, None]
     row_sum = np.abs(weights).sum(axis=1)
     limit = _CYCLIC_DOMINANCE * decay
     if not nx.is_directed_acyclic_graph(nx.DiGraph(mask)):
