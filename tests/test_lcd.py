@@ -79,3 +79,53 @@ def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     # A shift of gene 0 by its learned effect moves gene 0 by exactly that effect (decay 1).
     assert float(means[1, 0] - means[0, 0]) == pytest.approx(1.0, rel=1e-5)
     assert sites["counts"]["value"].shape == (4, genes)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from causalcell.datasets import simulate_screen
+    from causalcell.models.lcd import LCD
+
+    adata = simulate_screen(
+        num_genes=6,
+        num_cells=800,
+        perturbed_genes=3,
+        double_perturbations=2,
+        intervention="knockout",
+        key=0,
+    )
+    return LCD.fit(
+        adata, intervention="knockout", num_steps=200, batch_size=256, progress_bar=False
+    )
+
+
+def test_fitted_lcd_answers_with_its_own_stationary_law(fitted):
+    import jax
+
+    # The control stationary mean is the baseline of each posterior draw, exactly (bias = -A b).
+    mean, covariance = fitted.stationary("control", key=jax.random.key(3), num_samples=20)
+    baseline = np.asarray(fitted.posterior.sample(jax.random.key(3), 20)["baseline"])
+    np.testing.assert_allclose(mean, baseline, rtol=1e-4, atol=1e-4)
+    assert covariance.shape == (20, 6, 6)
+    # A knockout pins its target at the learned level: the stationary mean of the target is
+    # baseline + depth in every draw.
+    target = sorted(fitted.trained_targets)[0]
+    position = list(fitted.genes).index(target)
+    draws = fitted.posterior.sample(jax.random.key(4), 20)
+    knocked, _ = fitted.stationary(target, key=jax.random.key(4), num_samples=20)
+    expected = np.asarray(draws["baseline"][:, position] + draws["knockout_depth"][:, position])
+    np.testing.assert_allclose(knocked[:, position], expected, rtol=1e-4, atol=1e-4)
+    generated = fitted.predict([target, "control"], num_cells=50, key=1)
+    assert generated.shape == (100, 6) and set(generated.obs["perturbation"]) == {target, "control"}
+
+
+def test_unseen_targets_raise_unless_prior_only_predictions_are_allowed(fitted):
+    from causalcell.models.lcd import UnseenTargetError
+
+    untouched = next(gene for gene in fitted.genes if gene not in fitted.trained_targets)
+    with pytest.raises(UnseenTargetError, match="no training cell carried"):
+        fitted.predict([untouched], num_cells=5)
+    flagged = fitted.predict([untouched], num_cells=5, allow_prior_only=True)
+    assert flagged.obs["prior_only"].all()
+    with pytest.raises(UnseenTargetError, match="not modelled"):
+        fitted.predict(["NOT_A_GENE"], num_cells=5)
