@@ -169,6 +169,13 @@ class LCD:
 
         return jax.vmap(one)(draws)
 
+    def _laws(self, draws: dict, row: np.ndarray):
+        """Per-draw stationary mean, covariance and its Cholesky factor under targets ``row``."""
+        drift, interventions, sigma = self._drift_and_interventions(draws, row[None])
+        single = jax.tree_util.tree_map(lambda value: value[:, 0], interventions)
+        mean, covariance = jax.vmap(stationary_moments)(drift, sigma, single)
+        return mean, covariance, jnp.linalg.cholesky(covariance)
+
     def drift(self, key=0, num_samples: int = 200) -> np.ndarray:
         """Posterior draws of the drift matrix ``[num_samples, d, d]`` (row = target)."""
         draws = self._draws(_key(key), num_samples)
@@ -188,11 +195,7 @@ class LCD:
             ``[num_samples, d]`` and ``[num_samples, d, d]`` (log-expression).
         """
         row, _ = self._targets(perturbation, allow_prior_only)
-        drift, interventions, sigma = self._drift_and_interventions(
-            self._draws(_key(key), num_samples), row[None]
-        )
-        single = jax.tree_util.tree_map(lambda value: value[:, 0], interventions)
-        mean, covariance = jax.vmap(stationary_moments)(drift, sigma, single)
+        mean, covariance, _ = self._laws(self._draws(_key(key), num_samples), row)
         return np.asarray(mean), np.asarray(covariance)
 
     def predict(
@@ -225,10 +228,7 @@ class LCD:
                 jax.random.fold_in(key, index), 4
             )
             draws = self._draws(draw_key, num_cells)
-            drift, interventions, sigma = self._drift_and_interventions(draws, row[None])
-            single = jax.tree_util.tree_map(lambda value: value[:, 0], interventions)
-            mean, covariance = jax.vmap(stationary_moments)(drift, sigma, single)
-            factor = jnp.linalg.cholesky(covariance)
+            mean, _, factor = self._laws(draws, row)
             latent = mean + jnp.einsum(
                 "cij,cj->ci", factor, jax.random.normal(latent_key, mean.shape)
             )
