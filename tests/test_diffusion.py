@@ -276,3 +276,23 @@ def test_thinned_draws_decorrelate_like_an_ornstein_uhlenbeck_process():
     for lag in (1, 2):
         observed = np.corrcoef(draws[:, 0], draws[:, lag])[0, 1]
         assert observed == pytest.approx(np.exp(-decay * thinning * lag), abs=0.055)
+
+
+def test_exact_stationary_draws_have_the_lyapunov_moments():
+    from causalcell.diffusion import sample_stationary
+
+    drift = chain_drift()
+    sigma = jnp.array([0.7, 1.0])
+    draws = np.asarray(
+        sample_stationary(jax.random.key(5), drift, sigma, num_samples=20_000), np.float64
+    )
+    mean, covariance = (np.asarray(v, np.float64) for v in stationary_moments(drift, sigma))
+    variances = np.diag(covariance)
+    # Independent exact draws: 5 standard errors, sqrt(S_ii / n) for means and
+    # sqrt((S_ii S_jj + S_ij^2) / n) for covariances.
+    np.testing.assert_array_less(np.abs(draws.mean(0) - mean), 5 * np.sqrt(variances / 20_000))
+    bound = 5 * np.sqrt((np.outer(variances, variances) + covariance**2) / 20_000)
+    np.testing.assert_array_less(np.abs(np.cov(draws.T) - covariance), bound)
+    with pytest.raises(ValueError, match="not stable"):
+        unstable = LinearDrift(jnp.zeros(2), jnp.array([[0.0, 3.0], [3.0, 0.0]]), jnp.zeros(2))
+        sample_stationary(jax.random.key(0), unstable, 1.0, num_samples=3)

@@ -109,12 +109,10 @@ def random_neural_drift(
     decay = _decay(rng, num_genes, decay_range)
     in_degree = mask.sum(axis=1)
     width = max(int(in_degree.max(initial=0)), 1)
-    parents = np.zeros((num_genes, width), dtype=np.int32)
-    parent_mask = np.zeros((num_genes, width), dtype=np.float32)
-    for gene in np.flatnonzero(in_degree):
-        members = np.flatnonzero(mask[gene])
-        parents[gene, : members.size] = members
-        parent_mask[gene, : members.size] = 1.0
+    # Parents first in each row (stable sort of "is not a parent"), padded with index 0.
+    order = np.argsort(mask == 0, axis=1, kind="stable")[:, :width]
+    parent_mask = (np.arange(width)[None, :] < in_degree[:, None]).astype(np.float32)
+    parents = np.where(parent_mask > 0, order, 0).astype(np.int32)
     input_weights = rng.normal(0.0, input_scale, (num_genes, width, hidden))
     input_weights /= np.sqrt(np.maximum(in_degree, 1))[:, None, None]
     hidden_bias = rng.normal(0.0, 0.5, (num_genes, hidden))

@@ -20,11 +20,12 @@ from causalcell.datasets._regulatory import (
 from causalcell.diffusion import (
     LinearDrift,
     simulate_chains,
+    stationary_factor,
     stationary_mean,
-    stationary_moments,
 )
 from causalcell.graph import drift_mask, from_adjacency
 from causalcell.interventions import Intervention, compose, from_targets
+from causalcell.metrics import pseudobulk
 from causalcell.perturbations import canonical_label
 
 __all__ = ["simulate_screen"]
@@ -173,7 +174,8 @@ def simulate_screen(
         latent, means = _linear_latents(keys[0], truth, sigma, interventions, cell_condition)
     else:
         latent = _neural_latents(keys[0], truth, sigma, interventions, cell_condition, dt, burn_in)
-        means = np.stack([latent[cell_condition == p].mean(axis=0) for p in range(len(conditions))])
+        # Cells are allocated in condition order, so pseudobulk rows follow the conditions.
+        means = pseudobulk(latent, cell_condition).means
 
     sizes = library_size * np.exp(rng.normal(0.0, library_size_spread, num_cells))
     model, parameters = _noise_model(noise, rng, num_genes)
@@ -314,11 +316,8 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
-@jax.jit
-def _mean_and_factor(drift: LinearDrift, sigma, intervention: Intervention):
-    """Stationary mean and Cholesky factor of the covariance: one compile for all conditions."""
-    mean, covariance = stationary_moments(drift, sigma, intervention)
-    return mean, jnp.linalg.cholesky(covariance)
+#: One compile serves every condition (same shapes); the draws are made outside, per condition.
+_stationary_factor = jax.jit(stationary_factor)
 
 
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
@@ -328,7 +327,7 @@ def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_conditio
     means = []
     for index in range(interventions.shift.shape[0]):
         member = jax.tree_util.tree_map(lambda field, i=index: field[i], interventions)
-        mean, factor = (np.asarray(value) for value in _mean_and_factor(drift, sigma, member))
+        mean, factor = (np.asarray(value) for value in _stationary_factor(drift, sigma, member))
         if not np.isfinite(factor).all():
             raise ValueError(
                 "A simulated condition has no stationary law (unstable drift); please report this "

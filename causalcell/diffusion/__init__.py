@@ -14,6 +14,7 @@ from causalcell.diffusion._lyapunov import (
 from causalcell.diffusion._simulate import simulate_chains
 from causalcell.diffusion._stationary import (
     sample_stationary,
+    stationary_factor,
     stationary_mean,
     stationary_moments,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "simulate_chains",
     "solve_continuous_lyapunov",
     "spectral_abscissa",
+    "stationary_factor",
     "stationary_mean",
     "stationary_moments",
 ]

@@ -24,8 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._warnings import CausalcellWarning  # noqa: F401  (re-exported for users)
-
 __all__ = ["UnstableDriftError", "check_stable", "solve_continuous_lyapunov", "spectral_abscissa"]
 
 #: Upper bound on Newton steps; quadratic convergence needs far fewer for any matrix whose
@@ -171,10 +169,11 @@ def check_stable(drift, *, margin: float = 0.0, name: str = "drift") -> None:
     UnstableDriftError
         Naming the spectral abscissa (and the batch index of the first unstable matrix).
     """
-    abscissa = np.atleast_1d(spectral_abscissa(drift))
+    computed = spectral_abscissa(drift)
+    abscissa = np.atleast_1d(computed)
     bad = np.flatnonzero(abscissa >= -margin)
     if bad.size:
-        where = "" if np.ndim(spectral_abscissa(drift)) == 0 else f" (batch index {int(bad[0])})"
+        where = "" if np.ndim(computed) == 0 else f" (batch index {int(bad[0])})"
         raise UnstableDriftError(
             f"The {name} matrix{where} is not stable: its largest eigenvalue real part is "
             f"{abscissa[bad[0]]:.4g}, but a stationary law needs every eigenvalue below "

@@ -9,7 +9,7 @@ from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import solve_continuous_lyapunov
 from causalcell.interventions import Intervention
 
-__all__ = ["sample_stationary", "stationary_mean", "stationary_moments"]
+__all__ = ["sample_stationary", "stationary_factor", "stationary_mean", "stationary_moments"]
 
 
 def stationary_mean(drift: LinearDrift, sigma, intervention: Intervention | None = None):
@@ -63,6 +63,12 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
     return mean, 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
 
 
+def stationary_factor(drift: LinearDrift, sigma, intervention: Intervention | None = None):
+    """Stationary mean and Cholesky factor ``L`` (``Sigma = L L^T``): draws are ``mean + L z``."""
+    mean, covariance = stationary_moments(drift, sigma, intervention)
+    return mean, jnp.linalg.cholesky(covariance)
+
+
 def sample_stationary(
     key, drift: LinearDrift, sigma, intervention: Intervention | None = None, *, num_samples: int
 ):
@@ -74,8 +80,7 @@ def sample_stationary(
         If the intervened drift is not stable (the covariance came back non-finite); under
         ``jit`` the draws are NaN instead.
     """
-    mean, covariance = stationary_moments(drift, sigma, intervention)
-    factor = jnp.linalg.cholesky(covariance)
+    mean, factor = stationary_factor(drift, sigma, intervention)
     # Outside jit, fail loudly; under jit the draws come back NaN, as the moments do.
     if not isinstance(factor, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(factor))):
         raise ValueError(
