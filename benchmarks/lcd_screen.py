@@ -19,10 +19,8 @@ import time
 import numpy as np
 
 from causalcell import evaluation
-from causalcell.data import register, to_arrays
 from causalcell.datasets import simulate_screen
 from causalcell.models.lcd import LCD
-from causalcell.preprocessing import normalize_log1p
 
 
 def main() -> None:
@@ -49,10 +47,7 @@ def main() -> None:
     model = LCD.fit(train, intervention="knockout", num_steps=arguments.steps, key=arguments.seed)
     fit_seconds = time.perf_counter() - started
     predicted = model.predict(list(split.held_out), num_cells=400, key=arguments.seed + 1)
-    registry = register(adata)
-    arrays = to_arrays(adata, registry)
-    expression = normalize_log1p(arrays.counts, arrays.size_factors)
-    labels = np.array([registry.conditions[index] for index in arrays.condition_index])
+    expression, labels = evaluation.observed_expression(adata)
     generated = predicted.obs["perturbation"].to_numpy()
     cells = [predicted.layers["log1p"][generated == label] for label in split.held_out]
     means = evaluation.baseline_predictions(expression, labels, split)

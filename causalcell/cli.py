@@ -12,9 +12,7 @@ __all__ = ["main"]
 
 def _demo(arguments) -> int:
     from causalcell import evaluation
-    from causalcell.data import register, to_arrays
     from causalcell.datasets import simulate_screen
-    from causalcell.preprocessing import normalize_log1p
 
     started = time.perf_counter()
     print(
@@ -30,11 +28,9 @@ def _demo(arguments) -> int:
         intervention="knockout",
         key=arguments.seed,
     )
-    registry = register(adata)
-    arrays = to_arrays(adata, registry)
-    expression = normalize_log1p(arrays.counts, arrays.size_factors)
-    labels = [registry.conditions[index] for index in arrays.condition_index]
-    split = evaluation.split_combinations(registry.conditions, seed=arguments.seed)
+    expression, labels = evaluation.observed_expression(adata)
+    conditions = list(adata.obs["perturbation"].cat.categories)
+    split = evaluation.split_combinations(conditions, seed=arguments.seed)
     print(
         f"Held out {len(split.held_out)} of {arguments.doubles} double perturbations: "
         f"{', '.join(split.held_out)}."

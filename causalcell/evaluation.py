@@ -29,6 +29,7 @@ __all__ = [
     "HeldOutSplit",
     "baseline_predictions",
     "evaluate_predictions",
+    "observed_expression",
     "split_combinations",
 ]
 
@@ -43,6 +44,20 @@ class HeldOutSplit(NamedTuple):
 
     train: tuple[str, ...]
     held_out: tuple[str, ...]
+
+
+def observed_expression(adata, registry=None) -> tuple[np.ndarray, np.ndarray]:
+    """Log1p-normalised expression ``[cells, genes]`` and canonical condition labels of a screen.
+
+    ``registry`` defaults to :func:`causalcell.data.register` with its default keys.
+    """
+    from causalcell.data import register, to_arrays
+    from causalcell.preprocessing import normalize_log1p
+
+    registry = register(adata) if registry is None else registry
+    arrays = to_arrays(adata, registry)
+    labels = np.asarray(registry.conditions)[arrays.condition_index]
+    return normalize_log1p(arrays.counts, arrays.size_factors), labels
 
 
 def split_combinations(
@@ -127,16 +142,22 @@ def evaluate_predictions(
     observed_bulk = metrics.pseudobulk(expression, labels)
     control_mean = observed_bulk.mean_of(control)
     predicted_cells = dict(predicted_cells or {})
+    # What is observed does not depend on the model: cells and DE genes once per condition.
+    observed_cells, top_genes = [], []
+    for condition in held_out:
+        observed = expression[labels == condition]
+        if observed.shape[0] == 0:
+            raise ValueError(f"No observed cells of held-out condition {condition!r}.")
+        observed_cells.append(observed)
+        top_genes.append(metrics.top_de_genes(observed, control_cells, k=TOP_GENES))
     rows = []
     for model, means in predicted_means.items():
         means = np.asarray(means)
         scores = {name: [] for name in METRICS}
         for index, condition in enumerate(held_out):
-            observed = expression[labels == condition]
-            if observed.shape[0] == 0:
-                raise ValueError(f"No observed cells of held-out condition {condition!r}.")
+            observed = observed_cells[index]
             observed_mean = observed_bulk.mean_of(condition)
-            genes = metrics.top_de_genes(observed, control_cells, k=TOP_GENES)
+            genes = top_genes[index]
             no_change = np.ptp(means[index][genes] - control_mean[genes]) == 0
             scores["pearson_delta_top20"].append(
                 0.0

@@ -25,7 +25,7 @@ import scipy.sparse
 
 from causalcell.data import register, to_arrays
 from causalcell.diffusion import stationary_moments
-from causalcell.inference import fit
+from causalcell.inference import default_encoder_inputs, fit
 from causalcell.models._lcd_program import condition_interventions, drift_from_sites, lcd_model
 from causalcell.noise import NegativeBinomial
 from causalcell.perturbations import canonical_label, parse_perturbation
@@ -102,10 +102,8 @@ class LCD:
             data["prior_mask"] = np.asarray(prior_mask, np.float32)
 
         def encoder_inputs(data, index):
-            counts = data["counts"][index]
-            total = jnp.maximum(counts.sum(axis=-1, keepdims=True), 1.0)
             condition = jax.nn.one_hot(data["condition_index"][index], conditions)
-            return jnp.concatenate([jnp.log1p(counts / total * 1e4), condition], axis=-1)
+            return jnp.concatenate([default_encoder_inputs(data, index), condition], axis=-1)
 
         schedule = optax.exponential_decay(learning_rate, num_steps, 0.1)
         posterior = fit(
