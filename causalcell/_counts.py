@@ -47,7 +47,7 @@ def find_invalid_entries(counts, *, count_data: bool = True) -> InvalidEntries |
         counts = np.asarray(counts)
         values = counts.reshape(-1)
     if values.dtype.kind not in "biuf":
-        raise TypeError(f"counts must be numbers, got an array of dtype {values.dtype}.")
+        raise TypeError(f"Counts must be numbers, got an array of dtype {values.dtype}.")
     masks = {}
     if values.dtype.kind == "f":
         masks["non-finite"] = ~np.isfinite(values)

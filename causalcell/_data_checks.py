@@ -119,7 +119,7 @@ def check_counts(counts, *, adata, genes: Sequence[str], layer: str | None, coun
     try:
         invalid = find_invalid_entries(counts, count_data=count_data)
     except TypeError as error:
-        raise ValueError(str(error).replace("counts must be", "Counts must be")) from None
+        raise ValueError(str(error)) from None  # a data problem at the AnnData edge
     if invalid is None:
         return
     source = ".X" if layer is None else f".layers[{layer!r}]"
