@@ -62,7 +62,6 @@ class LCD:
         self.registry = registry
         self.intervention = intervention
         self._library_sizes = library_sizes
-        self.trained_targets = frozenset(registry.targets)
 
     @classmethod
     def fit(
@@ -123,6 +122,11 @@ class LCD:
     @property
     def genes(self) -> tuple[str, ...]:
         return self.registry.genes
+
+    @property
+    def trained_targets(self) -> frozenset[str]:
+        """Genes perturbed (alone or in a combination) in the training cells."""
+        return frozenset(self.registry.targets)
 
     def _targets(self, perturbation: str, allow_prior_only: bool) -> tuple[np.ndarray, bool]:
         members = parse_perturbation(
