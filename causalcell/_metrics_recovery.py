@@ -1,13 +1,14 @@
-"""Recovery of ground truth: graph structure (SHD, AUPRC) and credible-interval coverage.
+"""Recovery of ground truth: graph structure (SHD, AUPRC, orientation), signs, interval coverage.
 
-Adjacency convention (DESIGN 2.1): ``A[i, j] = 1`` iff there is an edge ``i -> j``.
+Adjacency convention (DESIGN 2.1): ``A[i, j] = 1`` iff there is an edge ``i -> j``; weight and
+score matrices use the same graph orientation (``[source, target]``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auprc", "interval_coverage", "shd"]
+__all__ = ["auprc", "interval_coverage", "orientation_accuracy", "shd", "sign_accuracy"]
 
 
 def _as_adjacency(array, name: str) -> np.ndarray:
@@ -174,3 +175,109 @@ def interval_coverage(truth, lower, upper) -> float:
         return float("nan")
     inside = (lower[reported] <= truth[reported]) & (truth[reported] <= upper[reported])
     return float(inside.mean())
+
+
+def _as_square_real(array, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    matrix = np.asarray(array, dtype=np.float64)
+    if matrix.shape != shape:
+        raise ValueError(f"{name} has shape {matrix.shape} but {shape} was expected.")
+    return matrix
+
+
+def sign_accuracy(true_weights, estimated_weights) -> float:
+    """Fraction of true edges whose estimated weight has the true sign.
+
+    Over the off-diagonal entries with ``true_weights[i, j] != 0`` (the true edges; the
+    diagonal is self-regulation, not an edge), the fraction with
+    ``sign(estimated_weights[i, j]) == sign(true_weights[i, j])``; an estimate of exactly 0
+    has no sign and counts as a mismatch. Entries whose estimate is NaN are left out of the
+    fraction: NaN marks an effect the method reports as not identified (e.g. a partial screen,
+    :mod:`causalcell.clipr`), as in :func:`interval_coverage`.
+
+    Parameters
+    ----------
+    true_weights, estimated_weights
+        Real matrices ``[nodes, nodes]`` in graph orientation: entry ``[i, j]`` is the weight of
+        the edge ``i -> j`` (source row, target column). A drift matrix (row = target) converts
+        with :func:`causalcell.graph.graph_from_drift` and :func:`causalcell.graph.to_adjacency`.
+
+    Returns
+    -------
+    float
+        Accuracy in ``[0, 1]``; ``nan`` if no true edge has a reported (non-NaN) estimate.
+
+    Raises
+    ------
+    ValueError
+        If the matrices are not square or differ in shape, or ``true_weights`` is not finite.
+
+    Examples
+    --------
+    >>> true = np.array([[0.0, 0.8, -0.5], [0.0, 0.0, 0.3], [0.0, 0.0, 0.0]])
+    >>> estimate = np.array([[0.0, 0.6, 0.1], [0.2, 0.0, np.nan], [0.0, 0.0, 0.0]])
+    >>> sign_accuracy(true, estimate)  # 0 -> 1 right, 0 -> 2 wrong, 1 -> 2 not reported
+    0.5
+    """
+    truth = np.asarray(true_weights, dtype=np.float64)
+    if truth.ndim != 2 or truth.shape[0] != truth.shape[1]:
+        raise ValueError(f"true_weights must be a square matrix, got shape {truth.shape}.")
+    if not np.isfinite(truth).all():
+        raise ValueError("true_weights contains NaN or infinite values.")
+    estimate = _as_square_real(estimated_weights, "estimated_weights", truth.shape)
+    edges = (truth != 0) & ~np.eye(truth.shape[0], dtype=bool) & ~np.isnan(estimate)
+    if not edges.any():
+        return float("nan")
+    return float(np.mean(np.sign(estimate[edges]) == np.sign(truth[edges])))
+
+
+def orientation_accuracy(true_adjacency, scores) -> float:
+    """How often the scores orient the true one-way edges correctly.
+
+    For every true edge ``i -> j`` without its reverse (``A[i, j] = 1`` and ``A[j, i] = 0``;
+    two-cycles have no single orientation and are left out), a point when
+    ``scores[i, j] > scores[j, i]``, half a point for a tie, nothing otherwise; the result is
+    the mean. A symmetric score matrix (such as any function of a covariance or of the
+    symmetric ``-Sigma^{-1}`` a gradient-field drift gives) therefore scores exactly 0.5,
+    chance, whatever its values.
+
+    Parameters
+    ----------
+    true_adjacency
+        0/1 matrix ``[nodes, nodes]`` with ``A[i, j] = 1`` iff ``i -> j``.
+    scores
+        Real matrix of the same shape and orientation (higher = more evidence for ``i -> j``,
+        e.g. ``|W|`` or edge probabilities).
+
+    Returns
+    -------
+    float
+        Accuracy in ``[0, 1]``; ``nan`` if the graph has no one-way edge.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, the truth is not 0/1, or a score that is compared is NaN (fill
+        not-identified scores explicitly first).
+
+    Examples
+    --------
+    >>> true = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0]])  # 0 -> 1, 0 -> 2, 1 -> 2
+    >>> orientation_accuracy(true, np.array([[0, 2, 1], [1, 0, 0], [1, 1, 0]]))  # right, tie, wrong
+    0.5
+    >>> orientation_accuracy(true, np.ones((3, 3)))  # symmetric scores: chance
+    0.5
+    """
+    true = _as_adjacency(true_adjacency, "true_adjacency")
+    score_matrix = _as_square_real(scores, "scores", true.shape)
+    one_way = true & ~true.T & ~np.eye(true.shape[0], dtype=bool)
+    if not one_way.any():
+        return float("nan")
+    forward = score_matrix[one_way]
+    backward = score_matrix.T[one_way]
+    if np.isnan(forward).any() or np.isnan(backward).any():
+        raise ValueError(
+            "scores contains NaN at a true edge or its reverse; fill not-identified entries "
+            "explicitly (e.g. numpy.nan_to_num(scores, nan=0.0)) before scoring orientation."
+        )
+    points = np.where(forward > backward, 1.0, np.where(forward == backward, 0.5, 0.0))
+    return float(points.mean())

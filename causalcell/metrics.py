@@ -7,7 +7,8 @@ of a condition ``p`` is the mean expression ``mu_p`` of its cells, and its effec
 - Pseudobulk: :class:`Pseudobulk`, :func:`pseudobulk`, :func:`top_de_genes`,
   :func:`pearson_delta`, :func:`pseudobulk_mse`, :func:`rmse`, :func:`pseudobulk_l2`.
 - Cell populations: :func:`energy_distance`, :func:`mmd_rbf`, :func:`median_heuristic_bandwidth`.
-- Ground-truth recovery: :func:`shd`, :func:`auprc` (adjacency ``A[i, j] = 1`` iff ``i -> j``),
+- Ground-truth recovery: :func:`shd`, :func:`auprc`, :func:`orientation_accuracy`,
+  :func:`sign_accuracy` (graph orientation: ``A[i, j] = 1`` iff ``i -> j``),
   :func:`interval_coverage`.
 - Concepts: :func:`normalized_mutual_info`, :func:`adjusted_rand_index`.
 
@@ -29,7 +30,13 @@ from causalcell._metrics_expression import (
     rmse,
     top_de_genes,
 )
-from causalcell._metrics_recovery import auprc, interval_coverage, shd
+from causalcell._metrics_recovery import (
+    auprc,
+    interval_coverage,
+    orientation_accuracy,
+    shd,
+    sign_accuracy,
+)
 
 __all__ = [
     "Pseudobulk",
@@ -40,11 +47,13 @@ __all__ = [
     "median_heuristic_bandwidth",
     "mmd_rbf",
     "normalized_mutual_info",
+    "orientation_accuracy",
     "pearson_delta",
     "pseudobulk",
     "pseudobulk_l2",
     "pseudobulk_mse",
     "rmse",
     "shd",
+    "sign_accuracy",
     "top_de_genes",
 ]
