@@ -1,10 +1,12 @@
 """Stationary diffusions ``dx = f(x; intervention) dt + diag(sigma) dW`` (DESIGN 2.3).
 
 Linear drift has a Gaussian stationary law (mean ``-A^{-1} b``, covariance from the continuous
-Lyapunov equation); nonlinear drift is sampled by simulating many chains with diffrax.
+Lyapunov equation); nonlinear drift is sampled by simulating many chains with diffrax and
+fitted with the kernel deviation from stationarity (:func:`kds`), which needs no simulation.
 """
 
 from causalcell.diffusion._drift import LinearDrift, NeuralDrift, intervene, intervene_linear
+from causalcell.diffusion._kds import kds
 from causalcell.diffusion._lyapunov import (
     UnstableDriftError,
     check_stable,
@@ -26,6 +28,7 @@ __all__ = [
     "check_stable",
     "intervene",
     "intervene_linear",
+    "kds",
     "sample_stationary",
     "simulate_chains",
     "solve_continuous_lyapunov",

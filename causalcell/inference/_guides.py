@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -35,6 +36,20 @@ def default_encoder_inputs(data: Mapping, index) -> jnp.ndarray:
     return jnp.log1p(counts / total * 1e4)
 
 
+def _start_at(values: Mapping):
+    """Init strategy: ``values`` where given, the prior median (15 draws) elsewhere."""
+    return functools.partial(_value_or_median, values=dict(values))
+
+
+def _value_or_median(site=None, values=None):
+    # numpyro inspects init strategies as functools.partial objects, hence this shape.
+    if site is None:
+        return functools.partial(_value_or_median, values=values)
+    if site["type"] == "sample" and not site["is_observed"] and site["name"] in values:
+        return jnp.broadcast_to(jnp.asarray(values[site["name"]]), site["fn"].shape())
+    return init_to_median(site, num_samples=15)
+
+
 class AmortizedGuide:
     """Guide with a neural encoder ``q(z_c | x_c)`` for per-cell sites and a global auto-guide.
 
@@ -61,6 +76,21 @@ class AmortizedGuide:
         Name of the per-cell plate.
     key
         Seed of the encoder's initial weights.
+    encoder_offsets
+        Optional ``{site: (data, index) -> [batch, *shape]}``: a data-driven first guess of a
+        per-cell site's posterior mean that the encoder's mean output is added to (so the
+        network learns a correction, starting from a sane state; e.g. the naive per-cell
+        log-expression ``log((counts + 0.5) / size_factors)`` for a latent log-expression).
+    local_posterior
+        Optional ``(global_values, data, index, heads) -> {site: distribution}``: builds each
+        per-cell site's guide distribution from the globals drawn in the same guide call (e.g.
+        an exact Gaussian update of the model's per-cell prior by a likelihood message), with
+        the encoder's ``heads`` (``{site: (loc, scale)}``) as learned corrections. The
+        distributions need ``.mean`` and ``.variance``. Without it, each site is a diagonal
+        Normal with the encoder's ``loc`` and ``scale``.
+    init_values
+        Optional ``{global site: value}`` where the global guide starts (constrained space);
+        other globals start at their prior medians.
 
     References
     ----------
@@ -79,6 +109,9 @@ class AmortizedGuide:
         rank: int | None = None,
         plate: str = "cells",
         key: int = 0,
+        encoder_offsets: Mapping[str, Callable] | None = None,
+        init_values: Mapping | None = None,
+        local_posterior: Callable | None = None,
     ):
         if global_guide not in ("normal", "lowrank"):
             raise ValueError(f"global_guide must be 'normal' or 'lowrank', got {global_guide!r}.")
@@ -89,6 +122,9 @@ class AmortizedGuide:
         self.rank = rank
         self.plate = plate
         self.key = key
+        self.encoder_offsets = dict(encoder_offsets or {})
+        self.init_values = dict(init_values or {})
+        self.local_posterior = local_posterior
         self.local_shapes: dict[str, tuple[int, ...]] | None = None
         self.global_guide = None
         self._encoder = None
@@ -143,6 +179,23 @@ class AmortizedGuide:
                         f"needs exactly the {self.plate!r} plate as batch axis (use .to_event())."
                     )
                 local[name] = event
+        unknown = sorted(set(self.encoder_offsets) - set(local))
+        if unknown:
+            raise ValueError(
+                f"encoder_offsets names {unknown}, which are not per-cell latent sites of the "
+                f"model (those are {sorted(local)})."
+            )
+        global_sites = {
+            name
+            for name, site in prototype.items()
+            if site["type"] == "sample" and not site["is_observed"] and name not in local
+        }
+        unknown = sorted(set(self.init_values) - global_sites)
+        if unknown:
+            raise ValueError(
+                f"init_values names {unknown}, which are not global latent sites of the model "
+                f"(those are {sorted(global_sites)})."
+            )
         if not local:
             raise ValueError(
                 f"The model has no latent sites inside the plate {self.plate!r}: use "
@@ -155,7 +208,7 @@ class AmortizedGuide:
         # Globals start at their prior medians: with scientific priors that is a sane state,
         # unlike numpyro's default uniform(-2, 2) draw in unconstrained space, which can put
         # thousands of genes' log-rates far out and overflow the first steps.
-        start = init_to_median(num_samples=15)
+        start = _start_at(self.init_values)
         if self.global_guide_kind == "normal":
             self.global_guide = AutoNormal(blocked, prefix="global", init_loc_fn=start)
         else:
@@ -178,6 +231,14 @@ class AmortizedGuide:
     def has_globals(self) -> bool:
         return self.global_guide is not None
 
+    def _heads(self, encoder, data, index):
+        """``{site: (loc, scale)}`` of the cells ``index``: encoder output plus any offsets."""
+        heads = self._split(jax.vmap(encoder)(self.encoder_inputs(data, index)))
+        for name, offset in self.encoder_offsets.items():
+            loc, scale = heads[name]
+            heads[name] = (loc + offset(data, index), scale)
+        return heads
+
     def _split(self, output):
         """Encoder output ``[batch, 2 * sum(k)]`` -> ``{site: (loc, scale)}``."""
         heads = {}
@@ -199,13 +260,22 @@ class AmortizedGuide:
         data = {name: value for name, value in kwargs.items() if hasattr(value, "shape")}
         if self.local_shapes is None:
             self._setup(data, {k: v for k, v in kwargs.items() if k not in data})
-        self.global_guide(**kwargs)
+        global_values = self.global_guide(**kwargs)
         network = eqx_module("encoder", self._encoder)
         size = self._plate_size(kwargs)
         with numpyro.plate(self.plate, size) as index:
-            heads = self._split(jax.vmap(network)(self.encoder_inputs(data, index)))
-            for name, (loc, scale) in heads.items():
-                numpyro.sample(name, dist.Normal(loc, scale).to_event(len(self.local_shapes[name])))
+            laws = self._laws(global_values, data, index, self._heads(network, data, index))
+            for name, law in laws.items():
+                numpyro.sample(name, law)
+
+    def _laws(self, global_values, data, index, heads) -> dict:
+        """Guide distribution of each per-cell site."""
+        if self.local_posterior is not None:
+            return self.local_posterior(global_values, data, index, heads)
+        return {
+            name: dist.Normal(loc, scale).to_event(len(self.local_shapes[name]))
+            for name, (loc, scale) in heads.items()
+        }
 
     def _plate_size(self, kwargs) -> int:
         """Size of the cell plate for these data (cached by the data's shapes)."""
@@ -225,4 +295,8 @@ class AmortizedGuide:
         encoder = eqx.combine(
             params["encoder$params"], eqx.partition(self._encoder, eqx.is_inexact_array)[1]
         )
-        return self._split(jax.vmap(encoder)(self.encoder_inputs(data, index)))
+        heads = self._heads(encoder, data, index)
+        if self.local_posterior is None:
+            return heads
+        laws = self._laws(self.global_guide.median(params), data, index, heads)
+        return {name: (law.mean, jnp.sqrt(law.variance)) for name, law in laws.items()}

@@ -129,7 +129,10 @@ def guide_spec(guide) -> dict | None:
             rank=guide.rank,
             plate=guide.plate,
             key=guide.key,
-            default_inputs=guide.encoder_inputs is default_encoder_inputs,
+            default_inputs=guide.encoder_inputs is default_encoder_inputs
+            and not guide.encoder_offsets
+            and not guide.init_values
+            and guide.local_posterior is None,
         )
     elif isinstance(guide, AutoGuide):
         spec.update(prefix=guide.prefix, rank=getattr(guide, "rank", None))

@@ -20,10 +20,24 @@ from causalcell.diffusion import LinearDrift, stationary_moments
 from causalcell.interventions import Intervention
 from causalcell.noise import NegativeBinomial, NoiseModel
 
-__all__ = ["INTERVENTION_KINDS", "condition_interventions", "drift_from_sites", "lcd_model"]
+__all__ = [
+    "INTERVENTION_KINDS",
+    "PARAMETER_SITE",
+    "condition_interventions",
+    "condition_laws",
+    "drift_from_sites",
+    "intervention_parameters",
+    "lcd_model",
+]
 
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
 INTERVENTION_KINDS = ("shift", "knockdown", "knockout")
+#: The sample site of each kind's per-gene intervention parameter.
+PARAMETER_SITE = {
+    "shift": "intervention_effect",
+    "knockdown": "knockdown_strength",
+    "knockout": "knockout_depth",
+}
 #: Strength of the diagonal dominance that keeps the drift stable (see module docstring).
 _DOMINANCE = 0.95
 
@@ -55,6 +69,28 @@ def condition_interventions(condition_targets, kind: str, parameters: dict, drif
         knockout=targets,
         knockout_level=jnp.where(targets, parameters["level"], 0.0),
     )
+
+
+def intervention_parameters(kind: str, value, baseline) -> dict:
+    """The intervention parameter of ``kind`` from its unconstrained site ``value`` [d]."""
+    if kind == "shift":
+        return {"effect": value}
+    if kind == "knockdown":
+        return {"log_fraction": -jax.nn.softplus(value)}
+    return {"level": baseline + value}
+
+
+def condition_laws(values, condition_targets, kind: str, prior_mask=None):
+    """Drift and the Gaussian stationary law ``(means [P, d], covariances [P, d, d])`` of every
+    condition, from the global sites ``values`` (a dict of one draw)."""
+    raw = values["drift_weights"]
+    if prior_mask is not None:
+        raw = raw * prior_mask
+    drift = drift_from_sites(raw, values["log_decay"], values["log_scaling"], values["baseline"])
+    parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
+    interventions = condition_interventions(condition_targets, kind, parameters, drift)
+    means, covariances = stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
+    return drift, means, covariances
 
 
 def lcd_model(
@@ -114,12 +150,17 @@ def lcd_model(
     log_sigma = numpyro.sample(
         "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
     )
-    parameters = _intervention_sites(intervention, genes, baseline)
-    drift = drift_from_sites(raw * mask, log_decay, log_scaling, baseline)
+    values = {
+        "drift_weights": raw,
+        "log_decay": log_decay,
+        "log_scaling": log_scaling,
+        "baseline": baseline,
+        "log_sigma": log_sigma,
+        PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
+    }
+    drift, means, covariances = condition_laws(values, condition_targets, intervention, mask)
     numpyro.deterministic("drift", drift.matrix())
     noise_parameters = noise.sample_parameters(genes)
-    interventions = condition_interventions(condition_targets, intervention, parameters, drift)
-    means, covariances = stationary_moments(drift, jnp.exp(log_sigma), interventions)
     factors = jnp.linalg.cholesky(covariances)
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
@@ -135,17 +176,12 @@ def lcd_model(
         )
 
 
-def _intervention_sites(kind: str, genes: int, baseline) -> dict:
-    """The per-gene intervention parameter (used where a gene is targeted)."""
+def _intervention_site(kind: str, genes: int):
+    """The per-gene unconstrained intervention parameter (used where a gene is targeted)."""
     if kind == "shift":
-        effect = numpyro.sample(
-            "intervention_effect", dist.Normal(0.0, 3.0).expand([genes]).to_event(1)
-        )
-        return {"effect": effect}
-    if kind == "knockdown":
-        raw = numpyro.sample(
-            "knockdown_strength", dist.Normal(1.0, 1.0).expand([genes]).to_event(1)
-        )
-        return {"log_fraction": -jax.nn.softplus(raw)}
-    depth = numpyro.sample("knockout_depth", dist.Normal(-3.0, 2.0).expand([genes]).to_event(1))
-    return {"level": baseline + depth}
+        prior = dist.Normal(0.0, 3.0)  # own-level change, log scale
+    elif kind == "knockdown":
+        prior = dist.Normal(1.0, 1.0)  # log fraction -softplus(.) ~ -1.3
+    else:
+        prior = dist.Normal(-3.0, 2.0)  # pinned level below the baseline
+    return numpyro.sample(PARAMETER_SITE[kind], prior.expand([genes]).to_event(1))

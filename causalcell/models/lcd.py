@@ -23,21 +23,16 @@ import optax
 import pandas as pd
 import scipy.sparse
 
+from causalcell.clipr import linear_responses, posterior_direct_effects
 from causalcell.data import register, to_arrays
-from causalcell.diffusion import stationary_moments
 from causalcell.inference import default_encoder_inputs, fit
-from causalcell.models._lcd_program import condition_interventions, drift_from_sites, lcd_model
+from causalcell.models._lcd_guide import lcd_local_posterior
+from causalcell.models._lcd_program import condition_laws, drift_from_sites, lcd_model
 from causalcell.noise import NegativeBinomial
 from causalcell.perturbations import canonical_label, parse_perturbation
 from causalcell.preprocessing import normalize_log1p
 
 __all__ = ["LCD", "UnseenTargetError"]
-
-_PARAMETER_SITE = {
-    "shift": "intervention_effect",
-    "knockdown": "knockdown_strength",
-    "knockout": "knockout_depth",
-}
 
 
 class UnseenTargetError(ValueError):
@@ -57,11 +52,14 @@ class LCD:
         The screen's intervention kind.
     """
 
-    def __init__(self, posterior, registry, intervention: str, library_sizes: np.ndarray):
+    def __init__(
+        self, posterior, registry, intervention: str, library_sizes: np.ndarray, prior_mask=None
+    ):
         self.posterior = posterior
         self.registry = registry
         self.intervention = intervention
         self._library_sizes = library_sizes
+        self._prior_mask = None if prior_mask is None else jnp.asarray(prior_mask, jnp.float32)
 
     @classmethod
     def fit(
@@ -71,6 +69,7 @@ class LCD:
         perturbation_key: str = "perturbation",
         control: str = "control",
         layer: str | None = None,
+        size_factor_key: str | None = None,
         intervention: str = "shift",
         prior_mask=None,
         num_steps: int = 3000,
@@ -86,7 +85,13 @@ class LCD:
         step size decays tenfold over the fit. Other keyword arguments go to
         :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
         """
-        registry = register(adata, perturbation_key=perturbation_key, control=control, layer=layer)
+        registry = register(
+            adata,
+            perturbation_key=perturbation_key,
+            control=control,
+            layer=layer,
+            size_factor_key=size_factor_key,
+        )
         arrays = to_arrays(adata, registry)
         fractions = (arrays.counts / arrays.size_factors[:, None]).mean(axis=0)
         conditions = len(registry.conditions)
@@ -113,11 +118,18 @@ class LCD:
             batch_size=batch_size,
             key=key,
             model_kwargs={"intervention": intervention},
-            guide_kwargs={"encoder_inputs": encoder_inputs},
+            guide_kwargs={
+                "encoder_inputs": encoder_inputs,
+                "local_posterior": lcd_local_posterior(
+                    intervention,
+                    _condition_means(arrays.counts, arrays.condition_index, conditions),
+                ),
+                "init_values": _initial_values(arrays, intervention),
+            },
             progress_bar=progress_bar,
             **fit_kwargs,
         )
-        return cls(posterior, registry, intervention, arrays.size_factors)
+        return cls(posterior, registry, intervention, arrays.size_factors, prior_mask)
 
     @property
     def genes(self) -> tuple[str, ...]:
@@ -150,41 +162,74 @@ class LCD:
     def _draws(self, key, num_samples: int) -> dict:
         return self.posterior.sample(key, num_samples)
 
-    def _drift_and_interventions(self, draws: dict, targets: np.ndarray):
-        """Per-draw drift and the condition's intervention (``targets`` [K, d])."""
-        site = _PARAMETER_SITE[self.intervention]
-
-        def one(draw):
-            drift = drift_from_sites(
-                draw["drift_weights"], draw["log_decay"], draw["log_scaling"], draw["baseline"]
-            )
-            value = draw[site]
-            parameters = {
-                "effect": value,
-                "log_fraction": -jax.nn.softplus(value),
-                "level": draw["baseline"] + value,
-            }
-            interventions = condition_interventions(
-                jnp.asarray(targets), self.intervention, parameters, drift
-            )
-            return drift, interventions, jnp.exp(draw["log_sigma"])
-
-        return jax.vmap(one)(draws)
-
     def _laws(self, draws: dict, row: np.ndarray):
         """Per-draw stationary mean, covariance and its Cholesky factor under targets ``row``."""
-        drift, interventions, sigma = self._drift_and_interventions(draws, row[None])
-        single = jax.tree_util.tree_map(lambda value: value[:, 0], interventions)
-        mean, covariance = jax.vmap(stationary_moments)(drift, sigma, single)
+        targets = jnp.asarray(row[None], jnp.float32)
+
+        def one(draw):
+            _, means, covariances = condition_laws(
+                draw, targets, self.intervention, self._prior_mask
+            )
+            return means[0], covariances[0]
+
+        mean, covariance = jax.vmap(one)(draws)
         return mean, covariance, jnp.linalg.cholesky(covariance)
 
     def drift(self, key=0, num_samples: int = 200) -> np.ndarray:
         """Posterior draws of the drift matrix ``[num_samples, d, d]`` (row = target)."""
         draws = self._draws(_key(key), num_samples)
-        matrices = jax.vmap(lambda w, a, s, b: drift_from_sites(w, a, s, b).matrix())(
-            draws["drift_weights"], draws["log_decay"], draws["log_scaling"], draws["baseline"]
+        mask = 1.0 if self._prior_mask is None else self._prior_mask
+
+        def one(draw):
+            return drift_from_sites(
+                draw["drift_weights"] * mask,
+                draw["log_decay"],
+                draw["log_scaling"],
+                draw["baseline"],
+            ).matrix()
+
+        return np.asarray(jax.vmap(one)(draws))
+
+    def effects(
+        self,
+        *,
+        targets: Sequence[str] | None = None,
+        key=0,
+        num_samples: int = 200,
+        probability: float = 0.9,
+    ):
+        """Direct gene-to-gene effects by CLIPR on the fitted drift, with posterior uncertainty.
+
+        Each posterior draw of the drift gives the exact responses ``-A^{-1} e_j`` to unit
+        shifts of the ``targets`` (in-silico perturbations), and CLIPR turns them into direct
+        effects ``W_ij = A_ij / (-A_ii)`` (:func:`causalcell.clipr.posterior_direct_effects`).
+
+        Parameters
+        ----------
+        targets
+            Genes to perturb in silico; by default the genes perturbed in training, so that
+            what is reported as identified is what the screen identifies. Naming other genes
+            extrapolates from the model (its prior and the covariance of unperturbed genes).
+        key, num_samples
+            Seed and number of posterior draws.
+        probability
+            Mass of the equal-tailed credible intervals.
+
+        Returns
+        -------
+        causalcell.clipr.DirectEffects
+            Mean, intervals, sign probabilities and the identified mask (row = target gene).
+        """
+        if targets is None:
+            targets = [gene for gene in self.genes if gene in self.trained_targets]
+        unknown = [gene for gene in targets if gene not in self.genes]
+        if unknown:
+            raise ValueError(f"effects(targets=...) names genes that are not modelled: {unknown}.")
+        columns = [self.genes.index(gene) for gene in targets]
+        responses = linear_responses(self.drift(key=key, num_samples=num_samples), columns)
+        return posterior_direct_effects(
+            responses, genes=list(self.genes), targets=list(targets), probability=probability
         )
-        return np.asarray(matrices)
 
     def stationary(
         self, perturbation: str, *, key=0, num_samples: int = 200, allow_prior_only: bool = False
@@ -267,6 +312,39 @@ class LCD:
         result.layers["log1p"] = normalize_log1p(counts, sizes)
         result.obsm["latent"] = np.concatenate([block[1] for block in blocks])
         return result
+
+
+def _condition_means(values, condition_index, conditions: int) -> np.ndarray:
+    """Mean of ``values`` [cells, d] over the cells of each condition ``[conditions, d]``."""
+    totals = np.zeros((conditions, values.shape[1]))
+    np.add.at(totals, condition_index, values)
+    cells = np.bincount(condition_index, minlength=conditions)[:, None]
+    return (totals / np.maximum(cells, 1)).astype(np.float32)
+
+
+def _initial_values(arrays, intervention: str) -> dict:
+    """Where the global guide starts: control baseline and per-target effects from pseudobulk.
+
+    Log mean fractions per condition give the control baseline and, for each target, the mean
+    change of its own level over the conditions that carry it (shift effect, knockout depth, or
+    the knockdown strength whose ``-softplus`` is that change).
+    """
+    fractions = arrays.counts / arrays.size_factors[:, None]
+    conditions = arrays.condition_targets.shape[0]
+    levels = np.log(_condition_means(fractions, arrays.condition_index, conditions) + 1e-6)
+    control = levels[0]
+    targets = arrays.condition_targets.astype(bool)
+    carried = np.maximum(targets.sum(axis=0), 1)
+    change = ((levels - control) * targets).sum(axis=0) / carried
+    values = {"baseline": control.astype(np.float32)}
+    if intervention == "shift":
+        values["intervention_effect"] = change
+    elif intervention == "knockout":
+        values["knockout_depth"] = np.minimum(change, -0.1)
+    else:
+        strength = np.maximum(-change, 0.05)
+        values["knockdown_strength"] = np.log(np.expm1(strength))
+    return {name: np.asarray(value, np.float32) for name, value in values.items()}
 
 
 def _key(key):

@@ -1,0 +1,85 @@
+"""Per-cell posterior of LCD's latents: the exact Gaussian update of the cell's stationary law
+by a Laplace message from its counts.
+
+For linear drift the latent prior of a cell in condition ``p`` is ``N(mu_p, Sigma_p)``. Each
+gene's count ``y`` under a negative binomial with mean ``l e^x`` and concentration ``theta``
+has log-likelihood ``y x - (y + theta) log(l e^x + theta)``; its mode is ``x = log(y / l)`` and
+its curvature there ``y theta / (y + theta)``. With a half pseudo-count (so that zeros have a
+mode) this gives a Gaussian message ``N(m, 1 / lambda)`` per gene, and the guide is the exact
+product ``q(x) = N(P^{-1} (Sigma_p^{-1} mu_p + lambda m), P^{-1})`` with
+``P = Sigma_p^{-1} + diag(lambda)``, a full-covariance posterior that is exact for Gaussian
+messages. The precision ``lambda`` is taken at the condition's mean count (it saturates at
+``theta`` for counts well above it, so it varies little between cells of a condition).
+Built from the globals drawn in the same guide call, it tracks the model during the fit, so
+there is no amortization gap to close: the encoder only adds a learned correction to the
+message mean.
+
+References
+----------
+Johnson, M. J. et al. (2016). Composing graphical models with neural networks for structured
+representations and fast inference. NeurIPS (conjugate likelihood messages in a guide).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpyro.distributions as dist
+
+from causalcell.models._lcd_program import condition_laws
+
+__all__ = ["laplace_message", "lcd_local_posterior"]
+
+#: Pseudo-count added to every count so that zero counts have a finite message mode.
+PSEUDO_COUNT = 0.5
+
+
+def laplace_message(counts, size_factors, concentration=None):
+    """Gaussian message ``(mean, precision)`` ``[cells, d]`` of the counts about log-expression.
+
+    ``concentration`` ``[d]`` of a negative binomial; ``None`` for Poisson (infinite).
+    """
+    pseudo = counts + PSEUDO_COUNT
+    mean = jnp.log(pseudo / size_factors[:, None])
+    if concentration is None:
+        return mean, pseudo
+    return mean, pseudo * concentration / (pseudo + concentration)
+
+
+def lcd_local_posterior(intervention: str, condition_counts):
+    """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
+
+    ``condition_counts`` ``[P, d]``: mean counts of each gene in each condition (training data).
+    The message precision of a cell is its condition's (from these mean counts), so that the
+    posterior covariance is shared within a condition: every factorisation is per condition
+    (``P`` of them), and a cell costs matrix-vector products only. Batched LAPACK calls over
+    cells are avoided on purpose: jaxlib 0.10 on CPU can deadlock when two of them run
+    concurrently on a two-thread pool.
+    """
+    condition_counts = jnp.asarray(condition_counts)
+
+    def local_posterior(values, data, index, heads):
+        _, means, covariances = condition_laws(
+            values, data["condition_targets"], intervention, data.get("prior_mask")
+        )
+        eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), covariances.shape)
+        prior_precision = jsl.cho_solve((jnp.linalg.cholesky(covariances), True), eye)
+        concentration = values.get("noise_concentration")
+        pseudo = condition_counts + PSEUDO_COUNT
+        message_precision = (
+            pseudo if concentration is None else pseudo * concentration / (pseudo + concentration)
+        )
+        precision = prior_precision + eye * message_precision[:, None, :]
+        posterior_covariance = jsl.cho_solve((jnp.linalg.cholesky(precision), True), eye)
+        prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
+        condition = data["condition_index"][index]
+        message_mean, _ = laplace_message(data["counts"][index], data["size_factors"][index])
+        loc, _ = heads["latent"]
+        information = prior_information[condition] + message_precision[condition] * (
+            message_mean + loc
+        )
+        mean = jnp.einsum("cij,cj->ci", posterior_covariance[condition], information)
+        factor = jnp.linalg.cholesky(posterior_covariance)
+        return {"latent": dist.MultivariateNormal(mean, scale_tril=factor[condition])}
+
+    return local_posterior
