@@ -1,68 +1,129 @@
-"""LCD against the baselines on held-out double knockouts of a simulated screen (preliminary).
+"""LCD against the baselines on held-out doubles of simulated screens (issue 5).
 
 Usage::
 
-    python benchmarks/lcd_screen.py [--genes 12] [--cells 5000] [--singles 8] [--doubles 8]
+    python benchmarks/lcd_screen.py [--genes 12 50] [--cells 5000] [--singles 8] [--doubles 8]
+                                    [--drift linear|neural] [--intervention knockout]
                                     [--steps 2000] [--seed 0]
 
-Simulates a linear-drift knockout screen, holds out half of the doubles, fits LCD on the rest,
-generates cells for the held-out doubles and prints the held-out table
-(:mod:`causalcell.evaluation`) with the fit time. The full benchmark of issue 5 (neural drift,
-MMD, RMSE, sizes 50/200/1000) is still to come.
+For each size: simulate a screen, hold out half of the doubles, fit LCD on the rest (true
+library sizes from ``obs["size_factor"]``), generate 400 cells per held-out double and print,
+per model, the held-out metrics of :mod:`causalcell.evaluation` plus, as in the LCD paper, RBF
+MMD averaged over bandwidths ``{0.5, 1, 2} x`` the median heuristic and the RMSE of means, each
+on all genes and on the top-20 DE genes; then LCD's fit time and the process's peak memory.
+Baselines that predict means only are scored on control cells shifted to their means.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
+import pandas as pd
 
-from causalcell import evaluation
+from causalcell import evaluation, metrics
 from causalcell.datasets import simulate_screen
+from causalcell.models.baselines import shift_control_cells
 from causalcell.models.lcd import LCD
 
+MODELS = ("lcd", "additive", "linear", "no_change")
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--genes", type=int, default=12)
-    parser.add_argument("--cells", type=int, default=5000)
-    parser.add_argument("--singles", type=int, default=8)
-    parser.add_argument("--doubles", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    arguments = parser.parse_args()
+
+def paper_metrics(expression, labels, held_out, means, cells) -> pd.DataFrame:
+    """MMD (bandwidth-averaged) and RMSE of means, on all genes and on the top-20 DE genes."""
+    control = expression[labels == "control"]
+    rows = []
+    for index, label in enumerate(held_out):
+        observed = expression[labels == label]
+        top = metrics.top_de_genes(observed, control, k=20)
+        for model in MODELS:
+            predicted = (
+                cells[model][index]
+                if model in cells
+                else shift_control_cells(control, control.mean(axis=0), means[model][index])
+            )
+            for genes, suffix in ((slice(None), "all"), (top, "top20")):
+                bandwidth = metrics.median_heuristic_bandwidth(
+                    predicted[:, genes], observed[:, genes]
+                )
+                mmd = metrics.mmd_rbf(
+                    predicted[:, genes],
+                    observed[:, genes],
+                    [0.5 * bandwidth, bandwidth, 2 * bandwidth],
+                )
+                rmse = metrics.rmse(
+                    predicted[:, genes].mean(axis=0), observed[:, genes].mean(axis=0)
+                )
+                rows += [
+                    (model, f"mmd_{suffix}", float(np.mean(mmd))),
+                    (model, f"rmse_{suffix}", rmse),
+                ]
+    table = pd.DataFrame(rows, columns=["model", "metric", "value"])
+    return table.groupby(["model", "metric"], as_index=False)["value"].mean()
+
+
+def run(genes: int, arguments) -> None:
     adata = simulate_screen(
-        num_genes=arguments.genes,
+        num_genes=genes,
         num_cells=arguments.cells,
+        drift=arguments.drift,
         perturbed_genes=arguments.singles,
         double_perturbations=arguments.doubles,
-        intervention="knockout",
+        intervention=arguments.intervention,
         key=arguments.seed,
     )
     conditions = list(adata.obs["perturbation"].cat.categories)
     split = evaluation.split_combinations(conditions, seed=arguments.seed)
     train = adata[adata.obs["perturbation"].isin(split.train)].copy()
     started = time.perf_counter()
-    model = LCD.fit(train, intervention="knockout", num_steps=arguments.steps, key=arguments.seed)
+    model = LCD.fit(
+        train,
+        intervention=arguments.intervention,
+        size_factor_key="size_factor",
+        num_steps=arguments.steps,
+        key=arguments.seed,
+        progress_bar=False,
+    )
     fit_seconds = time.perf_counter() - started
     predicted = model.predict(list(split.held_out), num_cells=400, key=arguments.seed + 1)
     expression, labels = evaluation.observed_expression(adata)
     generated = predicted.obs["perturbation"].to_numpy()
-    cells = [predicted.layers["log1p"][generated == label] for label in split.held_out]
+    cells = {"lcd": [predicted.layers["log1p"][generated == label] for label in split.held_out]}
     means = evaluation.baseline_predictions(expression, labels, split)
-    means["lcd"] = np.stack([block.mean(axis=0) for block in cells])
-    table = evaluation.evaluate_predictions(
-        expression, labels, split.held_out, means, {"lcd": cells}
+    means["lcd"] = np.stack([block.mean(axis=0) for block in cells["lcd"]])
+    table = pd.concat(
+        [
+            evaluation.evaluate_predictions(expression, labels, split.held_out, means, cells),
+            paper_metrics(expression, labels, split.held_out, means, cells),
+        ]
     )
-    wide = table.pivot(index="model", columns="metric", values="value")
+    wide = table.pivot(index="model", columns="metric", values="value").loc[list(MODELS)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"# {arguments.genes} genes, {arguments.cells} cells, held out {', '.join(split.held_out)};"
-        f" LCD fit {arguments.steps} steps in {fit_seconds:.0f} s"
+        f"\n# {arguments.drift} drift, {arguments.intervention}, {genes} genes, "
+        f"{arguments.cells} cells, held out {', '.join(split.held_out)}; LCD fit "
+        f"{arguments.steps} steps in {fit_seconds:.0f} s; peak memory {peak:.0f} MB"
     )
-    print(
-        wide.loc[["lcd", "additive", "linear", "no_change"]].to_string(float_format="{:.3f}".format)
+    print(wide.to_string(float_format="{:.3f}".format))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--genes", type=int, nargs="+", default=[12])
+    parser.add_argument("--cells", type=int, default=5000)
+    parser.add_argument("--singles", type=int, default=8)
+    parser.add_argument("--doubles", type=int, default=8)
+    parser.add_argument("--drift", choices=("linear", "neural"), default="linear")
+    parser.add_argument(
+        "--intervention", choices=("knockout", "knockdown", "shift"), default="knockout"
     )
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    for genes in arguments.genes:
+        run(genes, arguments)
 
 
 if __name__ == "__main__":

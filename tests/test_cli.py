@@ -22,6 +22,8 @@ def test_demo_writes_the_metrics_table(tmp_path, capsys):
                 "4",
                 "--doubles",
                 "4",
+                "--steps",
+                "150",
                 "--output",
                 str(tmp_path),
             ]
@@ -32,9 +34,9 @@ def test_demo_writes_the_metrics_table(tmp_path, capsys):
     assert "additive" in printed and "energy_distance" in printed
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert list(table.columns) == ["model", "metric", "value"]
-    assert set(table["model"]) == {"no_change", "additive", "linear"}
+    assert set(table["model"]) == {"lcd", "no_change", "additive", "linear"}
     assert set(table["metric"]) == set(evaluation.METRICS)
-    assert len(table) == 9 and np.isfinite(table["value"]).all()
+    assert len(table) == 12 and np.isfinite(table["value"]).all()
     wide = table.pivot(index="model", columns="metric", values="value")
     # On a knockout screen the doubles move expression, so knowing the singles must beat
     # predicting no change on every metric.
@@ -43,6 +45,10 @@ def test_demo_writes_the_metrics_table(tmp_path, capsys):
         wide.loc["additive", "pearson_delta_top20"] > wide.loc["no_change", "pearson_delta_top20"]
     )
     assert anndata.read_h5ad(tmp_path / "screen.h5ad").n_obs == 900
+    predicted = anndata.read_h5ad(tmp_path / "predicted.h5ad")
+    # 300 generated cells per held-out double (half of the 4 doubles are held out).
+    assert predicted.n_obs == 600 and "log1p" in predicted.layers
+    assert (tmp_path / "predicted_vs_observed.png").stat().st_size > 0
 
 
 def test_simulate_writes_h5ad(tmp_path):

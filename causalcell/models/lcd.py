@@ -261,7 +261,8 @@ class LCD:
         Returns
         -------
         anndata.AnnData
-            ``X``: counts (CSR); ``layers["log1p"]``: log1p-normalised; ``obsm["latent"]``;
+            ``X``: counts (CSR); ``layers["log1p"]``: log1p of counts normalised by each
+            cell's total (as observed cells are evaluated); ``obsm["latent"]``;
             ``obs["perturbation"]`` and ``obs["prior_only"]`` (True where a target was never
             perturbed in training).
         """
@@ -309,7 +310,9 @@ class LCD:
         result = anndata.AnnData(
             X=scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(self.genes))
         )
-        result.layers["log1p"] = normalize_log1p(counts, sizes)
+        # Like the observed cells (scanpy's normalize_total + log1p): each generated cell is
+        # normalised by its own total count, not by the library size the model drew.
+        result.layers["log1p"] = normalize_log1p(counts, np.maximum(counts.sum(axis=1), 1.0))
         result.obsm["latent"] = np.concatenate([block[1] for block in blocks])
         return result
 

@@ -1,0 +1,124 @@
+"""LCD against the truth of simulated screens (issue 5): drift recovery, held-out singles at the
+two-sample noise floor, and held-out doubles against the additive baseline.
+
+Each fit takes about a minute on two CPU cores, so each screen is fitted once per module.
+Simulated screens carry their true library sizes (``obs["size_factor"]``); LCD uses them, as
+with few genes the total count of a cell is confounded with its expression.
+"""
+
+import numpy as np
+import pytest
+
+from causalcell import evaluation, metrics
+from causalcell.datasets import ground_truth, simulate_screen
+from causalcell.models.lcd import LCD
+
+GENES = 8
+
+
+def _fit(train, intervention):
+    return LCD.fit(
+        train,
+        intervention=intervention,
+        size_factor_key="size_factor",
+        num_steps=1500,
+        batch_size=512,
+        key=0,
+        progress_bar=False,
+    )
+
+
+def _held_out_table(adata, model, held_out, split):
+    expression, labels = evaluation.observed_expression(adata)
+    generated = model.predict(list(held_out), num_cells=400, key=1)
+    names = generated.obs["perturbation"].to_numpy()
+    cells = [generated.layers["log1p"][names == label] for label in held_out]
+    means = evaluation.baseline_predictions(expression, labels, split)
+    means["lcd"] = np.stack([block.mean(axis=0) for block in cells])
+    table = evaluation.evaluate_predictions(expression, labels, held_out, means, {"lcd": cells})
+    return table.pivot(index="model", columns="metric", values="value")
+
+
+@pytest.fixture(scope="module")
+def shift_screen():
+    """Every gene shifted alone, plus doubles; half of each single's cells and half of the
+    doubles are held out."""
+    adata = simulate_screen(
+        num_genes=GENES,
+        num_cells=4000,
+        perturbed_genes=GENES,
+        double_perturbations=6,
+        intervention="shift",
+        key=1,
+    )
+    conditions = list(adata.obs["perturbation"].cat.categories)
+    split = evaluation.split_combinations(conditions, seed=1)
+    rng = np.random.default_rng(0)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    is_single = np.array(["+" not in label and label != "control" for label in labels])
+    test_cells = is_single & (rng.random(adata.n_obs) < 0.5)
+    train = adata[np.isin(labels, split.train) & ~test_cells].copy()
+    return adata, split, test_cells, _fit(train, "shift")
+
+
+def test_posterior_mean_drift_recovers_the_true_drift(shift_screen):
+    adata, _, _, model = shift_screen
+    truth = np.asarray(ground_truth(adata).drift.matrix())
+    fitted = model.drift(num_samples=100).mean(axis=0)
+    off = ~np.eye(GENES, dtype=bool)
+    correlation = np.corrcoef(fitted[off], truth[off])[0, 1]
+    # Measured 0.96 at 12 genes x 5,000 cells (see the issue note); 8 genes x ~2,500 training
+    # cells and 1,500 steps give about 0.9 here. 0.8 leaves room for seeds, far above the ~0.5
+    # that total-count size factors or a plain amortized encoder reach.
+    assert correlation > 0.8, correlation
+
+
+def test_held_out_cells_of_singles_match_at_the_two_sample_noise_floor(shift_screen):
+    adata, _, test_cells, model = shift_screen
+    expression, labels = evaluation.observed_expression(adata)
+    singles = sorted({label for label in labels[test_cells]})[:4]
+    generated = model.predict(singles, num_cells=300, key=2)
+    names = generated.obs["perturbation"].to_numpy()
+    rng = np.random.default_rng(1)
+    ratios = []
+    for label in singles:
+        observed = expression[test_cells & (labels == label)]
+        order = rng.permutation(len(observed))
+        first, second = observed[order[: len(order) // 2]], observed[order[len(order) // 2 :]]
+        floor = metrics.energy_distance(first, second)
+        predicted = generated.layers["log1p"][names == label]
+        ratios.append(metrics.energy_distance(predicted, first) / max(floor, 1e-3))
+    # The floor is the energy distance between two halves of the held-out cells (about 100
+    # cells each), whose own sampling noise is of the order of the floor itself. A model whose
+    # law is right stays within a few floors; a mean off by 0.2 in one gene is ~20 floors.
+    assert np.median(ratios) < 4.0, ratios
+
+
+def test_additive_doubles_are_not_worse_than_the_additive_baseline(shift_screen):
+    adata, split, _, model = shift_screen
+    wide = _held_out_table(adata, model, split.held_out, split)
+    # Shifts of a linear drift compose additively in log-expression, so the additive baseline
+    # is nearly exact here: LCD must match it within the noise of ~150-cell pseudobulks.
+    floor = 0.1
+    assert wide.loc["lcd", "energy_distance"] < wide.loc["additive", "energy_distance"] + floor
+    assert wide.loc["lcd", "pseudobulk_l2"] < wide.loc["additive", "pseudobulk_l2"] + 0.3
+
+
+def test_non_additive_knockout_doubles_beat_the_additive_baseline():
+    adata = simulate_screen(
+        num_genes=GENES,
+        num_cells=4000,
+        perturbed_genes=6,
+        double_perturbations=6,
+        intervention="knockout",
+        key=2,
+    )
+    conditions = list(adata.obs["perturbation"].cat.categories)
+    split = evaluation.split_combinations(conditions, seed=2)
+    model = _fit(adata[adata.obs["perturbation"].isin(split.train)].copy(), "knockout")
+    wide = _held_out_table(adata, model, split.held_out, split)
+    # Knockouts are hard interventions: a double whose members regulate each other is not the
+    # sum of its singles, and LCD composes the interventions in the drift instead. At 12 genes
+    # the benchmark measures ED 0.03 vs 0.88 and L2 0.26 vs 1.14; the test asks for a clear win.
+    assert wide.loc["lcd", "energy_distance"] < 0.5 * wide.loc["additive", "energy_distance"]
+    assert wide.loc["lcd", "pseudobulk_l2"] < wide.loc["additive", "pseudobulk_l2"]
