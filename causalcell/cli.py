@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="simulate a screen, hold out doubles, fit LCD, score it against baselines"
     )
-    _screen_options(demo, genes=30, cells=6000, singles=8, doubles=8)
-    demo.add_argument("--steps", type=int, default=1500, help="SVI steps of the LCD fit")
+    _screen_options(demo, genes=12, cells=5000, singles=8, doubles=8)
+    demo.add_argument("--steps", type=int, default=2000, help="SVI steps of the LCD fit")
     demo.add_argument(
         "--output",
         help="folder for metrics.csv, screen.h5ad, predicted.h5ad and predicted_vs_observed.png",
