@@ -129,3 +129,53 @@ def test_unseen_targets_raise_unless_prior_only_predictions_are_allowed(fitted):
     assert flagged.obs["prior_only"].all()
     with pytest.raises(UnseenTargetError, match="not modelled"):
         fitted.predict(["NOT_A_GENE"], num_cells=5)
+
+
+def test_guide_is_the_exact_gaussian_update_of_each_conditions_law():
+    import numpyro.distributions as dist
+
+    from causalcell.models._lcd_guide import lcd_local_posterior, message_mean, message_precision
+
+    genes = 3
+    values = {
+        "drift_weights": jnp.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.4, 0.0]]),
+        "log_decay": jnp.zeros(genes),
+        "log_scaling": jnp.zeros(genes),
+        "baseline": jnp.array([-2.0, -1.0, -3.0]),
+        "log_sigma": jnp.full(genes, jnp.log(0.5)),
+        "intervention_effect": jnp.array([1.0, -2.0, 0.5]),
+        "noise_concentration": jnp.array([5.0, 10.0, 2.0]),
+    }
+    targets = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.float32)
+    condition_counts = jnp.array([[20.0, 50.0, 3.0], [60.0, 40.0, 2.0]])
+    data = {
+        "condition_targets": targets,
+        "condition_index": jnp.array([0, 1]),
+        "counts": jnp.array([[15.0, 70.0, 0.0], [55.0, 30.0, 4.0]]),
+        "size_factors": jnp.array([200.0, 300.0]),
+    }
+    loc = jnp.array([[0.1, -0.2, 0.0], [0.0, 0.3, -0.1]])
+    law = lcd_local_posterior("shift", condition_counts)(
+        values, data, jnp.arange(2), {"latent": (loc, jnp.ones_like(loc))}
+    )["latent"]
+    drift = drift_from_sites(
+        values["drift_weights"], values["log_decay"], values["log_scaling"], values["baseline"]
+    )
+    interventions = condition_interventions(
+        targets, "shift", {"effect": values["intervention_effect"]}, drift
+    )
+    means, covariances = stationary_moments(drift, 0.5, interventions)
+    precision_of_counts = message_precision(condition_counts, values["noise_concentration"])
+    # By hand, in float64: N(mu_p, Sigma_p) times N(mode + loc, diag(1 / lambda_p)).
+    for cell, row in enumerate([0, 1]):
+        prior = np.linalg.inv(np.asarray(covariances[row], np.float64))
+        weights = np.asarray(precision_of_counts[row], np.float64)
+        covariance = np.linalg.inv(prior + np.diag(weights))
+        mode = np.asarray(message_mean(data["counts"], data["size_factors"])[cell] + loc[cell])
+        mean = covariance @ (prior @ np.asarray(means[row]) + weights * mode)
+        # float32 Lyapunov solve and Cholesky-based inverses: ~1e-5 relative.
+        np.testing.assert_allclose(law.mean[cell], mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(law.covariance_matrix[cell], covariance, rtol=1e-4, atol=1e-5)
+    assert isinstance(law, dist.MultivariateNormal)
+    # The NB curvature at the mode y / l: y theta / (y + theta), with the half pseudo-count.
+    np.testing.assert_allclose(message_precision(jnp.array([9.5]), 10.0), [10.0 * 10.0 / 20.0])

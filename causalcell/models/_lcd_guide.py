@@ -28,22 +28,27 @@ import numpyro.distributions as dist
 
 from causalcell.models._lcd_program import condition_laws
 
-__all__ = ["laplace_message", "lcd_local_posterior"]
+__all__ = ["lcd_local_posterior", "message_mean", "message_precision"]
 
 #: Pseudo-count added to every count so that zero counts have a finite message mode.
 PSEUDO_COUNT = 0.5
 
 
-def laplace_message(counts, size_factors, concentration=None):
-    """Gaussian message ``(mean, precision)`` ``[cells, d]`` of the counts about log-expression.
+def message_mean(counts, size_factors):
+    """Mode of each count's likelihood in log-expression, ``log((y + 0.5) / l)`` ``[cells, d]``."""
+    return jnp.log((counts + PSEUDO_COUNT) / size_factors[..., None])
 
-    ``concentration`` ``[d]`` of a negative binomial; ``None`` for Poisson (infinite).
+
+def message_precision(counts, concentration=None):
+    """Curvature of the NB log-likelihood at its mode, ``y theta / (y + theta)`` (pseudo-counted).
+
+    ``concentration`` ``[d]`` of a negative binomial; ``None`` for Poisson (``theta`` infinite,
+    curvature ``y``).
     """
     pseudo = counts + PSEUDO_COUNT
-    mean = jnp.log(pseudo / size_factors[:, None])
     if concentration is None:
-        return mean, pseudo
-    return mean, pseudo * concentration / (pseudo + concentration)
+        return pseudo
+    return pseudo * concentration / (pseudo + concentration)
 
 
 def lcd_local_posterior(intervention: str, condition_counts):
@@ -64,20 +69,14 @@ def lcd_local_posterior(intervention: str, condition_counts):
         )
         eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), covariances.shape)
         prior_precision = jsl.cho_solve((jnp.linalg.cholesky(covariances), True), eye)
-        concentration = values.get("noise_concentration")
-        pseudo = condition_counts + PSEUDO_COUNT
-        message_precision = (
-            pseudo if concentration is None else pseudo * concentration / (pseudo + concentration)
-        )
-        precision = prior_precision + eye * message_precision[:, None, :]
+        precision_of_counts = message_precision(condition_counts, values.get("noise_concentration"))
+        precision = prior_precision + eye * precision_of_counts[:, None, :]
         posterior_covariance = jsl.cho_solve((jnp.linalg.cholesky(precision), True), eye)
         prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
         condition = data["condition_index"][index]
-        message_mean, _ = laplace_message(data["counts"][index], data["size_factors"][index])
         loc, _ = heads["latent"]
-        information = prior_information[condition] + message_precision[condition] * (
-            message_mean + loc
-        )
+        mode = message_mean(data["counts"][index], data["size_factors"][index])
+        information = prior_information[condition] + precision_of_counts[condition] * (mode + loc)
         mean = jnp.einsum("cij,cj->ci", posterior_covariance[condition], information)
         factor = jnp.linalg.cholesky(posterior_covariance)
         return {"latent": dist.MultivariateNormal(mean, scale_tril=factor[condition])}

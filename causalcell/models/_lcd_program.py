@@ -28,6 +28,7 @@ __all__ = [
     "drift_from_sites",
     "intervention_parameters",
     "lcd_model",
+    "linear_drift_from_sites",
 ]
 
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
@@ -57,6 +58,14 @@ def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDri
     return LinearDrift(log_decay, weights, bias)
 
 
+def linear_drift_from_sites(values, prior_mask=None) -> LinearDrift:
+    """The drift of one draw of the global sites ``values`` (a dict), with the prior mask."""
+    raw = values["drift_weights"]
+    if prior_mask is not None:
+        raw = raw * prior_mask
+    return drift_from_sites(raw, values["log_decay"], values["log_scaling"], values["baseline"])
+
+
 def condition_interventions(condition_targets, kind: str, parameters: dict, drift: LinearDrift):
     """Interventions of every condition ``[P, d]``: each target gets its learned parameter."""
     targets = jnp.asarray(condition_targets, bool)
@@ -83,10 +92,7 @@ def intervention_parameters(kind: str, value, baseline) -> dict:
 def condition_laws(values, condition_targets, kind: str, prior_mask=None):
     """Drift and the Gaussian stationary law ``(means [P, d], covariances [P, d, d])`` of every
     condition, from the global sites ``values`` (a dict of one draw)."""
-    raw = values["drift_weights"]
-    if prior_mask is not None:
-        raw = raw * prior_mask
-    drift = drift_from_sites(raw, values["log_decay"], values["log_scaling"], values["baseline"])
+    drift = linear_drift_from_sites(values, prior_mask)
     parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
     means, covariances = stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)

@@ -26,8 +26,9 @@ import scipy.sparse
 from causalcell.clipr import linear_responses, posterior_direct_effects
 from causalcell.data import register, to_arrays
 from causalcell.inference import default_encoder_inputs, fit
+from causalcell.metrics import pseudobulk
 from causalcell.models._lcd_guide import lcd_local_posterior
-from causalcell.models._lcd_program import condition_laws, drift_from_sites, lcd_model
+from causalcell.models._lcd_program import condition_laws, lcd_model, linear_drift_from_sites
 from causalcell.noise import NegativeBinomial
 from causalcell.perturbations import canonical_label, parse_perturbation
 from causalcell.preprocessing import normalize_log1p
@@ -93,14 +94,14 @@ class LCD:
             size_factor_key=size_factor_key,
         )
         arrays = to_arrays(adata, registry)
-        fractions = (arrays.counts / arrays.size_factors[:, None]).mean(axis=0)
         conditions = len(registry.conditions)
+        start = _initial_values(arrays, intervention)
         data = {
             "counts": arrays.counts,
             "condition_index": arrays.condition_index,
             "condition_targets": arrays.condition_targets.astype(np.float32),
             "size_factors": arrays.size_factors,
-            "baseline_prior": np.log(fractions + 1e-6).astype(np.float32),
+            "baseline_prior": start["baseline"],
         }
         if prior_mask is not None:
             data["prior_mask"] = np.asarray(prior_mask, np.float32)
@@ -121,10 +122,9 @@ class LCD:
             guide_kwargs={
                 "encoder_inputs": encoder_inputs,
                 "local_posterior": lcd_local_posterior(
-                    intervention,
-                    _condition_means(arrays.counts, arrays.condition_index, conditions),
+                    intervention, _condition_means(arrays.counts, arrays)
                 ),
-                "init_values": _initial_values(arrays, intervention),
+                "init_values": start,
             },
             progress_bar=progress_bar,
             **fit_kwargs,
@@ -140,7 +140,8 @@ class LCD:
         """Genes perturbed (alone or in a combination) in the training cells."""
         return frozenset(self.registry.targets)
 
-    def _targets(self, perturbation: str, allow_prior_only: bool) -> tuple[np.ndarray, bool]:
+    def _targets(self, perturbation: str, allow_prior_only: bool) -> tuple[np.ndarray, bool, str]:
+        """Multi-hot targets of ``perturbation``, whether any is unseen, and its canonical label."""
         members = parse_perturbation(
             perturbation, control=self.registry.control, separator=self.registry.separator
         )
@@ -157,20 +158,24 @@ class LCD:
                 "from the prior of their intervention parameters (flagged in the output)."
             )
         row = np.isin(np.asarray(self.genes), members)
-        return row, bool(unseen)
+        label = canonical_label(
+            members, control=self.registry.control[0], separator=self.registry.separator
+        )
+        return row, bool(unseen), label
 
     def _draws(self, key, num_samples: int) -> dict:
         return self.posterior.sample(key, num_samples)
 
-    def _laws(self, draws: dict, row: np.ndarray):
-        """Per-draw stationary mean, covariance and its Cholesky factor under targets ``row``."""
-        targets = jnp.asarray(row[None], jnp.float32)
+    def _laws(self, draws: dict, rows: np.ndarray):
+        """Per-draw stationary means ``[S, K, d]``, covariances and Cholesky factors under the
+        multi-hot targets ``rows`` ``[K, d]``."""
+        targets = jnp.asarray(rows, jnp.float32)
 
         def one(draw):
             _, means, covariances = condition_laws(
                 draw, targets, self.intervention, self._prior_mask
             )
-            return means[0], covariances[0]
+            return means, covariances
 
         mean, covariance = jax.vmap(one)(draws)
         return mean, covariance, jnp.linalg.cholesky(covariance)
@@ -178,15 +183,9 @@ class LCD:
     def drift(self, key=0, num_samples: int = 200) -> np.ndarray:
         """Posterior draws of the drift matrix ``[num_samples, d, d]`` (row = target)."""
         draws = self._draws(_key(key), num_samples)
-        mask = 1.0 if self._prior_mask is None else self._prior_mask
 
         def one(draw):
-            return drift_from_sites(
-                draw["drift_weights"] * mask,
-                draw["log_decay"],
-                draw["log_scaling"],
-                draw["baseline"],
-            ).matrix()
+            return linear_drift_from_sites(draw, self._prior_mask).matrix()
 
         return np.asarray(jax.vmap(one)(draws))
 
@@ -241,9 +240,9 @@ class LCD:
         mean, covariance
             ``[num_samples, d]`` and ``[num_samples, d, d]`` (log-expression).
         """
-        row, _ = self._targets(perturbation, allow_prior_only)
-        mean, covariance, _ = self._laws(self._draws(_key(key), num_samples), row)
-        return np.asarray(mean), np.asarray(covariance)
+        row, _, _ = self._targets(perturbation, allow_prior_only)
+        mean, covariance, _ = self._laws(self._draws(_key(key), num_samples), row[None])
+        return np.asarray(mean[:, 0]), np.asarray(covariance[:, 0])
 
     def predict(
         self,
@@ -255,8 +254,10 @@ class LCD:
     ) -> anndata.AnnData:
         """Generate cells under each perturbation (unseen combinations allowed).
 
-        Each cell draws its own posterior parameter set, its latent from the intervened
-        stationary law, a library size from the training cells, and counts from the noise model.
+        Generated cell ``c`` of every perturbation uses posterior draw ``c`` (perturbations are
+        compared under the same parameter sets); each cell then draws its latent from the
+        intervened stationary law, a library size from the training cells, and counts from the
+        noise model.
 
         Returns
         -------
@@ -266,39 +267,23 @@ class LCD:
             ``obs["perturbation"]`` and ``obs["prior_only"]`` (True where a target was never
             perturbed in training).
         """
-        key = _key(key)
-        rows, flags = zip(
-            *(self._targets(label, allow_prior_only) for label in perturbations), strict=True
-        )
-        blocks, labels, prior_only = [], [], []
-        for index, (row, flag) in enumerate(zip(rows, flags, strict=True)):
-            draw_key, latent_key, size_key, count_key = jax.random.split(
-                jax.random.fold_in(key, index), 4
-            )
-            draws = self._draws(draw_key, num_cells)
-            mean, _, factor = self._laws(draws, row)
-            latent = mean + jnp.einsum(
-                "cij,cj->ci", factor, jax.random.normal(latent_key, mean.shape)
-            )
-            sizes = jax.random.choice(size_key, jnp.asarray(self._library_sizes), (num_cells,))
-            noise = {"concentration": draws["noise_concentration"]}
-            counts = NegativeBinomial().distribution(latent, sizes, **noise).sample(count_key)
-            blocks.append(
-                (np.asarray(counts, np.float32), np.asarray(latent, np.float32), np.asarray(sizes))
-            )
-            label = canonical_label(
-                parse_perturbation(
-                    perturbations[index],
-                    control=self.registry.control,
-                    separator=self.registry.separator,
-                ),
-                control=self.registry.control[0],
-                separator=self.registry.separator,
-            )
-            labels += [label] * num_cells
-            prior_only += [flag] * num_cells
-        counts = np.concatenate([block[0] for block in blocks])
-        sizes = np.concatenate([block[2] for block in blocks])
+        requests = [self._targets(label, allow_prior_only) for label in perturbations]
+        rows, flags, names = (list(column) for column in zip(*requests, strict=True))
+        draw_key, latent_key, size_key, count_key = jax.random.split(_key(key), 4)
+        # Cell c of every perturbation uses posterior draw c: one Lyapunov solve per draw and
+        # perturbation, all in one vectorised call.
+        draws = self._draws(draw_key, num_cells)
+        mean, _, factor = self._laws(draws, np.stack(rows))
+        noise = jax.random.normal(latent_key, mean.shape)
+        latent = mean + jnp.einsum("ckij,ckj->cki", factor, noise)
+        latent = jnp.swapaxes(latent, 0, 1).reshape(-1, len(self.genes))  # perturbation-major
+        concentration = jnp.tile(draws["noise_concentration"], (len(rows), 1))
+        sizes = jax.random.choice(size_key, jnp.asarray(self._library_sizes), (latent.shape[0],))
+        counts = NegativeBinomial().distribution(latent, sizes, concentration=concentration)
+        counts = np.asarray(counts.sample(count_key), np.float32)
+        sizes = np.asarray(sizes)
+        labels = np.repeat(names, num_cells)
+        prior_only = np.repeat(flags, num_cells)
         obs = pd.DataFrame(
             {
                 "perturbation": pd.Categorical(labels),
@@ -313,16 +298,15 @@ class LCD:
         # Like the observed cells (scanpy's normalize_total + log1p): each generated cell is
         # normalised by its own total count, not by the library size the model drew.
         result.layers["log1p"] = normalize_log1p(counts, np.maximum(counts.sum(axis=1), 1.0))
-        result.obsm["latent"] = np.concatenate([block[1] for block in blocks])
+        result.obsm["latent"] = np.asarray(latent, np.float32)
         return result
 
 
-def _condition_means(values, condition_index, conditions: int) -> np.ndarray:
-    """Mean of ``values`` [cells, d] over the cells of each condition ``[conditions, d]``."""
-    totals = np.zeros((conditions, values.shape[1]))
-    np.add.at(totals, condition_index, values)
-    cells = np.bincount(condition_index, minlength=conditions)[:, None]
-    return (totals / np.maximum(cells, 1)).astype(np.float32)
+def _condition_means(values, arrays) -> np.ndarray:
+    """Mean of ``values`` [cells, d] over the cells of each condition, in registry order."""
+    bulk = pseudobulk(values, arrays.condition_index)
+    order = [bulk.index_of(str(condition)) for condition in range(len(arrays.condition_targets))]
+    return bulk.means[order].astype(np.float32)
 
 
 def _initial_values(arrays, intervention: str) -> dict:
@@ -332,9 +316,7 @@ def _initial_values(arrays, intervention: str) -> dict:
     change of its own level over the conditions that carry it (shift effect, knockout depth, or
     the knockdown strength whose ``-softplus`` is that change).
     """
-    fractions = arrays.counts / arrays.size_factors[:, None]
-    conditions = arrays.condition_targets.shape[0]
-    levels = np.log(_condition_means(fractions, arrays.condition_index, conditions) + 1e-6)
+    levels = np.log(_condition_means(arrays.counts / arrays.size_factors[:, None], arrays) + 1e-6)
     control = levels[0]
     targets = arrays.condition_targets.astype(bool)
     carried = np.maximum(targets.sum(axis=0), 1)
