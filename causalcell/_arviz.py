@@ -11,25 +11,38 @@ and returns a ``DataTree``; groups whose name contains "data" get no (chain, dra
 
 from __future__ import annotations
 
+import functools
 import warnings
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray
 
-with warnings.catch_warnings():  # 0.x announces the 1.x refactor on import; this file handles it
-    warnings.filterwarnings("ignore", "ArviZ is undergoing a major refactor", FutureWarning)
-    import arviz
+if TYPE_CHECKING:
+    import xarray
 
 __all__ = ["ARVIZ_MAJOR", "GROUP_NAMES", "from_groups", "get_group", "group_names", "hdi"]
 
-#: Major version of the installed ArviZ.
-ARVIZ_MAJOR: int = int(arviz.__version__.split(".")[0])
+#: Major version of the installed ArviZ, read from its metadata: importing ArviZ (and with it
+#: matplotlib) takes about as long as the rest of ``import causalcell``, so it waits for
+#: :func:`from_groups`.
+ARVIZ_MAJOR: int = int(version("arviz").split(".")[0])
 
 #: Groups :func:`from_groups` accepts; those ending in "data" have no (chain, draw) axes.
 GROUP_NAMES = tuple(
     "posterior posterior_predictive predictions log_likelihood sample_stats prior prior_predictive "
     "sample_stats_prior observed_data constant_data predictions_constant_data".split()
 )
+
+
+@functools.cache
+def _arviz():
+    """The ``arviz`` module, imported on first use."""
+    # 0.x announces the 1.x refactor on import; this file handles it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "ArviZ is undergoing a major refactor", FutureWarning)
+        import arviz
+    return arviz
 
 
 def from_groups(groups: dict[str, dict[str, np.ndarray]], *, coords=None, dims=None):
@@ -49,8 +62,8 @@ def from_groups(groups: dict[str, dict[str, np.ndarray]], *, coords=None, dims=N
     if unknown:
         raise ValueError(f"Unknown ArviZ group(s) {unknown}; expected some of {GROUP_NAMES}.")
     if ARVIZ_MAJOR == 0:
-        return arviz.from_dict(**groups, coords=coords, dims=dims)
-    return arviz.from_dict(groups, coords=coords, dims=dims, pred_coords=coords, pred_dims=dims)
+        return _arviz().from_dict(**groups, coords=coords, dims=dims)
+    return _arviz().from_dict(groups, coords=coords, dims=dims, pred_coords=coords, pred_dims=dims)
 
 
 def group_names(data) -> tuple[str, ...]:

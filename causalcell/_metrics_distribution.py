@@ -3,8 +3,9 @@
 Both reduce to sums of a function of pairwise squared distances over all pairs of cells. The sums
 run over row blocks of the first sample with ``lax.map`` so only a ``[block, cells]`` slab of
 distances exists at a time (10,000 x 10,000 cells never materialise a 10k x 10k matrix). Squared
-distances use ``|x|^2 + |y|^2 - 2 x.y`` on data centred at the pooled mean (centring keeps the
-norms small, which limits float32 cancellation), with the matrix product at full float32
+distances use ``|x|^2 + |y|^2 - 2 x.y`` on centred data (at the pooled mean between samples, at
+the sample's own mean within one: centring keeps the norms small, which limits float32
+cancellation), with the matrix product at full float32
 precision (no TF32 on GPUs). Each row sum comes back to numpy and is accumulated in float64.
 """
 
@@ -28,6 +29,8 @@ BLOCK_ELEMENTS = 2**22
 #: Pooled cells used by the median heuristic: 1,000 cells give ~500,000 distances, enough for a
 #: median with a relative standard error well under 1%, at a cost of milliseconds.
 MEDIAN_HEURISTIC_CELLS = 1000
+#: The distance kernel has no bandwidth; ``_row_sums`` still takes a ``[1]`` placeholder.
+_NO_BANDWIDTH = np.zeros(1, dtype=np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "block_size", "exclude_diagonal"))
@@ -63,7 +66,7 @@ def _row_sums(x, y, inverse_two_bandwidth_squared, *, kernel, block_size, exclud
 
 def _pair_sum(x, y, inverse_two_bandwidth_squared, kernel, block_size, exclude_diagonal):
     """Sum of the kernel over all pairs (off-diagonal pairs if ``exclude_diagonal``), float64."""
-    num_columns = max(1, inverse_two_bandwidth_squared.shape[0])
+    num_columns = inverse_two_bandwidth_squared.shape[0]  # bandwidths, or 1 for distances
     if block_size is None:
         block_size = max(1, min(x.shape[0], BLOCK_ELEMENTS // (y.shape[0] * num_columns)))
     elif block_size < 1:
@@ -79,21 +82,24 @@ def _pair_sum(x, y, inverse_two_bandwidth_squared, kernel, block_size, exclude_d
     return np.asarray(sums, dtype=np.float64).sum(axis=0)
 
 
-def _centred_pair(x, y) -> tuple[jax.Array, jax.Array, np.ndarray, np.ndarray]:
-    """Validate two samples and return them centred at their pooled mean, as JAX arrays."""
+def _validated_pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = _as_cells(x, "x")
     y = _as_cells(y, "y")
     _check_same_genes(x, y, ("x", "y"))
-    centre = (x.sum(axis=0, dtype=np.float64) + y.sum(axis=0, dtype=np.float64)) / (
-        x.shape[0] + y.shape[0]
-    )
+    return x, y
+
+
+def _centred(cells: np.ndarray, centre: np.ndarray) -> jax.Array:
+    """``cells - centre`` as a JAX array of the default float type (float32 unless x64)."""
     dtype = jnp.result_type(float)
-    return (
-        jnp.asarray(x, dtype=dtype) - jnp.asarray(centre, dtype=dtype),
-        jnp.asarray(y, dtype=dtype) - jnp.asarray(centre, dtype=dtype),
-        x,
-        y,
-    )
+    return jnp.asarray(cells, dtype=dtype) - jnp.asarray(centre, dtype=dtype)
+
+
+def _pooled_centres(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Both samples centred at their pooled mean."""
+    total = x.sum(axis=0, dtype=np.float64) + y.sum(axis=0, dtype=np.float64)
+    centre = total / (x.shape[0] + y.shape[0])
+    return _centred(x, centre), _centred(y, centre)
 
 
 def _check_unbiased_sizes(x, y, unbiased: bool) -> None:
@@ -101,6 +107,35 @@ def _check_unbiased_sizes(x, y, unbiased: bool) -> None:
         raise ValueError(
             f"unbiased=True needs at least two cells per sample, got x {x.shape} and y {y.shape}."
         )
+
+
+def _mean_within_distance(cells, *, unbiased: bool = False, block_size=None) -> float:
+    """``E|X - X'|`` within one sample: over all ``n^2`` pairs, or the distinct ones if unbiased.
+
+    Distances do not change under translation, so the sample is centred at its own mean. A
+    sample moved rigidly (:func:`causalcell.models.baselines.shift_control_cells`) keeps this
+    value, which is why :func:`causalcell.evaluation.evaluate_predictions` computes it once.
+    """
+    cells = _as_cells(cells, "cells")
+    centred = _centred(cells, cells.mean(axis=0, dtype=np.float64))
+    total = _pair_sum(centred, centred, _NO_BANDWIDTH, "distance", block_size, True)[0]
+    num_cells = cells.shape[0]
+    return float(total / (num_cells * (num_cells - 1) if unbiased else num_cells**2))
+
+
+def _energy_distance(
+    x, y, *, unbiased: bool = False, block_size=None, within_x=None, within_y=None
+) -> float:
+    """:func:`energy_distance`, with the within-sample means taken as given where not None."""
+    x, y = _validated_pair(x, y)
+    _check_unbiased_sizes(x, y, unbiased)
+    x_centred, y_centred = _pooled_centres(x, y)
+    cross = _pair_sum(x_centred, y_centred, _NO_BANDWIDTH, "distance", block_size, False)[0]
+    if within_x is None:
+        within_x = _mean_within_distance(x, unbiased=unbiased, block_size=block_size)
+    if within_y is None:
+        within_y = _mean_within_distance(y, unbiased=unbiased, block_size=block_size)
+    return float(2.0 * cross / (x.shape[0] * y.shape[0]) - within_x - within_y)
 
 
 def energy_distance(x, y, *, unbiased: bool = False, block_size: int | None = None) -> float:
@@ -140,7 +175,8 @@ def energy_distance(x, y, *, unbiased: bool = False, block_size: int | None = No
 
     Computed in JAX over row blocks of 16 MiB by default; float32 unless JAX x64 is enabled.
     Within-sample self-distances are exactly zero; every other squared distance carries a
-    float32 rounding of about ``1e-7 |x|^2`` (``x`` centred at the pooled mean), so
+    float32 rounding of about ``1e-7 |x|^2`` (``x`` centred at the pooled mean for the cross
+    term, at its own sample's mean within a sample), so
     ``energy_distance(x, x)`` is ~1e-5 rather than exactly 0.
 
     References
@@ -156,16 +192,7 @@ def energy_distance(x, y, *, unbiased: bool = False, block_size: int | None = No
     >>> round(energy_distance(np.zeros((3, 2)), np.array([[3.0, 4.0]])), 4)
     10.0
     """
-    x_centred, y_centred, x, y = _centred_pair(x, y)
-    _check_unbiased_sizes(x, y, unbiased)
-    no_bandwidth = jnp.zeros((1,), dtype=x_centred.dtype)
-    cross = _pair_sum(x_centred, y_centred, no_bandwidth, "distance", block_size, False)[0]
-    within_x = _pair_sum(x_centred, x_centred, no_bandwidth, "distance", block_size, True)[0]
-    within_y = _pair_sum(y_centred, y_centred, no_bandwidth, "distance", block_size, True)[0]
-    n, m = x.shape[0], y.shape[0]
-    within_pairs_x = n * (n - 1) if unbiased else n * n
-    within_pairs_y = m * (m - 1) if unbiased else m * m
-    return float(2.0 * cross / (n * m) - within_x / within_pairs_x - within_y / within_pairs_y)
+    return _energy_distance(x, y, unbiased=unbiased, block_size=block_size)
 
 
 def median_heuristic_bandwidth(x, y) -> float:
@@ -184,9 +211,11 @@ def median_heuristic_bandwidth(x, y) -> float:
     >>> median_heuristic_bandwidth(np.array([[0.0], [1.0]]), np.array([[3.0]]))
     2.0
     """
-    x = _as_cells(x, "x")
-    y = _as_cells(y, "y")
-    _check_same_genes(x, y, ("x", "y"))
+    return _median_heuristic(*_validated_pair(x, y))
+
+
+def _median_heuristic(x: np.ndarray, y: np.ndarray) -> float:
+    """:func:`median_heuristic_bandwidth` of two validated samples."""
     pooled = np.concatenate([x, y]).astype(np.float64)
     if pooled.shape[0] > MEDIAN_HEURISTIC_CELLS:
         rows = np.random.default_rng(0).choice(
@@ -257,16 +286,17 @@ def mmd_rbf(
     >>> round(value, 6)  # 2 - 2 exp(-1/2)
     0.786939
     """
+    x, y = _validated_pair(x, y)
+    _check_unbiased_sizes(x, y, unbiased)
     if bandwidth is None:
-        bandwidths = np.array([median_heuristic_bandwidth(x, y)])
+        bandwidths = np.array([_median_heuristic(x, y)])
     else:
         bandwidths = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
         if bandwidths.ndim != 1 or bandwidths.size == 0:
             raise ValueError(f"bandwidth must be a float or a 1-D sequence, got {bandwidth!r}.")
         if not (np.isfinite(bandwidths).all() and (bandwidths > 0).all()):
             raise ValueError(f"Bandwidths must be positive and finite, got {bandwidth!r}.")
-    x_centred, y_centred, x, y = _centred_pair(x, y)
-    _check_unbiased_sizes(x, y, unbiased)
+    x_centred, y_centred = _pooled_centres(x, y)
     scales = jnp.asarray(1.0 / (2.0 * bandwidths**2), dtype=x_centred.dtype)
     cross = _pair_sum(x_centred, y_centred, scales, "rbf", block_size, False)
     within_x = _pair_sum(x_centred, x_centred, scales, "rbf", block_size, True)

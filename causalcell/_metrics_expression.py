@@ -217,7 +217,8 @@ def top_de_genes(
         )
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.abs(difference) / standard_error
-        score[standard_error == 0] = np.where(difference[standard_error == 0] != 0, np.inf, 0.0)
+        constant = standard_error == 0
+        score[constant] = np.where(difference[constant] != 0, np.inf, 0.0)
     else:
         raise ValueError(f"method must be 't' or 'abs_delta', got {method!r}.")
     num_genes = score.shape[0]

@@ -234,8 +234,6 @@ class CausalResult:
         ValueError
             If ``prob`` is outside (0, 1) or too few draws exist for it.
         """
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob}.")
         return self._apply(lambda values: _arviz.hdi(values, prob, axis=0), name)
 
     def _labels(self, name: str) -> dict[str, np.ndarray]:
@@ -295,7 +293,7 @@ class CausalResult:
 
         ``sample`` becomes ArviZ's ``draw`` axis; dims and coords carry over, attrs do not.
         """
-        posterior = {name: np.asarray(values)[None] for name, values in self._draws.items()}
+        posterior = {name: values[None] for name, values in self._draws.items()}
         coords = {dim: list(labels) for dim, labels in self._coords.items()}
         dims = {name: list(names) for name, names in self._dims.items()}
         return _arviz.from_groups({"posterior": posterior}, coords=coords, dims=dims)

@@ -1,5 +1,7 @@
 """Tests of the ArviZ adapter on the installed ArviZ."""
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -26,6 +28,12 @@ def _groups():
 
 def test_version_is_the_installed_one():
     assert str(ARVIZ_MAJOR) == arviz.__version__.split(".")[0]
+
+
+def test_importing_causalcell_does_not_import_arviz():
+    # ArviZ (with matplotlib) is imported on the first from_groups call, not at package import.
+    code = "import sys, causalcell; assert 'arviz' not in sys.modules, 'arviz imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_groups_round_trip_with_values_coordinates_and_dimensions():

@@ -171,7 +171,18 @@ def test_baselines_from_a_pseudobulk():
     for baseline in (NoChange, Additive, LinearIndicators):
         prediction = baseline.fit(bulk.means[training], conditions).predict(["A+B"])
         assert prediction.shape == (1, 5)
+    control, delta_a, delta_b = (
+        bulk.mean_of("control"),
+        bulk.delta_of("A"),
+        bulk.delta_of("B"),
+    )
+    no_change = NoChange.fit(bulk.means[training], conditions).predict(["A+B"])[0]
+    np.testing.assert_array_equal(no_change, control)
     additive = Additive.fit(bulk.means[training], conditions).predict(["A+B"])[0]
     np.testing.assert_array_equal(
         additive, bulk.mean_of("A") + bulk.mean_of("B") - bulk.mean_of("control")
     )
+    # Singles only: beta_g = delta_g / (1 + ridge) with the default ridge 1e-3 (see the class);
+    # float64 rounding of a 2x2 solve on O(1) numbers.
+    linear = LinearIndicators.fit(bulk.means[training], conditions).predict(["A+B"])[0]
+    np.testing.assert_allclose(linear, control + (delta_a + delta_b) / 1.001, rtol=0, atol=1e-14)

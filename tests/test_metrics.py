@@ -203,6 +203,21 @@ def test_energy_distance_and_mmd_match_direct_evaluation(small_samples, unbiased
     )
 
 
+def test_within_sample_term_is_shift_invariant_and_can_be_reused(small_samples):
+    x, y = small_samples
+    within = _metrics_distribution._mean_within_distance
+    for unbiased in (False, True):
+        pairs = len(x) * (len(x) - 1) if unbiased else len(x) ** 2
+        expected = cdist(x, x).sum() / pairs
+        assert within(x, unbiased=unbiased) == pytest.approx(expected, abs=FLOAT32_ATOL)
+        # A rigid shift (how evaluation turns mean predictions into cells) keeps every distance.
+        assert within(x + 5.0, unbiased=unbiased) == pytest.approx(expected, abs=FLOAT32_ATOL)
+    reused = _metrics_distribution._energy_distance(
+        x + 1.0, y, within_x=within(x), within_y=within(y)
+    )
+    assert reused == pytest.approx(_energy_reference(x + 1.0, y, False), abs=FLOAT32_ATOL)
+
+
 def test_mmd_bandwidth_sequence_averages_and_median_heuristic(small_samples):
     x, y = small_samples
     bandwidths = [0.5, 1.3, 3.0]

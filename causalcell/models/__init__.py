@@ -1,4 +1,8 @@
-"""Models of causalcell (DESIGN 3): baselines now; LCD and the concept SCM model to come."""
+"""Models of causalcell (DESIGN 3): the baselines, and LCD in ``causalcell.models.lcd``.
+
+The concept SCM model is to come. LCD is imported from its module, not here, so that importing the
+baselines does not also load the inference machinery.
+"""
 
 from causalcell.models import baselines
 
