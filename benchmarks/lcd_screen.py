@@ -20,7 +20,6 @@ import argparse
 import resource
 import time
 
-import numpy as np
 import pandas as pd
 
 from causalcell import evaluation, metrics
@@ -57,7 +56,7 @@ def paper_metrics(expression, labels, held_out, means, cells) -> pd.DataFrame:
                     predicted[:, genes].mean(axis=0), observed[:, genes].mean(axis=0)
                 )
                 rows += [
-                    (model, f"mmd_{suffix}", float(np.mean(mmd))),
+                    (model, f"mmd_{suffix}", mmd),
                     (model, f"rmse_{suffix}", rmse),
                 ]
     table = pd.DataFrame(rows, columns=["model", "metric", "value"])
@@ -89,10 +88,9 @@ def run(genes: int, arguments) -> None:
     fit_seconds = time.perf_counter() - started
     predicted = model.predict(list(split.held_out), num_cells=400, key=arguments.seed + 1)
     expression, labels = evaluation.observed_expression(adata)
-    generated = predicted.obs["perturbation"].to_numpy()
-    cells = {"lcd": [predicted.layers["log1p"][generated == label] for label in split.held_out]}
     means = evaluation.baseline_predictions(expression, labels, split)
-    means["lcd"] = np.stack([block.mean(axis=0) for block in cells["lcd"]])
+    means["lcd"], lcd_cells = evaluation.generated_predictions(predicted, split.held_out)
+    cells = {"lcd": lcd_cells}
     table = pd.concat(
         [
             evaluation.evaluate_predictions(expression, labels, split.held_out, means, cells),

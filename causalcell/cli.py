@@ -52,12 +52,9 @@ def _demo(arguments) -> int:
     )
     print(f"Fitted in {time.perf_counter() - fit_started:.1f} s.")
     generated = model.predict(list(split.held_out), num_cells=300, key=arguments.seed + 1)
-    labels_generated = generated.obs["perturbation"].to_numpy()
-    cells = {"lcd": [generated.layers["log1p"][labels_generated == p] for p in split.held_out]}
-    predictions = {
-        "lcd": np.stack([block.mean(axis=0) for block in cells["lcd"]]),
-        **evaluation.baseline_predictions(expression, labels, split),
-    }
+    lcd_means, lcd_cells = evaluation.generated_predictions(generated, split.held_out)
+    cells = {"lcd": lcd_cells}
+    predictions = {"lcd": lcd_means, **evaluation.baseline_predictions(expression, labels, split)}
     table = evaluation.evaluate_predictions(expression, labels, split.held_out, predictions, cells)
     wide = table.pivot(index="model", columns="metric", values="value")
     wide = wide.loc[list(predictions), list(evaluation.METRICS)]

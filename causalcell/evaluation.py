@@ -4,8 +4,9 @@ For each held-out condition ``p`` the observed cells are compared with a model's
 
 - ``pearson_delta_top20``: Pearson correlation of predicted and observed pseudobulk changes from
   control on the 20 most differentially expressed genes of ``p`` (Welch t, see
-  :func:`causalcell.metrics.top_de_genes`); a prediction of no change at all has no
-  correlation and is scored 0, the value of an uninformative predictor;
+  :func:`causalcell.metrics.top_de_genes`); where the correlation is undefined (a predicted, or
+  observed, change that is the same on all those genes, e.g. no change at all) it is scored 0,
+  the value of an uninformative predictor;
 - ``pseudobulk_l2``: Euclidean norm of the difference of pseudobulk means over all genes;
 - ``energy_distance``: between predicted and observed cells (mean-only models are turned into
   cells with :func:`causalcell.models.baselines.shift_control_cells`).
@@ -21,14 +22,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from causalcell import metrics
+from causalcell import _metrics_distribution, metrics
+from causalcell.data import register, to_arrays
 from causalcell.models.baselines import Additive, LinearIndicators, NoChange, shift_control_cells
+from causalcell.preprocessing import normalize_log1p
 
 __all__ = [
     "METRICS",
     "HeldOutSplit",
     "baseline_predictions",
     "evaluate_predictions",
+    "generated_predictions",
     "observed_expression",
     "split_combinations",
 ]
@@ -51,13 +55,31 @@ def observed_expression(adata, registry=None) -> tuple[np.ndarray, np.ndarray]:
 
     ``registry`` defaults to :func:`causalcell.data.register` with its default keys.
     """
-    from causalcell.data import register, to_arrays
-    from causalcell.preprocessing import normalize_log1p
-
     registry = register(adata) if registry is None else registry
     arrays = to_arrays(adata, registry)
     labels = np.asarray(registry.conditions)[arrays.condition_index]
     return normalize_log1p(arrays.counts, arrays.size_factors), labels
+
+
+def generated_predictions(
+    generated, conditions: Sequence[str], *, layer: str = "log1p", key: str = "perturbation"
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pseudobulk means ``[len(conditions), genes]`` and cells of a generative model's output.
+
+    ``generated`` is an AnnData of generated cells (e.g. :meth:`causalcell.models.lcd.LCD.predict`)
+    with each cell's condition in ``.obs[key]`` and log1p-normalised expression in
+    ``.layers[layer]``; the result plugs into :func:`evaluate_predictions` as one model's
+    ``predicted_means`` and ``predicted_cells``.
+    """
+    names = generated.obs[key].astype(str).to_numpy()
+    expression = np.asarray(generated.layers[layer])
+    cells = []
+    for condition in conditions:
+        block = expression[names == condition]
+        if block.shape[0] == 0:
+            raise ValueError(f"No generated cells of condition {condition!r} in .obs[{key!r}].")
+        cells.append(block)
+    return np.stack([block.mean(axis=0) for block in cells]), cells
 
 
 def split_combinations(
@@ -142,33 +164,37 @@ def evaluate_predictions(
     observed_bulk = metrics.pseudobulk(expression, labels)
     control_mean = observed_bulk.mean_of(control)
     predicted_cells = dict(predicted_cells or {})
-    # What is observed does not depend on the model: cells and DE genes once per condition.
-    observed_cells, top_genes = [], []
+    # What is observed does not depend on the model: cells, DE genes and the within-sample term
+    # of the energy distance once per condition. Control cells shifted rigidly keep their
+    # pairwise distances, so the control's within term serves every mean-only model.
+    observed_cells, top_genes, observed_within = [], [], []
     for condition in held_out:
         observed = expression[labels == condition]
         if observed.shape[0] == 0:
             raise ValueError(f"No observed cells of held-out condition {condition!r}.")
         observed_cells.append(observed)
         top_genes.append(metrics.top_de_genes(observed, control_cells, k=TOP_GENES))
+        observed_within.append(_metrics_distribution._mean_within_distance(observed))
+    control_within = _metrics_distribution._mean_within_distance(control_cells)
     rows = []
     for model, means in predicted_means.items():
         means = np.asarray(means)
         scores = {name: [] for name in METRICS}
         for index, condition in enumerate(held_out):
-            observed = observed_cells[index]
             observed_mean = observed_bulk.mean_of(condition)
-            genes = top_genes[index]
-            no_change = np.ptp(means[index][genes] - control_mean[genes]) == 0
-            scores["pearson_delta_top20"].append(
-                0.0
-                if no_change
-                else metrics.pearson_delta(means[index], observed_mean, control_mean, genes=genes)
+            correlation = metrics.pearson_delta(
+                means[index], observed_mean, control_mean, genes=top_genes[index]
             )
+            scores["pearson_delta_top20"].append(0.0 if np.isnan(correlation) else correlation)
             scores["pseudobulk_l2"].append(metrics.pseudobulk_l2(means[index], observed_mean))
             if model in predicted_cells:
-                cells = predicted_cells[model][index]
+                cells, cells_within = predicted_cells[model][index], None
             else:
                 cells = shift_control_cells(control_cells, control_mean, means[index])
-            scores["energy_distance"].append(metrics.energy_distance(cells, observed))
-        rows += [(model, name, float(np.nanmean(values))) for name, values in scores.items()]
+                cells_within = control_within
+            energy = _metrics_distribution._energy_distance(
+                cells, observed_cells[index], within_x=cells_within, within_y=observed_within[index]
+            )
+            scores["energy_distance"].append(energy)
+        rows += [(model, name, float(np.mean(values))) for name, values in scores.items()]
     return pd.DataFrame(rows, columns=["model", "metric", "value"])

@@ -99,3 +99,18 @@ def test_evaluation_scores_a_perfect_mean_prediction_exactly():
     assert table["pearson_delta_top20"] == pytest.approx(1.0, abs=1e-9)
     assert table["pseudobulk_l2"] == pytest.approx(0.0, abs=1e-9)
     assert table["energy_distance"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_generated_predictions_group_generated_cells_by_condition():
+    generated = anndata.AnnData(
+        X=np.zeros((4, 2), np.float32),
+        obs=pd.DataFrame(
+            {"perturbation": ["A+B", "C", "A+B", "C"]}, index=[f"g{i}" for i in range(4)]
+        ),
+    )
+    generated.layers["log1p"] = np.array([[1.0, 0.0], [5.0, 5.0], [3.0, 2.0], [7.0, 1.0]])
+    means, cells = evaluation.generated_predictions(generated, ["C", "A+B"])
+    np.testing.assert_array_equal(means, [[6.0, 3.0], [2.0, 1.0]])
+    np.testing.assert_array_equal(cells[1], [[1.0, 0.0], [3.0, 2.0]])
+    with pytest.raises(ValueError, match="No generated cells of condition 'D'"):
+        evaluation.generated_predictions(generated, ["D"])

@@ -31,10 +31,8 @@ def _fit(train, intervention):
 def _held_out_table(adata, model, held_out, split):
     expression, labels = evaluation.observed_expression(adata)
     generated = model.predict(list(held_out), num_cells=400, key=1)
-    names = generated.obs["perturbation"].to_numpy()
-    cells = [generated.layers["log1p"][names == label] for label in held_out]
     means = evaluation.baseline_predictions(expression, labels, split)
-    means["lcd"] = np.stack([block.mean(axis=0) for block in cells])
+    means["lcd"], cells = evaluation.generated_predictions(generated, held_out)
     table = evaluation.evaluate_predictions(expression, labels, held_out, means, {"lcd": cells})
     return table.pivot(index="model", columns="metric", values="value")
 
@@ -77,16 +75,16 @@ def test_held_out_cells_of_singles_match_at_the_two_sample_noise_floor(shift_scr
     adata, _, test_cells, model = shift_screen
     expression, labels = evaluation.observed_expression(adata)
     singles = sorted({label for label in labels[test_cells]})[:4]
-    generated = model.predict(singles, num_cells=300, key=2)
-    names = generated.obs["perturbation"].to_numpy()
+    _, predicted_cells = evaluation.generated_predictions(
+        model.predict(singles, num_cells=300, key=2), singles
+    )
     rng = np.random.default_rng(1)
     ratios = []
-    for label in singles:
+    for label, predicted in zip(singles, predicted_cells, strict=True):
         observed = expression[test_cells & (labels == label)]
         order = rng.permutation(len(observed))
         first, second = observed[order[: len(order) // 2]], observed[order[len(order) // 2 :]]
         floor = metrics.energy_distance(first, second)
-        predicted = generated.layers["log1p"][names == label]
         ratios.append(metrics.energy_distance(predicted, first) / max(floor, 1e-3))
     # The floor is the energy distance between two halves of the held-out cells (about 100
     # cells each), whose own sampling noise is of the order of the floor itself. A model whose
