@@ -58,6 +58,11 @@ def require_key(key: str, available: Sequence, *, where: str, argument: str, als
     )
 
 
+def is_numeric(column: pd.Series) -> bool:
+    """Whether an ``.obs`` column holds numbers (bool columns are categories, not numbers)."""
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
 def check_not_empty(adata) -> None:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(
@@ -150,7 +155,7 @@ def size_factors(adata, counts, size_factor_key: str | None) -> np.ndarray:
         )
     else:
         column = adata.obs[size_factor_key]  # presence checked with the other keys
-        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        if not is_numeric(column):
             raise ValueError(
                 f".obs[{size_factor_key!r}] has dtype {column.dtype}; size factors must be numbers."
             )

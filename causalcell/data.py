@@ -124,32 +124,35 @@ def _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_ke
     )
 
 
+def _covariate_column(adata, key: str) -> pd.Series:
+    """``adata.obs[key]``, checked for missing (or, if numeric, non-finite) values."""
+    column = adata.obs[key]
+    if checks.is_numeric(column):
+        bad = ~np.isfinite(column.to_numpy(dtype=np.float64, na_value=np.nan))
+    else:
+        bad = column.isna().to_numpy()
+    if bad.any():
+        first = str(adata.obs_names[np.flatnonzero(bad)[0]])
+        raise ValueError(
+            f"Covariate .obs[{key!r}] has {int(bad.sum())} missing or non-finite values "
+            f"(first: cell {first!r}); fill or drop them."
+        )
+    return column
+
+
 def _covariate_categories(adata, covariate_keys: tuple[str, ...]) -> dict[str, tuple]:
     """Categories of categorical covariates; numeric ones are checked finite and left out."""
     categories = {}
     for key in covariate_keys:
-        column = adata.obs[key]
-        if _is_numeric(column):
-            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-            bad = ~np.isfinite(values)
+        column = _covariate_column(adata, key)
+        if checks.is_numeric(column):
+            continue
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            found = column.cat.categories  # declared categories, used or not
         else:
-            bad = column.isna().to_numpy()
-            if isinstance(column.dtype, pd.CategoricalDtype):
-                found = column.cat.categories  # declared categories, used or not
-            else:
-                found = pd.Categorical(column).categories  # sorted unique values
-            categories[key] = tuple(found.tolist())
-        if bad.any():
-            first = str(adata.obs_names[np.flatnonzero(bad)[0]])
-            raise ValueError(
-                f"Covariate .obs[{key!r}] has {int(bad.sum())} missing or non-finite values "
-                f"(first: cell {first!r}); fill or drop them."
-            )
+            found = pd.Categorical(column).categories  # sorted unique values
+        categories[key] = tuple(found.tolist())
     return categories
-
-
-def _is_numeric(column: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def register(
@@ -212,16 +215,6 @@ def register(
     _check_anndata(adata)
     control = control_labels(control)
     covariate_keys = as_tuple(covariate_keys)
-    keys = dict(
-        perturbation_key=perturbation_key,
-        control=control,
-        separator=separator,
-        layer=layer,
-        gene_key=gene_key,
-        size_factor_key=size_factor_key,
-        covariate_keys=covariate_keys,
-        count_data=bool(count_data),
-    )
     _check_keys(adata, perturbation_key, covariate_keys, size_factor_key)
     genes = checks.gene_names(adata, gene_key)
     counts = checks.counts_matrix(adata, layer)
@@ -239,7 +232,14 @@ def register(
     checks.size_factors(adata, counts, size_factor_key)
     canonical = [canonical_label(t, control=control[0], separator=separator) for t in label_targets]
     registry = Registry(
-        **keys,
+        perturbation_key=perturbation_key,
+        control=control,
+        separator=separator,
+        layer=layer,
+        gene_key=gene_key,
+        size_factor_key=size_factor_key,
+        covariate_keys=covariate_keys,
+        count_data=bool(count_data),
         genes=genes,
         conditions=tuple(dict.fromkeys([control[0], *canonical])),
         covariate_categories=covariate_categories,
@@ -287,12 +287,11 @@ def condition_labels(adata: anndata.AnnData, registry: Registry) -> np.ndarray:
 
 
 def _covariate_arrays(adata, registry: Registry) -> dict[str, np.ndarray]:
-    _covariate_categories(adata, registry.covariate_keys)  # missing / non-finite values
     arrays = {}
     for key in registry.covariate_keys:
-        column = adata.obs[key]
+        column = _covariate_column(adata, key)
         if key not in registry.covariate_categories:
-            if not _is_numeric(column):
+            if not checks.is_numeric(column):
                 raise ValueError(f"Covariate .obs[{key!r}] was registered as numeric; it is not.")
             arrays[key] = column.to_numpy(dtype=np.float32)
             continue

@@ -28,12 +28,13 @@ array([[0., 0.],
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
+
+from causalcell._data_checks import DataKeyError, did_you_mean
 
 __all__ = [
     "CyclicGraphError",
@@ -51,13 +52,6 @@ __all__ = [
 
 class CyclicGraphError(ValueError):
     """The graph has a directed cycle (or a self-loop) where a DAG is required."""
-
-
-class _UnknownNodeError(KeyError):
-    """A ``KeyError`` whose message prints without the quotes ``KeyError`` adds."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _check_digraph(graph) -> None:
@@ -293,15 +287,25 @@ def from_adjacency(
     >>> list(graph.edges(data=True))
     [('a', 'b', {'weight': 0.8})]
     """
+    return _build_graph(*_checked_matrices(matrix, nodes, edge_attributes, "matrix"), threshold)
+
+
+def _checked_matrices(matrix, nodes, edge_attributes, name: str):
+    """Node order, the checked matrix and the checked attribute matrices (same orientation)."""
     order = tuple(nodes)
     if len(set(order)) != len(order):
         raise ValueError(f"nodes must be unique, got {list(order)}.")
-    weights = _check_square(matrix, order, "matrix")
+    weights = _check_square(matrix, order, name)
     extra = {}
-    for name, values in (edge_attributes or {}).items():
-        if name == "weight":
-            raise ValueError("edge_attributes may not be named 'weight': that is matrix itself.")
-        extra[name] = _check_square(values, order, f"edge_attributes[{name!r}]")
+    for attribute, values in (edge_attributes or {}).items():
+        if attribute == "weight":
+            raise ValueError(f"edge_attributes may not be named 'weight': that is {name} itself.")
+        extra[attribute] = _check_square(values, order, f"edge_attributes[{attribute!r}]")
+    return order, weights, extra
+
+
+def _build_graph(order, weights, extra, threshold) -> nx.DiGraph:
+    """Edge ``order[i] -> order[j]`` wherever ``|weights[i, j]| > threshold`` (adjacency)."""
     graph = nx.DiGraph()
     graph.add_nodes_from(order)
     for parent, child in zip(*np.nonzero(np.abs(weights) > threshold)):
@@ -356,26 +360,23 @@ def graph_from_drift(
     >>> list(graph_from_drift(drift, ["a", "b"]).edges(data=True))
     [('a', 'b', {'weight': 0.7})]
     """
-    order = tuple(nodes)
-    weights = _check_square(drift, order, "drift").T.copy()
+    order, matrix, extra = _checked_matrices(drift, nodes, edge_attributes, "drift")
+    weights = matrix.T.copy()
     np.fill_diagonal(weights, 0.0)
-    transposed = {
-        name: _check_square(values, order, f"edge_attributes[{name!r}]").T
-        for name, values in (edge_attributes or {}).items()
-    }
-    return from_adjacency(weights, order, threshold=threshold, edge_attributes=transposed)
+    transposed = {name: values.T for name, values in extra.items()}
+    return _build_graph(order, weights, transposed, threshold)
 
 
-def _check_node(graph: nx.DiGraph, node: Hashable) -> None:
+def _in_node_order(graph: nx.DiGraph, node: Hashable, search) -> tuple:
+    """``search(graph, node)`` (a networkx reachability query) as a tuple in the graph's order."""
     _check_digraph(graph)
-    if node in graph:
-        return
-    names = {str(candidate): candidate for candidate in graph.nodes}
-    close = [names[match] for match in difflib.get_close_matches(str(node), names, n=3)]
-    hint = f" Did you mean {', '.join(repr(match) for match in close)}?" if close else ""
-    raise _UnknownNodeError(
-        f"Node {node!r} is not in the graph ({graph.number_of_nodes()} nodes).{hint}"
-    )
+    if node not in graph:
+        raise DataKeyError(
+            f"Node {node!r} is not in the graph ({graph.number_of_nodes()} nodes)."
+            f"{did_you_mean(node, graph.nodes)}"
+        )
+    found = search(graph, node)
+    return tuple(candidate for candidate in graph.nodes if candidate in found)
 
 
 def ancestors(graph: nx.DiGraph, node: Hashable) -> tuple:
@@ -391,9 +392,7 @@ def ancestors(graph: nx.DiGraph, node: Hashable) -> tuple:
     >>> ancestors(nx.DiGraph([("a", "b"), ("b", "c")]), "c")
     ('a', 'b')
     """
-    _check_node(graph, node)
-    found = nx.ancestors(graph, node)
-    return tuple(candidate for candidate in graph.nodes if candidate in found)
+    return _in_node_order(graph, node, nx.ancestors)
 
 
 def descendants(graph: nx.DiGraph, node: Hashable) -> tuple:
@@ -409,6 +408,4 @@ def descendants(graph: nx.DiGraph, node: Hashable) -> tuple:
     >>> descendants(nx.DiGraph([("a", "b"), ("b", "c")]), "a")
     ('b', 'c')
     """
-    _check_node(graph, node)
-    found = nx.descendants(graph, node)
-    return tuple(candidate for candidate in graph.nodes if candidate in found)
+    return _in_node_order(graph, node, nx.descendants)

@@ -330,10 +330,11 @@ def validate_counts(counts) -> None:
     if invalid is None:
         return
     summary = ", ".join(f"{number} {problem}" for problem, number in invalid.problems.items())
+    # The row is the leading index: the position itself for a vector.
     where = (
         f"cell {invalid.row}, gene {invalid.column}"
         if np.ndim(counts) == 2
-        else (f"index {invalid.column}")
+        else f"index {invalid.row}"
     )
     fixes = " ".join(PROBLEM_FIXES[problem] for problem in invalid.problems)
     raise ValueError(

@@ -13,7 +13,7 @@ from causalcell.datasets import (
     pbmc68k_reduced,
     simulate_screen,
 )
-from causalcell.diffusion import spectral_abscissa, stationary_moments
+from causalcell.diffusion import intervene_linear, spectral_abscissa, stationary_moments
 from causalcell.graph import to_adjacency
 from causalcell.interventions import compose
 
@@ -158,6 +158,18 @@ def test_cyclic_graphs_stay_stable_under_knockouts():
     assert not nx.is_directed_acyclic_graph(truth.graph)
     assert spectral_abscissa(truth.drift.matrix()) < 0
     assert np.isfinite(truth.stationary_means).all()
+    # The construction: each row's off-diagonal |weights| sum to at most 0.9 of its decay
+    # (strict diagonal dominance, so Gershgorin keeps every eigenvalue left of -0.1 * decay).
+    weights, decay = np.asarray(truth.drift.weights), np.asarray(truth.drift.decay)
+    assert np.all(np.abs(weights).sum(axis=1) <= 0.9 * decay * (1 + 1e-6))  # float32 rounding
+    # Every condition's knocked-out drift is stable too, and pins its targets at their levels.
+    matrices, _, _ = intervene_linear(truth.drift, truth.sigma, truth.interventions)
+    assert np.all(spectral_abscissa(matrices) < 0)
+    knockout = np.asarray(truth.interventions.knockout)
+    levels = np.asarray(truth.interventions.knockout_level)
+    assert knockout[1:].any(axis=1).all() and not knockout[0].any()
+    # float32 solve of the stationary means (entries of order 1-10): a few ulps.
+    np.testing.assert_allclose(truth.stationary_means[knockout], levels[knockout], atol=1e-5)
 
 
 def test_neural_drift_screen_and_zero_inflated_noise():
@@ -207,6 +219,10 @@ def test_krumsiek11_ships_data_and_its_curated_graph():
     assert graph.edges["Gata1", "Fog1"]["sign"] == 1
     genes = list(adata.var_names)
     assert adata.uns["graph"][genes.index("Pu.1"), genes.index("Gata1")] == -1
+    # uns["graph"] is the same graph as a signed adjacency in gene order (row = regulator).
+    assert set(graph.nodes) == set(genes) and not list(nx.selfloop_edges(graph))
+    np.testing.assert_array_equal(adata.uns["graph"], to_adjacency(graph, genes, weight="sign"))
+    assert np.count_nonzero(adata.uns["graph"]) == graph.number_of_edges()
 
 
 def test_pbmc68k_reduced_reads_from_the_installed_package():

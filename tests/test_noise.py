@@ -377,6 +377,11 @@ def test_validate_counts_counts_and_finds_the_first():
         validate_counts(counts)
     with pytest.raises(TypeError, match="must be numbers"):
         validate_counts(np.array([["1", "2"]]))
+    # A vector (one cell's counts) names the position of its first bad value.
+    with pytest.raises(
+        ValueError, match=r"2 non-integer value\(s\); the first bad one is 1.5 at index 2\."
+    ):
+        validate_counts(np.array([0.0, 3.0, 1.5, 2.0, 0.25]))
 
 
 @pytest.mark.parametrize("layout", ["csr", "csc", "coo"])

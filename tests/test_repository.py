@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,16 @@ def test_readme_python_example_runs():
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["covariance"].shape == (50, 50)
     assert namespace["arrays"].counts.shape == (10_000, 50)
+    # The numbers, not only the shapes: the arrays are the AnnData's counts, the control mean
+    # is the simulated baseline, and the covariance solves the Lyapunov equation
+    # A S + S A^T + diag(sigma^2) = 0 (float32 solve; entries of S are O(0.1-1), so 1e-5).
+    adata, truth = namespace["adata"], namespace["truth"]
+    np.testing.assert_array_equal(namespace["arrays"].counts, adata.X.toarray())
+    np.testing.assert_allclose(namespace["mean"], adata.uns["simulation"]["baseline"], atol=1e-5)
+    drift = np.asarray(truth.drift.matrix(), np.float64)
+    covariance = np.asarray(namespace["covariance"], np.float64)
+    residual = drift @ covariance + covariance @ drift.T + np.diag(np.asarray(truth.sigma) ** 2)
+    np.testing.assert_allclose(residual, 0.0, atol=1e-5)
 
 
 @pytest.mark.skipif(

@@ -7,14 +7,17 @@ import warnings
 from pathlib import Path
 
 import anndata
+import networkx as nx
 import numpy as np
 import pandas as pd
+
+from causalcell.graph import to_adjacency
 
 __all__ = ["krumsiek11", "krumsiek11_graph", "pbmc68k_reduced"]
 
 
-def _scanpy_file(name: str) -> Path:
-    """Path of a data file inside the installed scanpy package, without importing scanpy."""
+def _scanpy_file(folder: str, name: str) -> Path:
+    """Path of ``scanpy/<folder>/<name>`` in the installed scanpy package, without importing it."""
     spec = importlib.util.find_spec("scanpy")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
@@ -22,11 +25,10 @@ def _scanpy_file(name: str) -> Path:
             "`pip install 'causalcell[datasets]'` (no download happens at run time)."
         )
     for location in spec.submodule_search_locations:
-        for folder in ("datasets", "sim_models"):
-            path = Path(location) / folder / name
-            if path.is_file():
-                return path
-    raise FileNotFoundError(f"{name!r} is not inside the installed scanpy package.")
+        path = Path(location) / folder / name
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{folder}/{name} is not inside the installed scanpy package.")
 
 
 def pbmc68k_reduced() -> anndata.AnnData:
@@ -44,7 +46,7 @@ def pbmc68k_reduced() -> anndata.AnnData:
         # The shipped file predates current AnnData encodings; anndata converts it on read and
         # says so (FutureWarning, OldFormatWarning). Nothing for the user to act on.
         warnings.simplefilter("ignore")
-        return anndata.read_h5ad(_scanpy_file("10x_pbmc68k_reduced.h5ad"))
+        return anndata.read_h5ad(_scanpy_file("datasets", "10x_pbmc68k_reduced.h5ad"))
 
 
 def krumsiek11() -> anndata.AnnData:
@@ -61,10 +63,9 @@ def krumsiek11() -> anndata.AnnData:
     of myeloid progenitors is encoded in the transcription factor network. PLoS ONE 6(8).
     Wolf, F. A., Angerer, P. & Theis, F. J. (2018). SCANPY. Genome Biology 19.
     """
-    path = _scanpy_file("krumsiek11.txt")
-    lines = path.read_text().splitlines()
+    lines = _scanpy_file("datasets", "krumsiek11.txt").read_text().splitlines()
     header = next(line for line in lines if line.startswith("# it")).split()[2:]
-    table = np.loadtxt(path, comments="#")
+    table = np.loadtxt(lines, comments="#")
     time = table[:, 0].astype(int)
     fates = np.array(["Mo", "Ery", "Mk", "Neu"])
     realisation = np.arange(time.size) // 160
@@ -77,18 +78,16 @@ def krumsiek11() -> anndata.AnnData:
     adata = anndata.AnnData(
         X=table[:, 1:].astype(np.float32), obs=obs, var=pd.DataFrame(index=header)
     )
-    adata.uns["graph"] = _krumsiek_adjacency(header)
+    adata.uns["graph"] = to_adjacency(krumsiek11_graph(), header, weight="sign").astype(np.int8)
     return adata
 
 
-def krumsiek11_graph():
+def krumsiek11_graph() -> nx.DiGraph:
     """The curated myeloid regulatory graph of Krumsiek et al. (2011) as a ``networkx.DiGraph``.
 
     Edges carry ``sign`` = +1 (activation) or -1 (inhibition), read from the Boolean update
     rules that scanpy ships (``sim_models/krumsiek11.txt``; Table 1 of the paper).
     """
-    import networkx as nx
-
     graph = nx.DiGraph()
     for target, regulators in _krumsiek_rules().items():
         graph.add_node(target)
@@ -104,7 +103,7 @@ def _krumsiek_rules() -> dict[str, list[tuple[str, int]]]:
     Self-regulation is dropped (the graph has no self-loops).
     """
     rules = {}
-    path = _scanpy_file("krumsiek11.txt").parent.parent / "sim_models" / "krumsiek11.txt"
+    path = _scanpy_file("sim_models", "krumsiek11.txt")
     for line in path.read_text().splitlines():
         if "=" not in line or line.lstrip().startswith("#"):
             continue
@@ -134,13 +133,3 @@ def _parse_operand(tokens, position, negated, found) -> int:
         return _parse_group(tokens, position + 1, negated, found) + 1
     found.setdefault(token, -1 if negated else 1)
     return position + 1
-
-
-def _krumsiek_adjacency(genes) -> np.ndarray:
-    index = {gene: position for position, gene in enumerate(genes)}
-    adjacency = np.zeros((len(genes), len(genes)), dtype=np.int8)
-    for target, regulators in _krumsiek_rules().items():
-        for regulator, sign in regulators:
-            if regulator != target:
-                adjacency[index[regulator], index[target]] = sign
-    return adjacency

@@ -316,27 +316,24 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
-#: One compile serves every condition (same shapes); the draws are made outside, per condition.
+#: One compile per number of conditions; all conditions' moments come from one batched call.
 _stationary_factor = jax.jit(stationary_factor)
 
 
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
     """Exact Gaussian draws: ``mean_p + L_p z`` with one standard normal ``z`` per cell."""
     standard = np.asarray(jax.random.normal(key, (cell_condition.size, drift.num_genes)))
+    means, factors = map(np.asarray, _stationary_factor(drift, sigma, interventions))
+    if not np.isfinite(factors).all():
+        raise ValueError(
+            "A simulated condition has no stationary law (unstable drift); please report this "
+            "with the arguments of simulate_screen."
+        )
     latent = np.empty_like(standard)
-    means = []
-    for index in range(interventions.shift.shape[0]):
-        member = jax.tree_util.tree_map(lambda field, i=index: field[i], interventions)
-        mean, factor = (np.asarray(value) for value in _stationary_factor(drift, sigma, member))
-        if not np.isfinite(factor).all():
-            raise ValueError(
-                "A simulated condition has no stationary law (unstable drift); please report this "
-                "with the arguments of simulate_screen."
-            )
+    for index, (mean, factor) in enumerate(zip(means, factors, strict=True)):
         rows = cell_condition == index
         latent[rows] = mean + standard[rows] @ factor.T
-        means.append(mean)
-    return latent, np.stack(means)
+    return latent, means
 
 
 def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_in):
@@ -347,6 +344,7 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
     # the chain's intervention, plus independent noise of the right scale.
     linear = drift.linearize(drift.center)
     start_means = stationary_mean(linear, sigma, interventions)
+    spread = sigma / np.sqrt(2.0 * decay)
     run = jax.jit(
         lambda k, initial, member: simulate_chains(
             k, drift, sigma, initial, intervention=member, dt=float(dt), burn_in=float(burn_in)
@@ -364,7 +362,6 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
             lambda field, index=chain_conditions: field[index], interventions
         )
         start_key, chain_key = jax.random.split(block_key)
-        spread = sigma / np.sqrt(2.0 * decay)
         initial = start_means[chain_conditions] + spread * jax.random.normal(
             start_key, (rows.size, drift.num_genes)
         )
