@@ -10,9 +10,9 @@ edge ``i -> j``; row ``i`` is the *parent*, column ``j`` the *child*.
 
 **Drift** (dynamics orientation, DESIGN 2.3): the drift acts as ``dx = drift @ x dt``, so
 ``drift[i, j]`` is the effect of gene ``j`` on gene ``i`` (row = *target*). That is the transpose
-of the adjacency. The conversion between the two happens only in :func:`drift_mask` and
-:func:`graph_from_drift`; everything else in causalcell uses one orientation or the other and
-never transposes by hand.
+of the adjacency. The conversion between the two happens only in :func:`swap_orientation`
+(which :func:`drift_mask` and :func:`graph_from_drift` use); everything else in causalcell uses
+one orientation or the other and never transposes by hand.
 
 Examples
 --------
@@ -44,6 +44,7 @@ __all__ = [
     "from_adjacency",
     "graph_from_drift",
     "node_order",
+    "swap_orientation",
     "to_adjacency",
     "topological_order",
     "validate_dag",
@@ -315,6 +316,27 @@ def _build_graph(order, weights, extra, threshold) -> nx.DiGraph:
     return graph
 
 
+def swap_orientation(matrix) -> np.ndarray:
+    """Drift orientation ``[target, source]`` <-> graph orientation ``[source, target]``.
+
+    The transpose with a zero diagonal (self-decay is not an edge); NaN entries are kept. The
+    only place the two orientations are converted (:func:`drift_mask` and
+    :func:`graph_from_drift` use it).
+
+    Examples
+    --------
+    >>> swap_orientation([[-1.0, 0.0], [0.7, -1.0]])  # drift: a acts on b -> edge a -> b
+    array([[0. , 0.7],
+           [0. , 0. ]])
+    """
+    array = np.asarray(matrix, dtype=float)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"matrix must be a square matrix, got shape {array.shape}.")
+    swapped = array.T.copy()
+    np.fill_diagonal(swapped, 0.0)
+    return swapped
+
+
 def drift_mask(graph: nx.DiGraph, nodes: Iterable[Hashable] | None = None) -> np.ndarray:
     """Return the drift-oriented 0/1 mask: ``mask[i, j] = 1`` iff the graph has ``j -> i``.
 
@@ -327,9 +349,7 @@ def drift_mask(graph: nx.DiGraph, nodes: Iterable[Hashable] | None = None) -> np
     array([[0., 0.],
            [1., 0.]])
     """
-    mask = to_adjacency(graph, nodes).T.copy()
-    np.fill_diagonal(mask, 0.0)
-    return mask
+    return swap_orientation(to_adjacency(graph, nodes))
 
 
 def graph_from_drift(
@@ -361,10 +381,8 @@ def graph_from_drift(
     [('a', 'b', {'weight': 0.7})]
     """
     order, matrix, extra = _checked_matrices(drift, nodes, edge_attributes, "drift")
-    weights = matrix.T.copy()
-    np.fill_diagonal(weights, 0.0)
     transposed = {name: values.T for name, values in extra.items()}
-    return _build_graph(order, weights, transposed, threshold)
+    return _build_graph(order, swap_orientation(matrix), transposed, threshold)
 
 
 def _in_node_order(graph: nx.DiGraph, node: Hashable, search) -> tuple:

@@ -190,11 +190,15 @@ def test_partial_screen_estimates_converge_to_the_truth_as_regularization_vanish
     targets = [0, 1, 2, 3, 4]
     responses = linear_responses(drift, targets) * random_shifts(9, size - 1)
     scale = np.linalg.norm(responses, 2) ** 2
+    system, observed = responses[:5], responses[5]  # gene f's regression (no column targets it)
     errors = []
     for relative in (1e-2, 1e-4, 1e-6, 1e-8, 0.0):
-        effects = direct_effects(
-            responses, genes=GENES, targets=targets, regularization=relative * scale
-        )
+        strength = relative * scale
+        effects = direct_effects(responses, genes=GENES, targets=targets, regularization=strength)
+        # The Tikhonov solution of the Notes, (L L^T + lambda I)^{-1} L r, by a direct solve:
+        # two float64 routes (SVD and LU) to one well-conditioned 5 x 5 system: round-off only.
+        reference = np.linalg.solve(system @ system.T + strength * np.eye(5), system @ observed)
+        np.testing.assert_allclose(effects.mean[5, :5], reference, rtol=1e-8, atol=1e-10)
         errors.append(np.abs(effects.mean[5] - true_effects(drift)[5]).max())
     # The Tikhonov bias is linear in lambda for small lambda: each 100-fold smaller lambda
     # divides it by ~100 (50 to 200 allows the O(lambda^2) term at the largest lambda) ...
@@ -202,6 +206,25 @@ def test_partial_screen_estimates_converge_to_the_truth_as_regularization_vanish
     assert ((ratios > 50) & (ratios < 200)).all(), ratios
     assert errors[3] > 1e-9  # ... so it is still visible at 1e-8 relative strength,
     assert errors[4] < EXACT  # and at lambda = 0 the identified row is exact.
+
+
+def test_ill_conditioned_partial_screen_warns_and_uses_the_default_tikhonov_strength():
+    drift = dense_drift(seed=8, size=len(GENES))
+    targets = [0, 1, 2, 3, 4]
+    responses = linear_responses(drift, targets)
+    responses[:, 1] = responses[:, 0] + 1e-10 * responses[:, 1]  # two near-identical columns
+    system, observed = responses[:5], responses[5]  # gene f's regression: the only one solved
+    condition = np.linalg.cond(system)
+    assert condition > 1e9
+    with pytest.warns(IllConditionedResponsesWarning, match="a gene's regression on the others"):
+        effects = direct_effects(responses, genes=GENES, targets=targets)
+    # SVD ratios of the same ~1e10-conditioned matrix: 1e-6 relative round-off.
+    assert effects.condition_number == pytest.approx(condition, rel=1e-6)
+    strength = 1e-6 * np.linalg.norm(responses, 2) ** 2
+    assert effects.regularization == pytest.approx(strength, rel=1e-12)  # same formula
+    reference = np.linalg.solve(system @ system.T + strength * np.eye(5), system @ observed)
+    # Two float64 routes to one regularised problem (the Tikhonov solution of the Notes).
+    np.testing.assert_allclose(effects.mean[5, :5], reference, rtol=1e-8, atol=1e-10)
 
 
 def test_structural_identification_of_a_single_effect_in_a_sparse_drift():
@@ -243,8 +266,14 @@ def test_posterior_summaries_match_a_loop_over_draws_and_cover_the_truth():
     np.testing.assert_allclose(posterior.mean, loop.mean(axis=0), atol=EXACT)
     np.testing.assert_allclose(posterior.lower, np.quantile(loop, 0.05, axis=0), atol=EXACT)
     np.testing.assert_allclose(posterior.upper, np.quantile(loop, 0.95, axis=0), atol=EXACT)
+    np.testing.assert_allclose(posterior.sd, loop.std(axis=0, ddof=1), atol=EXACT)
     np.testing.assert_array_equal(posterior.probability_positive, (posterior.draws > 0).mean(0))
     assert ((posterior.probability_positive >= 0) & (posterior.probability_positive <= 1)).all()
+    # Sign probability max(P(W > 0), P(W < 0)), in graph orientation [source, target]; 0 on the
+    # diagonal (exact: the same counts of the same draws).
+    sign_probability = np.maximum((posterior.draws > 0).mean(0), (posterior.draws < 0).mean(0))
+    np.fill_diagonal(sign_probability, 0.0)
+    np.testing.assert_array_equal(posterior.adjacency_scores(), sign_probability.T)
     truth = true_effects(drift)
     off_diagonal = ~np.eye(len(GENES), dtype=bool)
     # 400 draws: the mean's standard error is sd / 20, so 5 standard errors is sd / 4; the
@@ -483,7 +512,7 @@ def test_plot_greys_unidentified_cells_and_marks_intervals_excluding_zero():
         ({"responses": np.ones((3, 2)), "targets": ["g0"]}, "targets has 1 entries"),
         ({"responses": np.ones((3, 2)), "targets": ["g0", "g0"]}, r"\['g0'\] are perturbed by"),
         ({"responses": np.ones((3, 2)), "targets": ["g0", 0]}, "more than one column"),
-        ({"responses": np.ones((3, 2)), "targets": ["g0", "gg1"]}, "Did you mean g1"),
+        ({"responses": np.ones((3, 2)), "targets": ["g0", "gg1"]}, "Did you mean 'g1'"),
         ({"responses": np.ones((3, 2)), "targets": ["g0", 7]}, r"row index in \[0, 3\)"),
         ({"responses": np.ones((3, 3)), "genes": ["a", "b"]}, "genes has 2 names"),
         ({"responses": np.ones((3, 3)), "genes": ["a", "b", "a"]}, "duplicated: \\['a'\\]"),

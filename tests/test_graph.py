@@ -15,6 +15,7 @@ from causalcell.graph import (
     from_adjacency,
     graph_from_drift,
     node_order,
+    swap_orientation,
     to_adjacency,
     topological_order,
     validate_dag,
@@ -185,3 +186,14 @@ def test_unknown_node_suggests_close_matches():
         ancestors(graph, "GATA")
     with pytest.raises(KeyError, match="not in the graph"):
         descendants(graph, "unrelated")
+
+
+def test_swap_orientation_is_the_transpose_without_the_diagonal_and_its_own_inverse():
+    drift = np.array([[-1.0, 0.0, np.nan], [0.7, -2.0, 0.0], [0.0, -0.3, -1.0]])
+    swapped = swap_orientation(drift)
+    # Edge j -> i of drift[i, j] sits at [j, i]; the decays leave the diagonal.
+    np.testing.assert_array_equal(swapped, [[0.0, 0.7, 0.0], [0.0, 0.0, -0.3], [np.nan, 0.0, 0.0]])
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(swap_orientation(swapped)[off], drift[off])
+    with pytest.raises(ValueError, match="square"):
+        swap_orientation(np.zeros((2, 3)))

@@ -12,7 +12,12 @@ from causalcell.datasets import simulate_screen
 from causalcell.diffusion import intervene, kds, simulate_chains
 from causalcell.inference import default_encoder_inputs, fit
 from causalcell.interventions import from_targets
-from causalcell.models._lcd_neural import lcd_neural_model, neural_drift_from_sites
+from causalcell.models._lcd_neural import (
+    _bandwidth,
+    lcd_neural_model,
+    neural_drift_from_sites,
+    within_condition_weights,
+)
 
 GENES, HIDDEN = 4, 3
 TARGETS = jnp.array([[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0]], jnp.float32)
@@ -151,6 +156,26 @@ def test_kds_factor_sums_condition_statistics_scaled_by_cells_and_time_unit():
         assert float(jnp.abs(gradients[name]).max()) > 0.0, name
     # Only the targeted genes' effects (genes 0, 1, 2) reach the factor.
     assert float(gradients["intervention_effect"][3]) == 0.0
+
+
+def test_pair_weights_and_bandwidth_of_a_subsampled_batch():
+    # Batch cells of conditions 0, 0, 1, 2, 2, 2 (3 absent); the data hold 10, 5, 7, 3 cells.
+    condition = jnp.array([0, 0, 1, 2, 2, 2])
+    weights = np.asarray(within_condition_weights(condition, 4, jnp.array([10.0, 5.0, 7.0, 3.0])))
+    expected = np.zeros((6, 6), np.float32)
+    expected[:2, :2] = 10.0 / (2 * 1)  # N_p / (m_p (m_p - 1))
+    expected[3:, 3:] = np.float32(7.0) / np.float32(3 * 2)
+    # Condition 1 has one cell in the batch: no pair, weight 0 (as across conditions).
+    np.testing.assert_array_equal(weights, expected)
+
+    latent = jax.random.normal(jax.random.key(4), (6, GENES))
+    groups = [np.asarray(latent)[np.asarray(condition) == p] for p in (0, 1, 2)]
+    squares = sum(float(((g - g.mean(0)) ** 2).sum()) for g in groups)
+    # Pooled within-condition variance with 6 - 3 degrees of freedom; float32: 1e-6 relative.
+    bandwidth = _bandwidth(latent, condition, 4, 9.0)
+    assert float(bandwidth) == pytest.approx(np.sqrt(2.0 * squares / 3), rel=1e-6)
+    # No condition with two cells: the fallback h^2.
+    assert float(_bandwidth(latent, jnp.arange(6), 6, 9.0)) == pytest.approx(3.0, rel=1e-6)
 
 
 def screen_data(adata):

@@ -75,10 +75,13 @@ def _check_settings(regularization, rcond_warning) -> float | None:
     return strength
 
 
-def _default_strengths(responses: np.ndarray) -> np.ndarray:
-    """``DEFAULT_RELATIVE_REGULARIZATION`` times the largest eigenvalue of ``R R^T``, per draw."""
-    largest = np.linalg.norm(responses, ord=2, axis=(-2, -1))
-    return DEFAULT_RELATIVE_REGULARIZATION * largest**2
+def _strengths(largest, condition, regularization: float | None, rcond_warning: float):
+    """Tikhonov strength per draw: ``regularization`` if given, else 0 while ``condition`` is at
+    most ``rcond_warning`` and ``DEFAULT_RELATIVE_REGULARIZATION`` times the largest eigenvalue
+    of ``R R^T`` (``largest`` is the largest singular value of ``R``) above it."""
+    if regularization is not None:
+        return np.full(condition.shape, regularization)
+    return np.where(condition <= rcond_warning, 0.0, DEFAULT_RELATIVE_REGULARIZATION * largest**2)
 
 
 def _full_screen(matrices: np.ndarray, regularization: float | None, rcond_warning: float):
@@ -86,10 +89,7 @@ def _full_screen(matrices: np.ndarray, regularization: float | None, rcond_warni
     singular = np.linalg.svd(matrices, compute_uv=False)
     with np.errstate(divide="ignore"):
         condition = singular[:, 0] / singular[:, -1]
-    if regularization is None:
-        strengths = np.where(condition <= rcond_warning, 0.0, _default_strengths(matrices))
-    else:
-        strengths = np.full(len(matrices), regularization)
+    strengths = _strengths(singular[:, 0], condition, regularization, rcond_warning)
     inverses = np.empty_like(matrices)
     exact = strengths == 0
     if exact.any():
@@ -133,7 +133,7 @@ def _gene_by_gene(
     identified = np.zeros((num_genes, num_genes), dtype=bool)
     condition = np.full((num_draws, num_genes), np.nan)
     strengths = np.zeros((num_draws, num_genes))
-    default = _default_strengths(responses)
+    largest = np.linalg.norm(responses, ord=2, axis=(-2, -1))
     for gene in range(num_genes):
         columns = target_index != gene
         others = np.arange(num_genes) != gene
@@ -150,13 +150,11 @@ def _gene_by_gene(
         if not reached.any():
             continue
         condition[:, gene] = singular[:, 0] / np.min(np.where(kept, singular, np.inf), axis=-1)
-        if regularization is None:
-            strengths[:, gene] = np.where(condition[:, gene] <= rcond_warning, 0.0, default)
-        else:
-            strengths[:, gene] = regularization
+        strengths[:, gene] = _strengths(largest, condition[:, gene], regularization, rcond_warning)
         filtered = np.where(kept, singular / (singular**2 + strengths[:, gene, None]), 0.0)
-        # + 0.0 turns -0.0 into 0.0.
-        solution = np.einsum("sgm,sm,smk,sk->sg", left, filtered, right, observed) + 0.0
+        # Tikhonov solution U diag(filtered) V^T r, contracted pairwise (O(S d k) per gene).
+        coefficients = filtered * np.einsum("smk,sk->sm", right, observed)
+        solution = np.einsum("sgm,sm->sg", left, coefficients) + 0.0  # + 0.0: -0.0 -> 0.0
         effects[:, gene, others] = np.where(reached, solution, np.nan)
         identified[gene, others] = reached
     effects[:, np.arange(num_genes), np.arange(num_genes)] = 0.0
@@ -192,8 +190,7 @@ def _estimate(screen: Screen, regularization, rcond_warning):
                 NotIdentifiedWarning,
                 stacklevel=3,
             )
-    effects[:, ~identified & ~np.eye(num_genes, dtype=bool)] = np.nan
-    unstable = ~(condition <= rcond_warning) & ~np.isnan(condition)
+    unstable = condition > rcond_warning  # NaN (nothing identified) is never unstable
     if regularization is None and unstable.any():
         worst = float(np.max(condition[unstable]))
         what = "the response matrix" if full else "a gene's regression on the others"

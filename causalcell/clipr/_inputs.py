@@ -6,13 +6,14 @@ the problem and the fix.
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from causalcell._data_checks import did_you_mean
 
 __all__ = []
 
@@ -67,11 +68,10 @@ def _resolve_targets(targets: Sequence, genes: tuple) -> np.ndarray:
         elif _is_integer(target) and 0 <= int(target) < len(genes):
             indices.append(int(target))
         else:
-            close = difflib.get_close_matches(str(target), [str(name) for name in genes], n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ValueError(
                 f"Target {target!r} is neither a gene name nor a row index in [0, "
-                f"{len(genes)}).{hint} Each target names the perturbed gene of one column."
+                f"{len(genes)}).{did_you_mean(target, genes)} Each target names the perturbed "
+                "gene of one column."
             )
     index = np.asarray(indices, dtype=int)
     counts = Counter(index.tolist())

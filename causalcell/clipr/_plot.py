@@ -33,10 +33,10 @@ def plot_direct_effects(effects, ax=None):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    if ax is None:
-        size = 0.4 * len(effects.genes) + 2.0
-        _, ax = plt.subplots(figsize=(size + 1.0, size))
     size = len(effects.genes)
+    if ax is None:
+        inches = 0.4 * size + 2.0
+        _, ax = plt.subplots(figsize=(inches + 1.0, inches))
     diagonal = np.eye(size, dtype=bool)
     shown = np.ma.masked_array(effects.mean, mask=~effects.identified | diagonal)
     largest = float(np.max(np.abs(shown))) if shown.count() else 1.0

@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from causalcell.graph import graph_from_drift, to_adjacency
+from causalcell.graph import graph_from_drift, swap_orientation
 from causalcell.results import CausalResult
 
 __all__ = ["DirectEffects"]
@@ -221,19 +221,7 @@ class DirectEffects:
             values = np.maximum(self.probability_positive, negative)
         else:
             values = np.abs(self.mean)
-        # Both matrices pass through the one drift -> graph conversion of causalcell.graph.
-        graph = graph_from_drift(
-            np.ones_like(values),
-            self.genes,
-            edge_attributes={
-                "score": np.where(self.identified, values, 0.0),
-                "identified": self.identified.astype(float),
-            },
-        )
-        scores = to_adjacency(graph, self.genes, weight="score")
-        reported = to_adjacency(graph, self.genes, weight="identified").astype(bool)
-        scores[~reported & ~np.eye(len(self.genes), dtype=bool)] = unidentified
-        return scores
+        return swap_orientation(np.where(self.identified, values, unidentified))
 
     def to_causal_result(self) -> CausalResult:
         """The draws as a :class:`causalcell.CausalResult` with dims ``("target", "source")``.

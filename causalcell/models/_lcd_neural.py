@@ -30,9 +30,9 @@ from causalcell.diffusion import NeuralDrift, intervene, kds
 from causalcell.models._lcd_program import (
     INTERVENTION_KINDS,
     PARAMETER_SITE,
-    _intervention_site,
     condition_interventions,
     intervention_parameters,
+    sample_screen_sites,
 )
 from causalcell.noise import NegativeBinomial, NoiseModel
 
@@ -276,7 +276,7 @@ def lcd_neural_model(
 
 
 def _drift_sites(genes: int, hidden: int, weight_scale: float, baseline_prior, intervention):
-    """The global sites of the drift, noise scale and intervention parameter, by name."""
+    """The global sites of the drift, then those shared with the linear program, by name."""
     shape = [genes, genes, hidden]
     return {
         # Laplace: sparse regulation; masked entries are ignored by neural_drift_from_sites.
@@ -291,9 +291,5 @@ def _drift_sites(genes: int, hidden: int, weight_scale: float, baseline_prior, i
             "output_weights", dist.Normal(0.0, 1.0).expand([genes, hidden]).to_event(2)
         ),
         "log_decay": numpyro.sample("log_decay", dist.Normal(0.0, 0.5).expand([genes]).to_event(1)),
-        "baseline": numpyro.sample("baseline", dist.Normal(baseline_prior, 1.5).to_event(1)),
-        "log_sigma": numpyro.sample(
-            "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
-        ),
-        PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
+        **sample_screen_sites(genes, baseline_prior, intervention),
     }

@@ -29,6 +29,7 @@ __all__ = [
     "intervention_parameters",
     "lcd_model",
     "linear_drift_from_sites",
+    "sample_screen_sites",
 ]
 
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
@@ -87,6 +88,22 @@ def intervention_parameters(kind: str, value, baseline) -> dict:
     if kind == "knockdown":
         return {"log_fraction": -jax.nn.softplus(value)}
     return {"level": baseline + value}
+
+
+def sample_screen_sites(genes: int, baseline_prior, intervention: str) -> dict:
+    """Sample the global sites both LCD programs share, by name: ``baseline`` and ``log_sigma``
+    [d], then the intervention parameter [d] (site ``PARAMETER_SITE[intervention]``).
+
+    Each program samples its drift's own sites (``log_decay`` included) before these, so both
+    keep their site order and hence their seeded draws.
+    """
+    return {
+        "baseline": numpyro.sample("baseline", dist.Normal(baseline_prior, 1.5).to_event(1)),
+        "log_sigma": numpyro.sample(
+            "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
+        ),
+        PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
+    }
 
 
 def condition_laws(values, condition_targets, kind: str, prior_mask=None):
@@ -152,17 +169,11 @@ def lcd_model(
     )
     log_decay = numpyro.sample("log_decay", dist.Normal(0.0, 0.5).expand([genes]).to_event(1))
     log_scaling = numpyro.sample("log_scaling", dist.Normal(0.0, 1.0).expand([genes]).to_event(1))
-    baseline = numpyro.sample("baseline", dist.Normal(baseline_prior, 1.5).to_event(1))
-    log_sigma = numpyro.sample(
-        "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
-    )
     values = {
         "drift_weights": raw,
         "log_decay": log_decay,
         "log_scaling": log_scaling,
-        "baseline": baseline,
-        "log_sigma": log_sigma,
-        PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
+        **sample_screen_sites(genes, baseline_prior, intervention),
     }
     drift, means, covariances = condition_laws(values, condition_targets, intervention, mask)
     numpyro.deterministic("drift", drift.matrix())
