@@ -52,14 +52,13 @@ def main() -> None:
         x = rng.normal(size=arguments.units)
         y = TRUE_EFFECT * x + 0.8 * rng.normal(size=arguments.units)
         sampler.run(jax.random.key(index), jnp.asarray(x), jnp.asarray(y))
-        posterior = {k: v for k, v in sampler.get_samples().items() if k in ("b", "scale")}
         result = effect(
             regression,
             treatment="x",
             values=(0.0, 1.0),
             outcome="y",
             key=jax.random.key(10_000 + index),
-            posterior_samples=posterior,
+            posterior_samples=sampler.get_samples(),  # b and scale: x and y are observed
             num_noise_samples=4,
         )
         for position, level in enumerate(LEVELS):

@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-__all__ = ["COUPLINGS", "from_noise", "quantile_of", "to_noise", "value_at_quantile"]
+__all__ = [
+    "COUPLINGS",
+    "from_noise",
+    "is_shareable",
+    "quantile_of",
+    "to_noise",
+    "value_at_quantile",
+]
 
 #: Couplings for sites whose noise cannot be shared exactly.
 COUPLINGS = ("resample", "quantile")
@@ -30,30 +37,26 @@ def _base(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
-def to_noise(fn: dist.Distribution, value):
-    """Standard-normal exogenous noise of ``value`` under ``fn``, or None if not shareable."""
-    base = _base(fn)
-    if hasattr(base, "to_noise"):
-        return base.to_noise(value)
-    if type(base) is dist.Normal:
-        return (value - base.loc) / base.scale
-    return None
-
-
-def from_noise(fn: dist.Distribution, noise):
-    """Inverse of :func:`to_noise`: the value ``fn`` gives to exogenous ``noise``."""
-    base = _base(fn)
-    if hasattr(base, "from_noise"):
-        return base.from_noise(noise)
-    if type(base) is dist.Normal:
-        return base.loc + base.scale * noise
-    return None
-
-
 def is_shareable(fn: dist.Distribution) -> bool:
     """Whether ``fn`` exposes its exogenous noise (Gaussian or the noise protocol)."""
     base = _base(fn)
-    return hasattr(base, "to_noise") or type(base) is dist.Normal
+    return type(base) is dist.Normal or hasattr(base, "to_noise")
+
+
+def to_noise(fn: dist.Distribution, value):
+    """Standard-normal exogenous noise of ``value`` under a shareable ``fn``."""
+    base = _base(fn)
+    if type(base) is dist.Normal:
+        return (value - base.loc) / base.scale
+    return base.to_noise(value)
+
+
+def from_noise(fn: dist.Distribution, noise):
+    """Inverse of :func:`to_noise`: the value a shareable ``fn`` gives to exogenous ``noise``."""
+    base = _base(fn)
+    if type(base) is dist.Normal:
+        return base.loc + base.scale * noise
+    return base.from_noise(noise)
 
 
 def _cdf(fn: dist.Distribution, value):

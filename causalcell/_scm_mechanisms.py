@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro.handlers import block, substitute, trace
 
+from causalcell._data_checks import did_you_mean
 from causalcell.graph import node_order, topological_order, validate_dag
 from causalcell.handlers import UnknownSiteError
 
@@ -54,7 +54,7 @@ class Structure:
             tuple(sorted(index[parent] for parent in graph.predecessors(node))) for node in order
         )
         topological = tuple(index[node] for node in topological_order(graph))
-        depth = nx.dag_longest_path_length(graph) if graph.number_of_edges() else 0
+        depth = nx.dag_longest_path_length(graph)  # 0 without edges
         return cls(order, names, parents, topological, int(depth))
 
     def edges_into(self, children: Iterable[int]) -> tuple[tuple[int, int], ...]:
@@ -68,10 +68,9 @@ class Structure:
         name = str(key)
         if name in self.names:
             return self.names.index(name)
-        close = difflib.get_close_matches(name, self.names, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise UnknownSiteError(
-            f"{what} names {key!r}, which is not a node of this SCM.{hint} "
+            f"{what} names {key!r}, which is not a node of this SCM."
+            f"{did_you_mean(name, self.names)} "
             f"Its {len(self.names)} nodes: {list(self.names)}."
         )
 
@@ -108,13 +107,13 @@ def freeze(function: Callable, example) -> Callable:
     """
     with trace() as recorded:
         function(example)
+    if not recorded:
+        return function
     values = {
         name: site["value"]
         for name, site in recorded.items()
         if site["type"] in ("sample", "param")
     }
-    if not recorded:
-        return function
     return block(substitute(function, data=values))
 
 
@@ -186,8 +185,7 @@ def network_mechanism(structure: Structure, network_nodes, edges, parameters, bi
         hidden = jnp.einsum("...mk,mkh->...mh", x[..., parents], padded) + hidden_bias
         change = jnp.tanh(hidden) - jnp.tanh(hidden_bias)
         output = jnp.einsum("...mh,mh->...m", change, output_weights)
-        loc = jnp.broadcast_to(bias_full, x.shape)
-        return loc.at[..., rows].add(output) if len(rows) else loc
+        return jnp.broadcast_to(bias_full, x.shape).at[..., rows].add(output)
 
     return mechanism
 

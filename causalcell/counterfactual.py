@@ -44,8 +44,8 @@ from causalcell._coupling import (
     to_noise,
     value_at_quantile,
 )
-from causalcell.handlers import do
-from causalcell.handlers._do import UnknownSiteError, _suggest
+from causalcell._data_checks import did_you_mean
+from causalcell.handlers import UnknownSiteError, do
 
 __all__ = [
     "COUPLINGS",
@@ -65,6 +65,17 @@ WORLDS = ("factual", "counterfactual")
 
 def _is_unit_site(msg) -> bool:
     return msg["type"] == "sample" and bool(msg["cond_indep_stack"])
+
+
+def unit_sites(traced) -> list[str]:
+    """Names of the unit-level (in-plate) sample and deterministic sites, noise sites aside."""
+    return [
+        name
+        for name, site in traced.items()
+        if site["type"] in ("sample", "deterministic")
+        and site.get("cond_indep_stack")
+        and not name.endswith(NOISE_SUFFIX)
+    ]
 
 
 class exogenize(Messenger):
@@ -133,7 +144,8 @@ def _check_names(kind: str, names, sites) -> None:
     unknown = [name for name in names if name not in sites]
     if unknown:
         raise UnknownSiteError(
-            f"{kind} names {unknown}, which the model does not have.{_suggest(unknown[0], sites)} "
+            f"{kind} names {unknown}, which the model does not have."
+            f"{did_you_mean(unknown[0], sites)} "
             f"The model's sample sites: {sorted(sites)}."
         )
 
@@ -212,9 +224,7 @@ def abduce(
         return _with_deterministic(abduction, sampler.get_samples(), model_args, model_kwargs)
     draws = {name: jnp.asarray(value) for name, value in posterior_samples.items()}
     first = jax.tree_util.tree_map(lambda value: value[0], draws)
-    conditioned = trace(seed(condition(abduction, data=first), key)).get_trace(
-        *model_args, **model_kwargs
-    )
+    conditioned = model_trace(condition(abduction, data=first), model_args, model_kwargs)
     latent = [
         n
         for n, s in conditioned.items()
@@ -345,13 +355,6 @@ def predict_worlds(
         counterfactual = trace(seed(action_model, action_key)).get_trace(
             *model_args, **model_kwargs
         )
-        names = sites or [
-            name
-            for name, site in factual.items()
-            if site["type"] in ("sample", "deterministic")
-            and site["cond_indep_stack"]
-            and not name.endswith(NOISE_SUFFIX)
-        ]
         return {
             name: jnp.stack(
                 [
@@ -361,7 +364,7 @@ def predict_worlds(
                     ),
                 ]
             )
-            for name in names
+            for name in sites or unit_sites(factual)
         }
 
     count = next(iter(draws.values())).shape[0]

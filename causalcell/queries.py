@@ -20,14 +20,12 @@ import numpy as np
 from numpyro.infer import Predictive
 
 from causalcell.counterfactual import (
-    NOISE_SUFFIX,
     WORLDS,
     _check_names,
     abduce,
+    model_trace,
     predict_worlds,
-)
-from causalcell.counterfactual import (
-    model_trace as trace_model,
+    unit_sites,
 )
 from causalcell.handlers import do
 from causalcell.results import CausalResult
@@ -37,23 +35,12 @@ __all__ = ["counterfactual", "effect", "interventional"]
 ESTIMANDS = ("ate", "cate")
 
 
-def _unit_sites(traced) -> list[str]:
-    return [
-        name
-        for name, site in traced.items()
-        if site["type"] in ("sample", "deterministic")
-        and site.get("cond_indep_stack")
-        and not name.endswith(NOISE_SUFFIX)
-    ]
-
-
-def _global_draws(model, key, posterior_samples, num_samples, model_args, model_kwargs):
+def _global_draws(model, traced, key, posterior_samples, num_samples, model_args, model_kwargs):
     """Parameter draws ``{site: [S, ...]}``: the given posterior, or the prior's global sites."""
     if posterior_samples is not None:
         return {name: jnp.asarray(value) for name, value in posterior_samples.items()}
     if num_samples is None:
         raise ValueError("Give posterior_samples (from a fit) or num_samples (prior draws).")
-    traced = trace_model(model, model_args, model_kwargs)
     names = [n for n, s in traced.items() if s["type"] == "sample" and not s["cond_indep_stack"]]
     prior = Predictive(model, num_samples=num_samples, return_sites=names)
     return prior(key, *model_args, **model_kwargs) if names else {}
@@ -117,8 +104,8 @@ def interventional(
     """
     model_kwargs = dict(model_kwargs or {})
     intervened = do(model, dict(actions))
-    traced = trace_model(intervened, model_args, model_kwargs)
-    names = list(sites) if sites is not None else _unit_sites(traced)
+    traced = model_trace(intervened, model_args, model_kwargs)
+    names = list(sites) if sites is not None else unit_sites(traced)
     if not names:  # a model without plates: report every sample and deterministic site
         names = [n for n, s in traced.items() if s["type"] in ("sample", "deterministic")]
     _check_names("sites", names, traced)
@@ -181,6 +168,9 @@ def counterfactual(
         ``("factual", "counterfactual")``.
     """
     model_kwargs = dict(model_kwargs or {})
+    traced = model_trace(model, model_args, model_kwargs)
+    names = list(sites) if sites is not None else unit_sites(traced)
+    _check_names("sites", names, traced)  # before the abduction, which may run NUTS
     abduction_key, prediction_key = jax.random.split(key)
     draws = abduce(
         model,
@@ -192,9 +182,6 @@ def counterfactual(
         model_args=model_args,
         model_kwargs=model_kwargs,
     )
-    traced = trace_model(model, model_args, model_kwargs)
-    names = list(sites) if sites is not None else _unit_sites(traced)
-    _check_names("sites", names, traced)
     worlds = predict_worlds(
         model,
         draws,
@@ -273,12 +260,20 @@ def effect(
         raise ValueError(
             f"values must be (control_value, treated_value), got {len(values)} values."
         )
+    if estimand == "cate":
+        if not evidence:
+            raise ValueError("estimand='cate' needs evidence: the values that describe the units.")
+        clash = {treatment, outcome} & set(evidence)
+        if clash:
+            raise ValueError(
+                f"cate evidence must not include the treatment or outcome: {sorted(clash)}."
+            )
     model_kwargs = dict(model_kwargs or {})
-    traced = trace_model(model, model_args, model_kwargs)
+    traced = model_trace(model, model_args, model_kwargs)
     _check_names("effect", [treatment, outcome], traced)
     parameter_key, noise_key = jax.random.split(key)
     parameters = _global_draws(
-        model, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
+        model, traced, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
     )
     count = next(iter(parameters.values())).shape[0] if parameters else num_samples
     if estimand == "ate":
@@ -298,13 +293,6 @@ def effect(
             for value in values
         ]
     else:
-        if not evidence:
-            raise ValueError("estimand='cate' needs evidence: the values that describe the units.")
-        clash = {treatment, outcome} & set(evidence)
-        if clash:
-            raise ValueError(
-                f"cate evidence must not include the treatment or outcome: {sorted(clash)}."
-            )
         arms = _conditional_arms(
             model,
             treatment,
@@ -322,9 +310,7 @@ def effect(
     unit_axes = tuple(range(1, individual.ndim))
     response = np.stack([np.asarray(arm).mean(axis=unit_axes) for arm in arms], axis=1)
     outcome_dims = _dims(traced, [outcome])[outcome]
-    unit_dims = (
-        outcome_dims[len(outcome_dims) - (individual.ndim - 2) :] if individual.ndim > 2 else ()
-    )
+    unit_dims = outcome_dims[len(outcome_dims) - (individual.ndim - 2) :]
     return CausalResult(
         {
             "effect": response[:, 1] - response[:, 0],

@@ -121,14 +121,12 @@ class StructuralCausalModel:
             j: freeze(function, {names[p]: jnp.zeros(()) for p in parents[j]})
             for j, function in self._per_node.items()
         }
-        whole = freeze(self._whole, jnp.zeros(len(names))) if self._whole else None
-        joint = whole if whole is not None else builtin
+        # all nodes' means at once: the user's whole mechanism, else the built-in one
+        joint = freeze(self._whole, jnp.zeros(len(names))) if self._whole else builtin
 
         def vector(x):
-            if whole is not None:
-                return whole(x)
-            loc = jnp.zeros_like(x) if builtin is None else builtin(x)
-            for j, function in per_node.items():
+            loc = jnp.zeros_like(x) if joint is None else joint(x)
+            for j, function in per_node.items():  # empty when a whole mechanism is given
                 value = function({names[p]: x[..., p] for p in parents[j]})
                 loc = loc.at[..., j].set(jnp.broadcast_to(value, x.shape[:-1]))
             return loc
@@ -387,11 +385,10 @@ class NonlinearSCM(StructuralCausalModel):
         }  # fmt: skip
 
     def _builtin_mechanism(self) -> Callable:
-        parameters = {}
-        if self._network:
-            for name, prior in self._network_priors.items():
-                parameters[name] = numpyro.sample(name, prior)
+        if not self._network:  # no built-in node has parents: the means are the biases
+            return linear_mechanism((), None, self._sample_bias())
+        parameters = {
+            name: numpyro.sample(name, prior) for name, prior in self._network_priors.items()
+        }
         bias = self._sample_bias()
-        if not self._network:
-            return lambda x: jnp.broadcast_to(bias, x.shape)
         return network_mechanism(self._structure, self._network, self._edges, parameters, bias)

@@ -6,6 +6,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+import scipy.stats
 from numpyro.handlers import condition, seed, trace
 
 from causalcell.counterfactual import WORLDS, abduce, exogenize, predict_worlds
@@ -56,6 +57,7 @@ def test_fully_observed_unit_matches_pearls_exact_counterfactual():
     np.testing.assert_allclose(y[:, 1], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y[:, 0], np.broadcast_to(evidence["y"], (3, 2)), rtol=1e-6)
     np.testing.assert_allclose(result["z"][:, 1], result["z"][:, 0])
+    np.testing.assert_array_equal(result["z"][:, 1], np.broadcast_to(evidence["z"], (3, 2)))
 
 
 def test_partially_observed_unit_matches_the_gaussian_conditional():
@@ -93,45 +95,47 @@ def counts(num_units=1, boost=0.0):
 
 def test_quantile_coupling_keeps_counts_when_the_law_is_unchanged_and_orders_them_when_it_grows():
     evidence = {"count": jnp.array([3.0, 0.0, 12.0]), "level": jnp.array([0.1, -0.4, 1.2])}
+    rate = 2.7
     draws = abduce(
         counts,
         evidence,
         key=jax.random.key(0),
-        posterior_samples={"rate": jnp.full(50, 2.7)},
+        posterior_samples={"rate": jnp.full(50, rate)},
         model_kwargs={"num_units": 3},
     )
-    same = predict_worlds(
-        counts,
-        draws,
-        evidence=evidence,
-        actions={"level": evidence["level"]},
-        key=jax.random.key(1),
-        coupling="quantile",
-        model_kwargs={"num_units": 3},
-    )
+
+    def worlds(raise_level, coupling):
+        actions = {"level": evidence["level"] + raise_level}
+        return predict_worlds(
+            counts,
+            draws,
+            evidence=evidence,
+            actions=actions,
+            key=jax.random.key(1),
+            coupling=coupling,
+            model_kwargs={"num_units": 3},
+        )["count"]
+
+    same = worlds(0.0, "quantile")
     # Same law in both worlds: the randomised quantile maps every count back to itself.
-    np.testing.assert_array_equal(same["count"][:, 1], same["count"][:, 0])
-    higher = predict_worlds(
-        counts,
-        draws,
-        evidence=evidence,
-        actions={"level": evidence["level"] + 2.0},
-        key=jax.random.key(1),
-        coupling="quantile",
-        model_kwargs={"num_units": 3},
-    )
+    np.testing.assert_array_equal(same[:, 1], same[:, 0])
+    higher = worlds(2.0, "quantile")
     # A stochastically larger law maps each quantile to a count at least as large.
-    assert np.all(higher["count"][:, 1] >= higher["count"][:, 0])
-    resampled = predict_worlds(
-        counts,
-        draws,
-        evidence=evidence,
-        actions={"level": evidence["level"]},
-        key=jax.random.key(1),
-        coupling="resample",
-        model_kwargs={"num_units": 3},
-    )
-    assert np.any(resampled["count"][:, 1] != resampled["count"][:, 0])
+    assert np.all(higher[:, 1] >= higher[:, 0])
+    # Exactly: u lies in [F(x - 1), F(x)] of the factual Poisson F, so the counterfactual count
+    # lies in [G^-1(F(x - 1)), G^-1(F(x))] of the raised Poisson G (both quantile maps exact).
+    factual_mean = rate * np.exp(0.5 * np.asarray(evidence["level"]))
+    raised_mean = factual_mean * np.exp(0.5 * 2.0)
+    x = np.asarray(evidence["count"])
+    lowest = scipy.stats.poisson.ppf(scipy.stats.poisson.cdf(x - 1, factual_mean), raised_mean)
+    highest = scipy.stats.poisson.ppf(scipy.stats.poisson.cdf(x, factual_mean), raised_mean)
+    assert np.all(higher[:, 1] >= np.maximum(lowest, 0.0)) and np.all(higher[:, 1] <= highest)
+    resampled = worlds(0.0, "resample")
+    assert np.any(resampled[:, 1] != resampled[:, 0])
+    # Resampled counts are fresh Poisson draws: their mean over the 50 draws is within 5
+    # standard errors sqrt(mean / 50) of the closed-form mean.
+    error = np.abs(resampled[:, 1].mean(0) - factual_mean)
+    np.testing.assert_array_less(error, 5 * np.sqrt(factual_mean / 50))
 
 
 def test_errors_name_the_problem():
@@ -140,6 +144,15 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="coupling must be one of"):
         predict_worlds(
             model, PARAMETERS, evidence={}, actions={}, key=jax.random.key(0), coupling="share"
+        )
+    # An unknown output site is reported before any abduction runs.
+    with pytest.raises(UnknownSiteError, match=r"sites names \['yy'\].*Did you mean 'y'"):
+        counterfactual(
+            model,
+            evidence={"y": jnp.array([0.5])},
+            actions={"x": jnp.array([2.0])},
+            key=jax.random.key(0),
+            sites=["yy"],
         )
 
 

@@ -32,6 +32,10 @@ def test_named_site_takes_the_value_and_is_recorded_as_intervened():
     assert sites["x"]["infer"]["intervened"]
     # y's mean follows the intervened x: y = 3 + 0.1 eps, so within 10 sd of 3.
     assert abs(float(sites["y"]["value"]) - 3.0) < 1.0
+    assert float(sites["y"]["fn"].loc) == 3.0  # 2 * 1.5, exact in float32
+    # Nested do on the same named site: the innermost value stands, and no error is raised.
+    nested = trace(seed(do(do(chain, {"x": 1.5}), {"x": -4.0}), 0)).get_trace()
+    assert float(nested["x"]["value"]) == 1.5 and float(nested["y"]["fn"].loc) == 3.0
 
 
 def test_predictive_returns_the_intervened_value_even_over_posterior_samples():

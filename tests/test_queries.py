@@ -1,5 +1,7 @@
 """Causal queries against closed forms, and credible-interval coverage on simulated data."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC, NUTS
 
+from causalcell.handlers import UnknownSiteError
 from causalcell.queries import effect, interventional
 
 A, B, C = 0.8, 1.5, -0.7
@@ -79,27 +82,21 @@ def test_cate_follows_the_covariate_in_an_interaction_model():
 
 
 def test_effect_rejects_bad_requests():
+    request = functools.partial(
+        effect, model, treatment="x", values=(0, 1), outcome="y", key=jax.random.key(0)
+    )
     with pytest.raises(ValueError, match="estimand must be one of"):
-        effect(
-            model,
-            treatment="x",
-            values=(0, 1),
-            outcome="y",
-            key=jax.random.key(0),
-            estimand="att",
-            num_samples=2,
-        )
+        request(estimand="att", num_samples=2)
     with pytest.raises(ValueError, match="must not include the treatment"):
-        effect(
-            model,
-            treatment="x",
-            values=(0, 1),
-            outcome="y",
-            key=jax.random.key(0),
-            estimand="cate",
-            evidence={"x": jnp.ones(1)},
-            num_samples=2,
-        )
+        request(estimand="cate", evidence={"x": jnp.ones(1)}, num_samples=2)
+    with pytest.raises(ValueError, match="needs evidence"):
+        request(estimand="cate", num_samples=2)
+    with pytest.raises(ValueError, match=r"\(control_value, treated_value\), got 3 values"):
+        request(values=(0, 1, 2), num_samples=2)
+    with pytest.raises(UnknownSiteError, match=r"effect names \['w'\]"):
+        request(outcome="w", num_samples=2)
+    with pytest.raises(ValueError, match=r"posterior_samples .* or num_samples"):
+        request()
 
 
 def regression(x=None, y=None, num_units=1):
@@ -128,16 +125,13 @@ def test_ate_credible_intervals_cover_the_true_effect():
         x = rng.normal(size=40)
         y = true_effect * x + 0.8 * rng.normal(size=40)
         sampler.run(jax.random.key(index), jnp.asarray(x), jnp.asarray(y))
-        posterior = {
-            name: value for name, value in sampler.get_samples().items() if name in ("b", "scale")
-        }
         result = effect(
             regression,
             treatment="x",
             values=(0.0, 1.0),
             outcome="y",
             key=jax.random.key(100 + index),
-            posterior_samples=posterior,
+            posterior_samples=sampler.get_samples(),  # b and scale: x and y are observed
             num_noise_samples=4,
         )
         lower, upper = result.hdi(0.9, "effect")

@@ -60,6 +60,8 @@ def test_edges_and_weight_matrix_follow_the_adjacency_convention():
     parents, children = np.nonzero(to_adjacency(GRAPH))
     assert SCM.edges == tuple((SCM.nodes[p], SCM.nodes[c]) for p, c in zip(parents, children))
     assert SCM.weight_matrix(jnp.ones((4, 3))).shape == (4, 3, 3)
+    batched = np.broadcast_to(to_adjacency(GRAPH), (4, 3, 3))  # unit weights: the adjacency
+    np.testing.assert_array_equal(SCM.weight_matrix(jnp.ones((4, 3))), batched)
 
 
 def test_vectorised_law_is_the_closed_form_gaussian():
@@ -182,6 +184,13 @@ def test_nonlinear_named_and_vectorised_forms_agree():
         "mlp_hidden_bias": (2, 4),
     }
     assert scm.network_nodes == ("X", "Y") and not prior["mlp_hidden_bias"]["cond_indep_stack"]
+    # No built-in node with parents: no network sites, and the built-in means are the biases.
+    rootless = NonlinearSCM(nx.DiGraph([("a", "b")]), mechanisms={"b": lambda p: 2.0 * p["a"]})
+    parameters = {"bias": jnp.array([0.5]), "scale": jnp.array([1.0, 2.0])}
+    sites = trace(seed(substitute(rootless.vectorized, parameters), 0)).get_trace(num_units=1)
+    assert rootless.network_nodes == () and not any(name.startswith("mlp") for name in sites)
+    noise = sites["genes"]["fn"].to_noise(jnp.float32([[1.0, 3.0]]))
+    np.testing.assert_allclose(noise, [[(1.0 - 0.5) / 1.0, (3.0 - 2.0) / 2.0]], rtol=1e-6)
 
 
 def test_user_mechanisms_are_used_and_their_parameters_are_global():

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.primitives import Messenger, apply_stack
 
+from causalcell._data_checks import DataKeyError, did_you_mean
 from causalcell.handlers._ops import INTERVENTION_MESSAGE, InterventionSpec
 from causalcell.interventions import Intervention, compose, from_targets
 
 __all__ = ["UnknownSiteError", "do"]
 
 
-class UnknownSiteError(KeyError):
-    """An intervention or evidence names something the model does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written
-        return str(self.args[0])
-
-
-def _suggest(name, candidates) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=3)
-    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+class UnknownSiteError(DataKeyError):
+    """An intervention or evidence names something the model does not have (a ``KeyError``)."""
 
 
 class do(Messenger):
@@ -39,7 +30,7 @@ class do(Messenger):
     - A **vectorised site** ``"genes"`` (a model calling
       :func:`causalcell.handlers.intervention`) takes a mapping from entry names to
       :class:`InterventionSpec` (``shift``, ``knockdown``, ``knockout``, ``noise_scale``);
-      nested ``do`` handlers compose.
+      nested ``do`` handlers compose. On a named site the innermost ``do`` wins.
 
     Unlike ``numpyro.handlers.do``, a name the model never visits raises
     :class:`UnknownSiteError` when the model returns, and so does an unknown entry name.
@@ -88,47 +79,46 @@ class do(Messenger):
             if missing:
                 raise UnknownSiteError(
                     f"do() names {missing}, which the model never sampled."
-                    f"{_suggest(missing[0], self._visited)}"
+                    f"{did_you_mean(missing[0], self._visited)}"
                     f" The model's sites: {sorted(self._visited)} (vectorised sites are named "
                     "by their intervention() name)."
                 )
 
     def process_message(self, msg):
-        name = msg.get("name")
         if msg["type"] == INTERVENTION_MESSAGE:
-            self._visited.add(msg["site"])
-        elif msg["type"] == "sample":
-            self._visited.add(name)
-        if msg["type"] == INTERVENTION_MESSAGE and msg["site"] in self.data:
-            current = msg["value"] if msg["value"] is not None else msg["fn"]()
-            msg["value"] = compose(
-                current, _resolve(msg["site"], msg["names"], self.data[msg["site"]])
-            )
-        elif (
-            msg["type"] == "sample"
-            and name in self.data
-            # a mapping addresses the vectorised site's intervention(), not its sample site
-            and not isinstance(self.data[name], Mapping)
-            and not msg.get("_causalcell_done")
-        ):
-            value = _check_shape(name, msg["fn"], self.data[name])
-            # The model continues with the intervened value; the message stops here so that no
-            # outer handler (substitute, condition, trace) can replace or score it ...
-            msg["value"] = value
-            msg["stop"] = True
-            # ... and a deterministic record carries the value to outer handlers instead.
-            apply_stack(
-                {
-                    "type": "deterministic",
-                    "name": name,
-                    "value": value,
-                    "cond_indep_stack": msg["cond_indep_stack"],
-                    "infer": {"intervened": True},
-                    # substitute/condition skip messages marked as already handled
-                    "_control_flow_done": True,
-                    "_causalcell_done": True,
-                }
-            )
+            site = msg["site"]
+            self._visited.add(site)
+            if site in self.data:
+                current = msg["fn"]() if msg["value"] is None else msg["value"]
+                msg["value"] = compose(current, _resolve(site, msg["names"], self.data[site]))
+            return
+        name = msg.get("name")
+        if msg["type"] == "deterministic" and msg.get("infer", {}).get("intervened"):
+            self._visited.add(name)  # an inner do already fixed this site: its value stands
+            return
+        if msg["type"] != "sample":
+            return
+        self._visited.add(name)
+        # a mapping addresses the vectorised site's intervention(), not its sample site
+        if name not in self.data or isinstance(self.data[name], Mapping):
+            return
+        value = _check_shape(name, msg["fn"], self.data[name])
+        # The model continues with the intervened value; the message stops here so that no
+        # outer handler (substitute, condition, trace) can replace or score it ...
+        msg["value"] = value
+        msg["stop"] = True
+        # ... and a deterministic record carries the value to outer handlers instead
+        # (substitute and condition skip messages marked "_control_flow_done").
+        apply_stack(
+            {
+                "type": "deterministic",
+                "name": name,
+                "value": value,
+                "cond_indep_stack": msg["cond_indep_stack"],
+                "infer": {"intervened": True},
+                "_control_flow_done": True,
+            }
+        )
 
 
 def _check_shape(name, fn: dist.Distribution, value):
@@ -157,7 +147,7 @@ def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
     if unknown:
         raise UnknownSiteError(
             f"do() on {site!r} names {unknown}, which are not among its {len(names)} entries."
-            f"{_suggest(unknown[0], names)}"
+            f"{did_you_mean(unknown[0], names)}"
         )
     result = Intervention.identity(len(names))
     for entry, spec in specs.items():
@@ -175,4 +165,4 @@ def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
             result = compose(
                 result, from_targets(len(names), [index[str(entry)]], one.kind, one.value)
             )
-    return jax.tree_util.tree_map(jnp.asarray, result)
+    return result
