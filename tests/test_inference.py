@@ -7,9 +7,12 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import SVI, Trace_ELBO
 
 from causalcell import CausalcellWarning
-from causalcell.inference import EarlyStopping, FitDivergedError, _svi, fit
+from causalcell.inference import AmortizedGuide, EarlyStopping, FitDivergedError, _svi, fit
+from causalcell.inference._posterior_files import guide_spec, rebuild_guide
 
 PRIOR_SD = 10.0
 
@@ -100,33 +103,19 @@ def exploding(x):
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_parameters():
     data = {"x": jnp.full(10, 50.0)}  # pulls a upward until exp(exp(a)) overflows
+    settings = dict(
+        guide="delta", optimizer=optax.sgd(0.5), num_steps=300, chunk_size=50, progress_bar=False
+    )
     with pytest.raises(
         FitDivergedError, match=r"non-finite at step \d+; stopped and kept"
     ) as caught:
-        fit(
-            exploding,
-            data,
-            guide="delta",
-            optimizer=optax.sgd(0.5),
-            num_steps=300,
-            chunk_size=50,
-            progress_bar=False,
-        )
+        fit(exploding, data, **settings)
     posterior = caught.value.posterior
     step = posterior.config["diverged_at"]
     assert 0 < step < 300 and posterior.losses.shape == (step,)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(posterior.params))
     with pytest.warns(CausalcellWarning, match="non-finite"):
-        warned = fit(
-            exploding,
-            data,
-            guide="delta",
-            optimizer=optax.sgd(0.5),
-            num_steps=300,
-            chunk_size=50,
-            progress_bar=False,
-            on_divergence="warn",
-        )
+        warned = fit(exploding, data, on_divergence="warn", **settings)
     np.testing.assert_array_equal(warned.params["a_auto_loc"], posterior.params["a_auto_loc"])
 
 
@@ -188,8 +177,22 @@ def test_early_stopping_ends_a_converged_fit(normal_data):
         early_stopping=EarlyStopping(patience=3, min_delta=1e-3),
         progress_bar=False,
     )
-    assert posterior.config["stopped_early_at"] < 5000
-    assert posterior.losses.shape == (posterior.config["stopped_early_at"],)
+    stopped = posterior.config["stopped_early_at"]
+    assert stopped < 5000
+    assert posterior.losses.shape == (stopped,)
+    # Replay the rule on the chunk means: the fit ends at the first chunk that makes `patience`
+    # in a row without a relative improvement of min_delta over the best mean so far.
+    means = [float(chunk.mean()) for chunk in np.asarray(posterior.losses).reshape(-1, 100)]
+    best, stale, end = means[0], 0, None
+    for position, mean in enumerate(means[1:], start=1):
+        best, stale = (mean, 0) if mean < best - 1e-3 * abs(best) else (best, stale + 1)
+        if stale == 3:
+            end = position + 1
+            break
+    assert end == len(means)
+    # The loss falls over the first chunks (the fit starts at the prior median, mu = 0, far
+    # from 1.7), so the first chunk is an improvement to build on, not a stale one.
+    assert len(means) > 3 and means[1] < means[0]
 
 
 def test_amortized_guide_recovers_per_cell_latents():
@@ -225,3 +228,105 @@ def test_amortized_guide_recovers_per_cell_latents():
     r_squared = 1 - residual.var(0) / latent.var(0)
     # 30 Poisson genes at ~5 counts carry most of a 2-d signal: R^2 > 0.75 per axis.
     assert np.all(r_squared > 0.75), r_squared
+
+
+# -- AmortizedGuide options ------------------------------------------------------------------------
+def offset_model(counts):
+    """Global loc [3]; per-cell z_c ~ N(loc, 1); Poisson counts with log-rate z_c."""
+    loc = numpyro.sample("loc", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    with numpyro.plate("cells", counts.shape[0]) as index:
+        z = numpyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+        numpyro.sample("counts", dist.Poisson(jnp.exp(z)).to_event(1), obs=counts[index])
+
+
+OFFSET_COUNTS = jnp.asarray(np.random.default_rng(7).poisson(2.0, (6, 3)), jnp.float32)
+
+
+def initial_params(guide):
+    svi = SVI(offset_model, guide, optax.adam(0.01), Trace_ELBO())
+    return svi.get_params(svi.init(jax.random.key(0), counts=OFFSET_COUNTS))
+
+
+def test_init_values_set_where_the_global_guide_starts_and_unknown_names_raise():
+    start = jnp.array([0.5, -1.0, 2.0])
+    params = initial_params(AmortizedGuide(offset_model, hidden=(4,), init_values={"loc": start}))
+    # Normal support is the real line, so the unconstrained loc is the value itself, exactly.
+    np.testing.assert_array_equal(params["loc_global_loc"], start)
+    broadcast = initial_params(AmortizedGuide(offset_model, hidden=(4,), init_values={"loc": 0.5}))
+    np.testing.assert_array_equal(broadcast["loc_global_loc"], jnp.full(3, 0.5))
+    for name in ("z", "nope"):  # a per-cell site, a site the model does not have
+        with pytest.raises(ValueError, match=rf"init_values names \['{name}'\]"):
+            initial_params(AmortizedGuide(offset_model, init_values={name: 0.0}))
+
+
+def test_encoder_offsets_add_exactly_to_the_encoded_loc():
+    def offset(data, index):
+        return jnp.log1p(data["counts"][index]) + 10.0
+
+    plain = AmortizedGuide(offset_model, hidden=(4,))
+    shifted = AmortizedGuide(offset_model, hidden=(4,), encoder_offsets={"z": offset})
+    params = initial_params(plain)  # same key, same encoder: one set of params serves both
+    index = jnp.arange(6)
+    loc, scale = plain.encode(params, {"counts": OFFSET_COUNTS}, index)["z"]
+    initial_params(shifted)
+    shifted_loc, shifted_scale = shifted.encode(params, {"counts": OFFSET_COUNTS}, index)["z"]
+    expected = loc + offset({"counts": OFFSET_COUNTS}, index)
+    # One float32 addition in both: equal up to its rounding.
+    np.testing.assert_allclose(shifted_loc, expected, rtol=1e-6)
+    np.testing.assert_array_equal(shifted_scale, scale)
+    # The guide itself samples z from that law.
+    law = trace(seed(shifted, 0)).get_trace(counts=OFFSET_COUNTS)["z"]["fn"]
+    np.testing.assert_allclose(law.mean, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"encoder_offsets names \['loc'\]"):
+        initial_params(AmortizedGuide(offset_model, encoder_offsets={"loc": offset}))
+
+
+def test_local_posterior_replaces_the_per_cell_law_and_encode_returns_its_moments():
+    def local_posterior(values, data, index, heads):
+        loc, scale = heads["z"]
+        return {"z": dist.Normal(values["loc"] + 2.0 * loc, 3.0 * scale).to_event(1)}
+
+    plain = AmortizedGuide(offset_model, hidden=(4,))
+    custom = AmortizedGuide(offset_model, hidden=(4,), local_posterior=local_posterior)
+    params = initial_params(plain)
+    initial_params(custom)
+    index = jnp.arange(6)
+    loc, scale = plain.encode(params, {"counts": OFFSET_COUNTS}, index)["z"]
+    mean, sd = custom.encode(params, {"counts": OFFSET_COUNTS}, index)["z"]
+    # encode() evaluates the law at the global guide's median, loc itself for a Normal site.
+    np.testing.assert_allclose(mean, params["loc_global_loc"] + 2.0 * loc, rtol=1e-6)
+    np.testing.assert_allclose(sd, 3.0 * scale, rtol=1e-6)  # sqrt of the variance
+    # In the guide, the law is built from the globals drawn in the same call.
+    sites = trace(seed(substitute(custom, params), 1)).get_trace(counts=OFFSET_COUNTS)
+    expected = sites["loc"]["value"] + 2.0 * loc
+    np.testing.assert_allclose(sites["z"]["fn"].mean, expected, rtol=1e-6)
+    np.testing.assert_allclose(jnp.sqrt(sites["z"]["fn"].variance), 3.0 * scale, rtol=1e-6)
+
+
+def test_guide_spec_rebuilds_only_guides_the_file_describes():
+    def offset(data, index):
+        return data["counts"][index]
+
+    def local_posterior(values, data, index, heads):
+        return {"z": dist.Normal(*heads["z"]).to_event(1)}
+
+    rebuildable = {
+        "default": AmortizedGuide(offset_model),
+        # Where the fit started does not change what the fitted guide computes.
+        "init_values": AmortizedGuide(offset_model, init_values={"loc": 0.0}),
+    }
+    for guide in rebuildable.values():
+        spec = guide_spec(guide)
+        assert spec["default_inputs"] is True
+        rebuilt = rebuild_guide(spec, offset_model)
+        assert (rebuilt.hidden, rebuilt.key, rebuilt.plate) == (guide.hidden, guide.key, "cells")
+    custom = {
+        "encoder_inputs": AmortizedGuide(offset_model, encoder_inputs=offset),
+        "encoder_offsets": AmortizedGuide(offset_model, encoder_offsets={"z": offset}),
+        "local_posterior": AmortizedGuide(offset_model, local_posterior=local_posterior),
+    }
+    for name, guide in custom.items():
+        spec = guide_spec(guide)
+        assert spec["default_inputs"] is False, name
+        with pytest.raises(ValueError, match="cannot be rebuilt"):
+            rebuild_guide(spec, offset_model)

@@ -101,6 +101,32 @@ def test_kds_is_jittable_and_differentiable():
     assert float(jax.jit(loss)(matrix)) == pytest.approx(float(loss(matrix)), rel=1e-5)
     gradient = jax.grad(loss)(matrix)
     assert gradient.shape == (3, 3) and bool(jnp.all(jnp.isfinite(gradient)))
+    with jax.enable_x64(True):
+        points = jnp.asarray(x, jnp.float64)
+
+        def exact_loss(matrix):
+            return kds(linear_field(matrix, 0.0), 0.5, points)
+
+        start = -jnp.eye(3, dtype=jnp.float64)
+        exact = np.asarray(jax.grad(exact_loss)(start))
+        step = 1e-5
+        numeric = np.array(
+            [
+                [
+                    float(
+                        exact_loss(start.at[i, j].add(step)) - exact_loss(start.at[i, j].add(-step))
+                    )
+                    / (2 * step)
+                    for j in range(3)
+                ]
+                for i in range(3)
+            ]
+        )
+    # Central differences in float64: truncation ~step^2 and round-off ~1e-16 / step, both
+    # far below 1e-7 of entries of order 0.1-1.
+    np.testing.assert_allclose(exact, numeric, rtol=1e-7, atol=1e-9)
+    # The float32 gradient is the same up to float32 round-off of the cancelling sums.
+    np.testing.assert_allclose(gradient, exact, rtol=1e-3, atol=1e-4 * np.abs(exact).max())
 
 
 def test_true_drift_of_an_exact_ornstein_uhlenbeck_sample_has_zero_kds():

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
-from numpyro.handlers import block, seed, trace
+from numpyro.handlers import block
 from numpyro.infer import init_to_median
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 
 from causalcell.inference._subsample import subsample
+from causalcell.inference._trace import abstract_trace, split_data
 
 __all__ = ["AmortizedGuide", "default_encoder_inputs"]
 
@@ -36,15 +37,9 @@ def default_encoder_inputs(data: Mapping, index) -> jnp.ndarray:
     return jnp.log1p(counts / total * 1e4)
 
 
-def _start_at(values: Mapping):
-    """Init strategy: ``values`` where given, the prior median (15 draws) elsewhere."""
-    return functools.partial(_value_or_median, values=dict(values))
-
-
-def _value_or_median(site=None, values=None):
-    # numpyro inspects init strategies as functools.partial objects, hence this shape.
-    if site is None:
-        return functools.partial(_value_or_median, values=values)
+def _value_or_median(site, values: Mapping):
+    """Init strategy: ``values`` where given (broadcast to the site), else the prior median of 15
+    draws. Passed as a ``functools.partial`` binding ``values``, the form numpyro calls as is."""
     if site["type"] == "sample" and not site["is_observed"] and site["name"] in values:
         return jnp.broadcast_to(jnp.asarray(values[site["name"]]), site["fn"].shape())
     return init_to_median(site, num_samples=15)
@@ -128,68 +123,39 @@ class AmortizedGuide:
         self.local_shapes: dict[str, tuple[int, ...]] | None = None
         self.global_guide = None
         self._encoder = None
-        self._plate_sizes: dict = {}
+        self._traces: dict = {}
 
-    # -- set-up from a prototype trace of the model ---------------------------------------
-    def _prototype(self, kwargs: Mapping) -> dict:
-        """Abstract trace of the model: each site's type, plates and shapes, no values.
+    # -- set-up from an abstract trace of the model -----------------------------------------
+    def _sites(self, kwargs: Mapping) -> dict:
+        """:func:`abstract_trace` of the model on ``kwargs``, cached by the data's shapes."""
+        signature = tuple(
+            (name, tuple(value.shape) if hasattr(value, "shape") else repr(value))
+            for name, value in sorted(kwargs.items())
+        )
+        if signature not in self._traces:
+            self._traces[signature] = abstract_trace(self.model, kwargs)
+        return self._traces[signature]
 
-        Runs under ``jax.eval_shape`` (nothing is computed on the data) and inside ``block``
-        (hidden from every handler outside: SVI's, Predictive's).
-        """
-        arrays = {name: value for name, value in kwargs.items() if hasattr(value, "shape")}
-        static = {name: value for name, value in kwargs.items() if name not in arrays}
-        captured = {}
-
-        def run(arrays):
-            tracer = trace(seed(self.model, jax.random.key(0)))
-            with block():
-                sites = tracer.get_trace(**arrays, **static)
-            for name, site in sites.items():
-                captured[name] = {
-                    "type": site["type"],
-                    "is_observed": site.get("is_observed", False),
-                    "cond_indep_stack": site.get("cond_indep_stack", []),
-                    "event_shape": tuple(site["fn"].event_shape)
-                    if site["type"] == "sample"
-                    else (),
-                    "batch_shape": tuple(site["fn"].batch_shape)
-                    if site["type"] == "sample"
-                    else (),
-                    "args": site.get("args", ()) if site["type"] == "plate" else (),
-                }
-            return 0
-
-        jax.eval_shape(run, arrays)
-        return captured
-
-    def _setup(self, data: Mapping, kwargs: Mapping) -> None:
-        prototype = self._prototype({**data, **kwargs})
-        local = {}
-        for name, site in prototype.items():
-            if site["type"] != "sample" or site["is_observed"]:
+    def _setup(self, kwargs: Mapping) -> None:
+        local, global_sites = {}, set()
+        for name, site in self._sites(kwargs).items():
+            if site["type"] != "sample" or site["observed"]:
                 continue
-            frames = [frame for frame in site["cond_indep_stack"] if frame.name == self.plate]
-            if frames:
-                event = site["event_shape"]
-                batch = site["batch_shape"]
-                if len(batch) != 1:
-                    raise ValueError(
-                        f"Per-cell site {name!r} has batch shape {batch}; the amortized guide "
-                        f"needs exactly the {self.plate!r} plate as batch axis (use .to_event())."
-                    )
-                local[name] = event
+            if self.plate not in site["plates"]:
+                global_sites.add(name)
+            elif len(site["batch_shape"]) != 1:
+                raise ValueError(
+                    f"Per-cell site {name!r} has batch shape {site['batch_shape']}; the amortized "
+                    f"guide needs exactly the {self.plate!r} plate as batch axis (use .to_event())."
+                )
+            else:
+                local[name] = site["event_shape"]
         unknown = sorted(set(self.encoder_offsets) - set(local))
         if unknown:
             raise ValueError(
                 f"encoder_offsets names {unknown}, which are not per-cell latent sites of the "
                 f"model (those are {sorted(local)})."
             )
-        global_sites = {
-            name
-            for name, site in prototype.items()
-            if site["type"] == "sample" and not site["is_observed"] and name not in local
-        }
         unknown = sorted(set(self.init_values) - global_sites)
         if unknown:
             raise ValueError(
@@ -208,15 +174,14 @@ class AmortizedGuide:
         # Globals start at their prior medians: with scientific priors that is a sane state,
         # unlike numpyro's default uniform(-2, 2) draw in unconstrained space, which can put
         # thousands of genes' log-rates far out and overflow the first steps.
-        start = _start_at(self.init_values)
+        start = functools.partial(_value_or_median, values=self.init_values)
         if self.global_guide_kind == "normal":
             self.global_guide = AutoNormal(blocked, prefix="global", init_loc_fn=start)
         else:
             self.global_guide = AutoLowRankMultivariateNormal(
                 blocked, rank=self.rank, prefix="global", init_loc_fn=start
             )
-        index = jnp.arange(1)
-        features = self.encoder_inputs(data, index).shape[-1]
+        features = self.encoder_inputs(split_data(kwargs)[0], jnp.arange(1)).shape[-1]
         outputs = 2 * sum(math.prod(shape) for shape in local.values())
         self._encoder = eqx.nn.MLP(
             features,
@@ -226,10 +191,6 @@ class AmortizedGuide:
             activation=jax.nn.gelu,
             key=jax.random.key(self.key),
         )
-
-    @property
-    def has_globals(self) -> bool:
-        return self.global_guide is not None
 
     def _heads(self, encoder, data, index):
         """``{site: (loc, scale)}`` of the cells ``index``: encoder output plus any offsets."""
@@ -257,9 +218,9 @@ class AmortizedGuide:
         return heads
 
     def __call__(self, **kwargs):
-        data = {name: value for name, value in kwargs.items() if hasattr(value, "shape")}
+        data, _ = split_data(kwargs)
         if self.local_shapes is None:
-            self._setup(data, {k: v for k, v in kwargs.items() if k not in data})
+            self._setup(kwargs)
         global_values = self.global_guide(**kwargs)
         network = eqx_module("encoder", self._encoder)
         size = self._plate_size(kwargs)
@@ -278,17 +239,11 @@ class AmortizedGuide:
         }
 
     def _plate_size(self, kwargs) -> int:
-        """Size of the cell plate for these data (cached by the data's shapes)."""
-        signature = tuple(
-            (name, tuple(value.shape) if hasattr(value, "shape") else repr(value))
-            for name, value in sorted(kwargs.items())
-        )
-        if signature not in self._plate_sizes:
-            sites = self._prototype(kwargs)
-            if self.plate not in sites or sites[self.plate]["type"] != "plate":
-                raise ValueError(f"The model has no plate named {self.plate!r}.")
-            self._plate_sizes[signature] = int(sites[self.plate]["args"][0])
-        return self._plate_sizes[signature]
+        """Full size of the cell plate for these data."""
+        site = self._sites(kwargs).get(self.plate, {})
+        if site.get("type") != "plate":
+            raise ValueError(f"The model has no plate named {self.plate!r}.")
+        return int(site["size"])
 
     def encode(self, params: Mapping, data: Mapping, index) -> dict:
         """``{site: (loc, scale)}`` of the cells ``index`` under fitted ``params`` (pure)."""

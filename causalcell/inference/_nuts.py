@@ -10,8 +10,7 @@ import jax
 from numpyro.infer import MCMC, NUTS
 
 from causalcell._warnings import CausalcellWarning
-from causalcell.inference._posterior import Posterior
-from causalcell.inference._posterior_files import describe_model
+from causalcell.inference._posterior import Posterior, _as_key
 
 __all__ = ["fit_nuts"]
 
@@ -106,13 +105,11 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=progress_bar,
     )
-    rng_key = jax.random.PRNGKey(key) if isinstance(key, int) else key
-    mcmc.run(rng_key, **data, **model_kwargs, extra_fields=("diverging", "accept_prob"))
-    sites, _ = describe_model(model, data, model_kwargs, plate)
+    mcmc.run(_as_key(key), **data, **model_kwargs, extra_fields=("diverging", "accept_prob"))
+    # The sampler's position holds exactly the latent sample sites; get_samples() adds the
+    # deterministic ones, which the Posterior does not keep.
     samples = {
-        name: values
-        for name, values in mcmc.get_samples().items()
-        if name in sites and not sites[name]["observed"]
+        name: values for name, values in mcmc.get_samples().items() if name in mcmc.last_state.z
     }
     extra = mcmc.get_extra_fields(group_by_chain=True)
     divergences = int(extra["diverging"].sum())

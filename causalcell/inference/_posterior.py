@@ -24,8 +24,8 @@ from causalcell.inference._posterior_files import (
     qualified_name,
     ready_guide,
     save_posterior,
-    split_data,
 )
+from causalcell.inference._trace import split_data
 
 __all__ = ["Posterior"]
 

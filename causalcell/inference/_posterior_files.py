@@ -23,6 +23,7 @@ from numpyro.infer.autoguide import (
 from causalcell.inference._guides import AmortizedGuide, default_encoder_inputs
 from causalcell.inference._serialization import DICT_KEY, load_tree, read_header, save_tree
 from causalcell.inference._subsample import subsample
+from causalcell.inference._trace import abstract_trace, split_data
 
 __all__ = [
     "describe_model",
@@ -35,7 +36,6 @@ __all__ = [
     "rebuild_guide",
     "save_posterior",
     "site_differences",
-    "split_data",
     "stored_template",
 ]
 
@@ -48,48 +48,27 @@ def qualified_name(function) -> str:
     return f"{module}.{name}"
 
 
-def split_data(data: Mapping) -> tuple[dict, dict]:
-    """``(arrays, others)``: the entries with a shape, and the rest (``None``, numbers)."""
-    arrays = {name: value for name, value in data.items() if hasattr(value, "shape")}
-    return arrays, {name: value for name, value in data.items() if name not in arrays}
-
-
 def describe_model(model, data: Mapping, model_kwargs: Mapping, plate: str):
     """Sample sites of ``model`` run on ``data``: ``({site: description}, num_cells)``.
 
     A description is ``{"shape", "plates", "observed"}`` with the per-cell axis of the shape
-    written ``"cells"``. The model is traced abstractly (``jax.eval_shape``: no computation over
-    the cells), or eagerly if it needs concrete values.
+    written ``"cells"``; the model is traced abstractly (:func:`abstract_trace`).
     """
-    arrays, others = split_data(data)
-    static: dict = {}
-
-    def run(arrays):
-        model_trace = trace(seed(model, 0)).get_trace(**others, **arrays, **model_kwargs)
-        static.clear()
-        for name, site in model_trace.items():
-            if site["type"] == "plate" and name == plate:
-                static[None] = site["args"][0]
-            elif site["type"] == "sample":
-                frames = {frame.name: frame for frame in site["cond_indep_stack"]}
-                axis = frames[plate].dim if plate in frames else None
-                if axis is not None:
-                    axis -= len(site["fn"].event_shape)
-                static[name] = (sorted(frames), site["is_observed"], axis)
-        return {name: site["value"] for name, site in model_trace.items() if name in static}
-
-    try:
-        values = jax.eval_shape(run, arrays)
-    except jax.errors.JAXTypeError:  # the model reads concrete values: trace it for real
-        values = run(arrays)
-    num_cells = static.pop(None, None)
-    sites = {}
-    for name, (plates, observed, axis) in static.items():
-        shape: list = list(np.shape(values[name]))
-        if axis is not None:
-            shape[axis] = "cells"
-        sites[name] = {"shape": shape, "plates": plates, "observed": bool(observed)}
-    return sites, num_cells
+    sites = abstract_trace(model, {**data, **model_kwargs})
+    table = {}
+    for name, site in sites.items():
+        if site["type"] != "sample":
+            continue
+        shape: list = list(site["shape"])
+        if plate in site["plates"]:
+            shape[site["plates"][plate] - len(site["event_shape"])] = "cells"
+        table[name] = {
+            "shape": shape,
+            "plates": sorted(site["plates"]),
+            "observed": site["observed"],
+        }
+    plate_site = sites.get(plate, {})
+    return table, plate_site["size"] if plate_site.get("type") == "plate" else None
 
 
 def model_fingerprint(sites: Mapping) -> str:
@@ -129,9 +108,10 @@ def guide_spec(guide) -> dict | None:
             rank=guide.rank,
             plate=guide.plate,
             key=guide.key,
+            # Whether the file alone rebuilds the guide: no custom function changes what it
+            # computes. (init_values only set where the fit started, so they do not count.)
             default_inputs=guide.encoder_inputs is default_encoder_inputs
             and not guide.encoder_offsets
-            and not guide.init_values
             and guide.local_posterior is None,
         )
     elif isinstance(guide, AutoGuide):
@@ -163,7 +143,8 @@ def rebuild_guide(spec: Mapping, model):
         return kind(model, prefix=spec["prefix"], **rank)
     raise ValueError(
         f"The file was saved with a guide {spec['kind']} that cannot be rebuilt from the file "
-        "alone (custom encoder inputs or guide class); pass guide=... as constructed for the fit."
+        "alone (custom encoder inputs, encoder offsets, local posterior or guide class); pass "
+        "guide=... as constructed for the fit."
     )
 
 

@@ -7,11 +7,8 @@ it, a table of the leaves (``path`` as :func:`jax.tree_util.keystr` writes it, `
 from a *template* the caller rebuilds (for instance by tracing a guide), so equinox modules and
 other registered pytrees round-trip; the leaf table only checks that template and file agree.
 Writing is atomic (a temporary file in the same folder, then :func:`os.replace`), so a crash
-never leaves a half-written checkpoint behind.
-
-The second half holds what a saved posterior records to recognise its model and rebuild its
-guide's parameter tree: a table of the model's sample sites (:func:`describe_model`, traced
-abstractly) and its fingerprint, a description of the guide, and the abstract parameter template.
+never leaves a half-written checkpoint behind. What a saved posterior records besides (its
+model's sites, its guide) lives in :mod:`causalcell.inference._posterior_files`.
 
 Examples
 --------
@@ -233,6 +230,5 @@ def _describe(wanted: list, stored: list) -> str:
     return "; ".join(sorted(parts)) or "the leaves come in a different order"
 
 
-# -- recognising a model and rebuilding its guide's parameters -------------------------------
 #: A dict key in a path written by ``jax.tree_util.keystr``: ``['name']`` (the key's repr).
 DICT_KEY = r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"

@@ -181,8 +181,7 @@ def fit(
     chunk_size = min(chunk_size, num_steps)
     checkpoint_every = max(chunk_size, checkpoint_every - checkpoint_every % chunk_size)
     model_kwargs = dict(model_kwargs or {})
-    data = {name: jnp.asarray(value) for name, value in data.items()}
-    data = jax.device_put(data)
+    data = {name: jnp.asarray(value) for name, value in data.items()}  # on the device, once
     key = jax.random.key(key) if isinstance(key, int) else key
     guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
@@ -209,7 +208,7 @@ def fit(
         state, losses, step = _resume(checkpoint, state, config)
     runners: dict[int, Callable] = {}
     chunk_seconds: list[float] = []
-    best, stale = np.inf, 0
+    best, stale = None, 0
     diverged = None
     bar = tqdm(total=num_steps, initial=step, disable=not progress_bar, desc="SVI", unit="step")
     try:
@@ -235,7 +234,7 @@ def fit(
             if checkpoint is not None and (step % checkpoint_every == 0 or step == num_steps):
                 _save_checkpoint(checkpoint, state, losses, step, config)
             if early_stopping is not None:
-                if mean_loss < best - early_stopping.min_delta * abs(best):
+                if best is None or mean_loss < best - early_stopping.min_delta * abs(best):
                     best, stale = mean_loss, 0
                 else:
                     stale += 1
