@@ -44,18 +44,23 @@ def test_one_way_regulation_can_exceed_the_targets_decay():
     np.testing.assert_allclose(np.asarray(stationary_moments(drift, 0.5)[0]), [1.0, 2.0], rtol=1e-5)
 
 
+def _three_gene_sites() -> dict:
+    """Global sites of a 3-gene chain g0 -> g1 -| g2 with unit decays and shift effects."""
+    return {
+        "drift_weights": jnp.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.4, 0.0]]),
+        "log_decay": jnp.zeros(3),
+        "log_scaling": jnp.zeros(3),
+        "baseline": jnp.array([-2.0, -1.0, -3.0]),
+        "log_sigma": jnp.full(3, jnp.log(0.5)),
+        "intervention_effect": jnp.array([1.0, -2.0, 0.5]),
+    }
+
+
 def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     genes = 3
     targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1]], jnp.float32)
     condition_index = jnp.array([0, 1, 2, 2])
-    fixed = {
-        "drift_weights": jnp.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.4, 0.0]]),
-        "log_decay": jnp.zeros(genes),
-        "log_scaling": jnp.zeros(genes),
-        "baseline": jnp.array([-2.0, -1.0, -3.0]),
-        "log_sigma": jnp.full(genes, jnp.log(0.5)),
-        "intervention_effect": jnp.array([1.0, -2.0, 0.5]),
-    }
+    fixed = _three_gene_sites()
     model = condition(lcd_model, fixed)
     sites = trace(seed(model, 0)).get_trace(
         condition_index=condition_index,
@@ -136,16 +141,7 @@ def test_guide_is_the_exact_gaussian_update_of_each_conditions_law():
 
     from causalcell.models._lcd_guide import lcd_local_posterior, message_mean, message_precision
 
-    genes = 3
-    values = {
-        "drift_weights": jnp.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.4, 0.0]]),
-        "log_decay": jnp.zeros(genes),
-        "log_scaling": jnp.zeros(genes),
-        "baseline": jnp.array([-2.0, -1.0, -3.0]),
-        "log_sigma": jnp.full(genes, jnp.log(0.5)),
-        "intervention_effect": jnp.array([1.0, -2.0, 0.5]),
-        "noise_concentration": jnp.array([5.0, 10.0, 2.0]),
-    }
+    values = {**_three_gene_sites(), "noise_concentration": jnp.array([5.0, 10.0, 2.0])}
     targets = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.float32)
     condition_counts = jnp.array([[20.0, 50.0, 3.0], [60.0, 40.0, 2.0]])
     data = {
