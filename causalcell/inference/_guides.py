@@ -14,13 +14,23 @@ import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 from numpyro.handlers import block
 from numpyro.infer import init_to_median
-from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 
 from causalcell.inference._subsample import subsample
 from causalcell.inference._trace import abstract_trace, split_data
 
 __all__ = ["AmortizedGuide", "default_encoder_inputs"]
 
+#: The auto-guides for the global sites, by ``global_guide`` name.
+_GLOBAL_GUIDES = {
+    "normal": AutoNormal,
+    "lowrank": AutoLowRankMultivariateNormal,
+    "full": AutoMultivariateNormal,
+}
 #: Scale of every per-cell posterior when the encoder's raw output is zero.
 _INITIAL_SCALE = 0.1
 
@@ -50,8 +60,9 @@ class AmortizedGuide:
 
     Per-cell sites are the latent sample sites inside the plate ``plate``; each gets a
     diagonal Gaussian whose mean and scale an equinox MLP computes from the cell's encoder
-    features. All other latent sites (the globals) get ``AutoNormal`` (``global_guide="normal"``)
-    or a low-rank multivariate normal (``"lowrank"``). It is one NumPyro guide: it works with
+    features. All other latent sites (the globals) get ``AutoNormal`` (``global_guide="normal"``),
+    a low-rank multivariate normal (``"lowrank"``) or a full-covariance one (``"full"``, for a few
+    hundred globals at most: its scale matrix has one entry per pair). It is one NumPyro guide: it works with
     SVI, ``Predictive`` and posterior sampling, and it minibatches with the model because it
     opens the same plate.
 
@@ -64,7 +75,9 @@ class AmortizedGuide:
     hidden
         Widths of the encoder's hidden layers.
     global_guide
-        ``"normal"`` or ``"lowrank"``.
+        ``"normal"``, ``"lowrank"`` or ``"full"``. Mean-field ``"normal"`` is cheapest but
+        under-disperses correlated globals (e.g. a drift's weights); ``"full"`` keeps every
+        correlation.
     rank
         Rank of the low-rank global guide.
     plate
@@ -108,8 +121,10 @@ class AmortizedGuide:
         init_values: Mapping | None = None,
         local_posterior: Callable | None = None,
     ):
-        if global_guide not in ("normal", "lowrank"):
-            raise ValueError(f"global_guide must be 'normal' or 'lowrank', got {global_guide!r}.")
+        if global_guide not in _GLOBAL_GUIDES:
+            raise ValueError(
+                f"global_guide must be one of {tuple(_GLOBAL_GUIDES)}, got {global_guide!r}."
+            )
         self.model = model
         self.encoder_inputs = encoder_inputs or default_encoder_inputs
         self.hidden = tuple(hidden)
@@ -175,12 +190,10 @@ class AmortizedGuide:
         # unlike numpyro's default uniform(-2, 2) draw in unconstrained space, which can put
         # thousands of genes' log-rates far out and overflow the first steps.
         start = functools.partial(_value_or_median, values=self.init_values)
-        if self.global_guide_kind == "normal":
-            self.global_guide = AutoNormal(blocked, prefix="global", init_loc_fn=start)
-        else:
-            self.global_guide = AutoLowRankMultivariateNormal(
-                blocked, rank=self.rank, prefix="global", init_loc_fn=start
-            )
+        options = {"rank": self.rank} if self.global_guide_kind == "lowrank" else {}
+        self.global_guide = _GLOBAL_GUIDES[self.global_guide_kind](
+            blocked, prefix="global", init_loc_fn=start, **options
+        )
         features = self.encoder_inputs(split_data(kwargs)[0], jnp.arange(1)).shape[-1]
         outputs = 2 * sum(math.prod(shape) for shape in local.values())
         self._encoder = eqx.nn.MLP(

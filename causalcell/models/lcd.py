@@ -78,12 +78,18 @@ class LCD:
         learning_rate: float = 0.01,
         key: int = 0,
         progress_bar: bool = True,
+        global_guide: str = "normal",
+        rank: int | None = None,
         **fit_kwargs,
     ) -> LCD:
         """Register ``adata`` and fit LCD by minibatch SVI with the amortized guide.
 
         The encoder sees each cell's log1p-normalised counts and its condition (one-hot). The
-        step size decays tenfold over the fit. Other keyword arguments go to
+        step size decays tenfold over the fit. ``global_guide`` picks the posterior family of
+        the globals (drift, intervention and noise parameters): ``"normal"`` (mean-field, the
+        cheapest), ``"lowrank"`` (with ``rank``) or ``"full"`` (every correlation; the choice for
+        calibrated credible intervals of the drift and of CLIPR's direct effects when the
+        number of genes is small). Other keyword arguments go to
         :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
         """
         registry = register(
@@ -125,6 +131,8 @@ class LCD:
                     intervention, _condition_means(arrays.counts, arrays)
                 ),
                 "init_values": start,
+                "global_guide": global_guide,
+                "rank": rank,
             },
             progress_bar=progress_bar,
             **fit_kwargs,
