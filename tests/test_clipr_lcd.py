@@ -9,7 +9,8 @@ accuracy fell to 0.83, orientation to 0.58-0.67 and coverage to 0.23 with them).
 Thresholds were set from measurements of this exact configuration (seed 0, CPU): AUPRC 1.00
 by ``|W|`` and 0.71 by sign probability (edge density 0.40), orientation accuracy 1.00 by
 ``|W|`` and 0.83 by sign probability, sign accuracy 1.00 (12 true edges), 90% interval
-coverage 0.47 (seeds 1-3: 0.70, 0.83, 0.77). Each threshold keeps a margin below the
+coverage 0.47 (seeds 1-3: 0.70, 0.83, 0.77) with the mean-field global guide, 0.67 with the
+full-covariance one that ``LCD.fit`` now picks at this size. Each threshold keeps a margin below the
 measured value and stays well above what a failed fit scores.
 """
 
@@ -72,11 +73,12 @@ def test_clipr_on_fitted_lcd_recovers_the_true_network():
     # Signs of the 12 true edges: measured 12/12; allow one miss (11/12 = 0.92).
     assert metrics.sign_accuracy(true_direct.T, effects.mean.T) >= 0.9
 
-    # 90% intervals of all 30 effects (edges and true zeros). Nominal 0.9, but the
-    # variational posterior of the drift is overconfident: measured 0.47 here (0.70-0.83 on
-    # seeds 1-3), 0.23 with total-count size factors. The bound guards against intervals
-    # collapsing or the fit drifting away from the truth, not calibration.
+    # 90% intervals of all 30 effects (edges and true zeros). Nominal 0.9; the full-covariance
+    # global guide (LCD.fit's default at this size) measured 0.67 here, and a mean of 0.75 over
+    # 20 datasets at 4000 steps (benchmarks/clipr_recovery.py), against 0.47 with mean-field.
+    # The bound guards against intervals collapsing or the fit drifting away from the truth; it
+    # is not a calibration claim (see the issue note).
     coverage = metrics.interval_coverage(
         true_direct[off_diagonal], effects.lower[off_diagonal], effects.upper[off_diagonal]
     )
-    assert coverage >= 0.35
+    assert coverage >= 0.5
