@@ -3,8 +3,14 @@
 Usage::
 
     python benchmarks/lcd_screen.py [--genes 12 50] [--cells 5000] [--singles 8] [--doubles 8]
-                                    [--drift linear|neural] [--intervention knockout]
-                                    [--steps 2000] [--seed 0]
+                                    [--drift linear|neural] [--model linear|neural]
+                                    [--intervention knockout] [--programs 8] [--steps 2000]
+                                    [--seed 0]
+
+``--drift`` is the drift the screen is simulated with, ``--model`` the drift LCD fits
+(``LCD.fit(..., drift=...)``), so that each model can be scored on each kind of data.
+``--programs`` sets LCD's latent programs (``LCD.fit(..., programs=...)``; by default screens
+of more than 64 genes model the perturbed genes plus 8 programs and decode the other genes).
 
 For each size: simulate a screen, hold out half of the doubles, fit LCD on the rest (true
 library sizes from ``obs["size_factor"]``), generate 400 cells per held-out double and print,
@@ -81,12 +87,16 @@ def run(genes: int, arguments) -> None:
         train,
         intervention=arguments.intervention,
         size_factor_key="size_factor",
+        drift=arguments.model,
+        programs=arguments.programs,
         num_steps=arguments.steps,
         key=arguments.seed,
         progress_bar=False,
     )
     fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     predicted = model.predict(list(split.held_out), num_cells=400, key=arguments.seed + 1)
+    predict_seconds = time.perf_counter() - started
     expression, labels = evaluation.observed_expression(adata)
     means = evaluation.baseline_predictions(expression, labels, split)
     means["lcd"], lcd_cells = evaluation.generated_predictions(predicted, split.held_out)
@@ -100,9 +110,11 @@ def run(genes: int, arguments) -> None:
     wide = table.pivot(index="model", columns="metric", values="value").loc[list(MODELS)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"\n# {arguments.drift} drift, {arguments.intervention}, {genes} genes, "
-        f"{arguments.cells} cells, held out {', '.join(split.held_out)}; LCD fit "
-        f"{arguments.steps} steps in {fit_seconds:.0f} s; peak memory {peak:.0f} MB"
+        f"\n# {arguments.drift} drift data, {arguments.model} drift LCD, "
+        f"{arguments.intervention}, {genes} genes, {arguments.cells} cells, held out "
+        f"{', '.join(split.held_out)}; LCD on {len(model.modelled_genes)} modelled genes + "
+        f"{model.space.programs} programs, fit {arguments.steps} steps in {fit_seconds:.0f} s, "
+        f"predict in {predict_seconds:.0f} s; peak memory {peak:.0f} MB"
     )
     print(wide.to_string(float_format="{:.3f}".format))
 
@@ -113,9 +125,20 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=5000)
     parser.add_argument("--singles", type=int, default=8)
     parser.add_argument("--doubles", type=int, default=8)
-    parser.add_argument("--drift", choices=("linear", "neural"), default="linear")
+    parser.add_argument(
+        "--drift", choices=("linear", "neural"), default="linear", help="drift of the data"
+    )
+    parser.add_argument(
+        "--model", choices=("linear", "neural"), default="linear", help="drift LCD fits"
+    )
     parser.add_argument(
         "--intervention", choices=("knockout", "knockdown", "shift"), default="knockout"
+    )
+    parser.add_argument(
+        "--programs",
+        type=int,
+        default=None,
+        help="latent programs of LCD's reduced gene space (default: LCD.fit's)",
     )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)

@@ -2,11 +2,14 @@
 
 Linear drift has a Gaussian stationary law (mean ``-A^{-1} b``, covariance from the continuous
 Lyapunov equation); nonlinear drift is sampled by simulating many chains with diffrax and
-fitted with the kernel deviation from stationarity (:func:`kds`), which needs no simulation.
+fitted with the kernel deviation from stationarity (:func:`kds`), which needs no simulation. A
+linear drift can also be fitted by the exact likelihood of its Gaussian stationary law
+(:func:`stationary_log_likelihood`).
 """
 
 from causalcell.diffusion._drift import LinearDrift, NeuralDrift, intervene, intervene_linear
 from causalcell.diffusion._kds import kds
+from causalcell.diffusion._likelihood import SampleMoments, stationary_log_likelihood
 from causalcell.diffusion._lyapunov import (
     UnstableDriftError,
     check_stable,
@@ -24,6 +27,7 @@ from causalcell.diffusion._stationary import (
 __all__ = [
     "LinearDrift",
     "NeuralDrift",
+    "SampleMoments",
     "UnstableDriftError",
     "check_stable",
     "intervene",
@@ -34,6 +38,7 @@ __all__ = [
     "solve_continuous_lyapunov",
     "spectral_abscissa",
     "stationary_factor",
+    "stationary_log_likelihood",
     "stationary_mean",
     "stationary_moments",
 ]

@@ -8,9 +8,10 @@ The solver is the matrix-sign-function Newton iteration (Roberts 1980; Benner & 
 
 keeps ``A_k X + X A_k^T + Q_k = 0`` for the same ``X`` while ``A_k -> -I``, so
 ``X = Q_inf / 2``. ``c = |det A_k|^{-1/n}`` (determinant scaling) makes the first iterations
-fast when eigenvalues span several orders of magnitude. Each step is one LU inverse, so it
+fast when eigenvalues span several orders of magnitude. Each step is one inverse, so it
 runs on GPU (unlike a Schur-based Bartels-Stewart solver) and costs ``O(n^3)`` per step with
-quadratic convergence (typically 6-12 steps).
+quadratic convergence (typically 6-12 steps). The inverses come from :mod:`causalcell._linalg`
+(LAPACK LU, or Gauss-Jordan loops where jaxlib's batched CPU LAPACK calls can deadlock).
 
 Gradients use the adjoint identity: if ``G`` solves ``A^T G + G A + Xbar = 0`` then
 ``Qbar = G`` and ``Abar = G X^T + G^T X``, so reverse mode costs one more Lyapunov solve.
@@ -23,6 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from causalcell._linalg import inv, inv_and_log_abs_det
 
 __all__ = ["UnstableDriftError", "check_stable", "solve_continuous_lyapunov", "spectral_abscissa"]
 
@@ -37,11 +40,11 @@ class UnstableDriftError(ValueError):
 
 def _newton_step(state, scale: bool):
     drift, noise, _, step = state
-    inverse = jnp.linalg.inv(drift)
     if scale:
-        _, log_abs_det = jnp.linalg.slogdet(drift)
+        inverse, log_abs_det = inv_and_log_abs_det(drift)
         factor = jnp.exp(-log_abs_det / drift.shape[-1])
     else:
+        inverse = inv(drift)
         factor = jnp.ones((), drift.dtype)
     new_drift = 0.5 * (factor * drift + inverse / factor)
     new_noise = 0.5 * (factor * noise + (inverse @ noise @ inverse.T) / factor)

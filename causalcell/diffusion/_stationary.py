@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from causalcell._linalg import cholesky, solve
 from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import solve_continuous_lyapunov
 from causalcell.interventions import Intervention
@@ -22,7 +23,7 @@ def stationary_mean(drift: LinearDrift, sigma, intervention: Intervention | None
 
 
 def _fixed_point(matrix, bias):
-    return -jnp.linalg.solve(matrix, bias[..., None])[..., 0]
+    return -solve(matrix, bias[..., None])[..., 0]
 
 
 def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | None = None):
@@ -66,7 +67,7 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
 def stationary_factor(drift: LinearDrift, sigma, intervention: Intervention | None = None):
     """Stationary mean and Cholesky factor ``L`` (``Sigma = L L^T``): draws are ``mean + L z``."""
     mean, covariance = stationary_moments(drift, sigma, intervention)
-    return mean, jnp.linalg.cholesky(covariance)
+    return mean, cholesky(covariance)
 
 
 def sample_stationary(

@@ -14,6 +14,14 @@ Built from the globals drawn in the same guide call, it tracks the model during 
 there is no amortization gap to close: the encoder only adds a learned correction to the
 message mean.
 
+In a reduced gene space (:mod:`._lcd_decoder`) the log-rates are ``D_full z + o`` with
+``D_full`` stacking identity rows for the modelled genes and the loadings ``D`` for decoded
+genes (offsets ``o = c - D baseline``, zero for modelled genes). The same messages then give
+the exact update ``P = Sigma_p^{-1} + D_full^T diag(lambda) D_full`` and information
+``Sigma_p^{-1} mu_p + D_full^T (lambda (m - o))``, and the encoder's correction ``delta`` (in
+latent coordinates) moves every message mean by ``D_full delta``. Factorisations stay per
+condition (``m x m``); a cell costs matrix-vector products of size ``genes x m``.
+
 References
 ----------
 Johnson, M. J. et al. (2016). Composing graphical models with neural networks for structured
@@ -23,9 +31,10 @@ representations and fast inference. NeurIPS (conjugate likelihood messages in a 
 from __future__ import annotations
 
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
-import numpyro.distributions as dist
 
+from causalcell._gaussian import MultivariateNormal
+from causalcell._linalg import cho_solve, cholesky
+from causalcell.models._lcd_decoder import decoder_from_sites
 from causalcell.models._lcd_program import condition_laws
 
 __all__ = ["lcd_local_posterior", "message_mean", "message_precision"]
@@ -51,15 +60,16 @@ def message_precision(counts, concentration=None):
     return pseudo * concentration / (pseudo + concentration)
 
 
-def lcd_local_posterior(intervention: str, condition_counts):
+def lcd_local_posterior(intervention: str, condition_counts, programs: int = 0):
     """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
 
-    ``condition_counts`` ``[P, d]``: mean counts of each gene in each condition (training data).
-    The message precision of a cell is its condition's (from these mean counts), so that the
-    posterior covariance is shared within a condition: every factorisation is per condition
-    (``P`` of them), and a cell costs matrix-vector products only. Batched LAPACK calls over
-    cells are avoided on purpose: jaxlib 0.10 on CPU can deadlock when two of them run
-    concurrently on a two-thread pool.
+    ``condition_counts`` ``[P, genes]``: mean counts of each gene in each condition (training
+    data, columns as the model's counts: modelled genes, then decoded genes). ``programs``: the
+    model's number of latent programs. The message precision of a cell is its condition's (from
+    these mean counts), so that the posterior covariance is shared within a condition: every
+    factorisation is per condition (``P`` of them), and a cell costs matrix-vector products
+    only. Batched LAPACK calls over cells are avoided on purpose: jaxlib 0.10 on CPU can
+    deadlock when two of them run concurrently on a two-thread pool.
     """
     condition_counts = jnp.asarray(condition_counts)
 
@@ -68,17 +78,37 @@ def lcd_local_posterior(intervention: str, condition_counts):
             values, data["condition_targets"], intervention, data.get("prior_mask")
         )
         eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), covariances.shape)
-        prior_precision = jsl.cho_solve((jnp.linalg.cholesky(covariances), True), eye)
+        prior_precision = cho_solve((cholesky(covariances), True), eye)
         precision_of_counts = message_precision(condition_counts, values.get("noise_concentration"))
-        precision = prior_precision + eye * precision_of_counts[:, None, :]
-        posterior_covariance = jsl.cho_solve((jnp.linalg.cholesky(precision), True), eye)
+        modelled = means.shape[-1] - programs
+        own = _pad(precision_of_counts[:, :modelled], programs)  # identity rows of D_full
+        precision = prior_precision + eye * own[:, None, :]
+        decoder = decoder_from_sites(values)
+        if decoder is not None:
+            loadings, decoded_precision = decoder["loadings"], precision_of_counts[:, modelled:]
+            through = jnp.einsum("gi,pg,gj->pij", loadings, decoded_precision, loadings)
+            precision = precision + through
+        posterior_covariance = cho_solve((cholesky(precision), True), eye)
         prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
         condition = data["condition_index"][index]
         loc, _ = heads["latent"]
         mode = message_mean(data["counts"][index], data["size_factors"][index])
-        information = prior_information[condition] + precision_of_counts[condition] * (mode + loc)
+        information = prior_information[condition] + own[condition] * (
+            _pad(mode[:, :modelled], programs) + loc
+        )
+        if decoder is not None:
+            offset = decoder["offset"] - loadings @ values["baseline"]
+            residual = mode[:, modelled:] - offset + loc @ loadings.T
+            information = information + (decoded_precision[condition] * residual) @ loadings
         mean = jnp.einsum("cij,cj->ci", posterior_covariance[condition], information)
-        factor = jnp.linalg.cholesky(posterior_covariance)
-        return {"latent": dist.MultivariateNormal(mean, scale_tril=factor[condition])}
+        factor = cholesky(posterior_covariance)
+        return {"latent": MultivariateNormal(mean, scale_tril=factor[condition])}
 
     return local_posterior
+
+
+def _pad(values, programs: int):
+    """``values`` ``[..., modelled]`` with ``programs`` zero columns appended (no copy at 0)."""
+    if programs == 0:
+        return values
+    return jnp.concatenate([values, jnp.zeros((*values.shape[:-1], programs), values.dtype)], -1)

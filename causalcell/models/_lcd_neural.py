@@ -235,12 +235,6 @@ def lcd_neural_model(
     noise = noise if noise is not None else NegativeBinomial()
     num_conditions, genes = condition_targets.shape
     sites = _drift_sites(genes, hidden, weight_scale, baseline_prior, intervention)
-    drift = neural_drift_from_sites(sites, prior_mask)
-    parameters = intervention_parameters(
-        intervention, sites[PARAMETER_SITE[intervention]], sites["baseline"]
-    )
-    interventions = condition_interventions(condition_targets, intervention, parameters, drift)
-    sigma = jnp.exp(sites["log_sigma"])
     noise_parameters = noise.sample_parameters(genes)
     location = numpyro.sample(
         "latent_location",
@@ -261,6 +255,27 @@ def lcd_neural_model(
             noise.distribution(latent, size_factors[index], **noise_parameters).to_event(1),
             obs=observed,
         )
+    deviation = _scaled_kds(
+        sites, condition_targets, prior_mask, latent, condition, condition_index, intervention
+    )
+    numpyro.factor("kds", -kds_weight * deviation)
+
+
+# Jitted so that the eager runs of the program (guide set-up, initialisation) compile one
+# computation rather than each of its ~100 operations; under the SVI step's jit it is inlined.
+@functools.partial(jax.jit, static_argnames="intervention")
+def _scaled_kds(
+    sites, condition_targets, prior_mask, latent, condition, condition_index, intervention
+):
+    """``sum_p N_p KDS_p / tau^2`` of the batch's latents (``condition`` their conditions)
+    under each condition's intervened drift (see :func:`lcd_neural_model`, Notes)."""
+    num_conditions = condition_targets.shape[0]
+    drift = neural_drift_from_sites(sites, prior_mask)
+    parameters = intervention_parameters(
+        intervention, sites[PARAMETER_SITE[intervention]], sites["baseline"]
+    )
+    interventions = condition_interventions(condition_targets, intervention, parameters, drift)
+    sigma = jnp.exp(sites["log_sigma"])
     rows = jax.tree_util.tree_map(lambda field: field[condition], interventions)
     condition_sizes = jnp.bincount(condition_index, length=num_conditions).astype(sigma.dtype)
     fallback = jax.lax.stop_gradient(jnp.sum(sigma**2 / drift.decay))
@@ -272,7 +287,7 @@ def lcd_neural_model(
         weights=within_condition_weights(condition, num_conditions, condition_sizes),
     )
     time_scale = jnp.exp(jnp.mean(sites["log_decay"]))  # see Notes: "Time unit"
-    numpyro.factor("kds", -kds_weight * deviation / time_scale**2)
+    return deviation / time_scale**2
 
 
 def _drift_sites(genes: int, hidden: int, weight_scale: float, baseline_prior, intervention):

@@ -7,6 +7,10 @@ diagonal, so every eigenvalue has a negative real part (Gershgorin) for all para
 including after knockouts (principal submatrices stay dominant). The scaling lets one-way
 regulation exceed the target's decay (``A_ij = W'_ij e^{s_i - s_j}``), so every DAG drift is
 reachable; only two-cycles are bounded (``A_ij A_ji = W'_ij W'_ji``).
+
+The latent state is one coordinate per modelled gene followed by ``programs`` latent programs;
+genes that are not modelled are decoded linearly from it (:mod:`._lcd_decoder`, which states
+the choice and its cost). With every gene modelled and no programs it is the full model.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from causalcell._gaussian import MultivariateNormal
+from causalcell._linalg import cholesky
 from causalcell.diffusion import LinearDrift, stationary_moments
 from causalcell.interventions import Intervention
+from causalcell.models._lcd_decoder import decode, sample_decoder
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
@@ -124,27 +131,42 @@ def lcd_model(
     size_factors,
     baseline_prior,
     prior_mask=None,
+    decoded_prior=None,
     intervention: str = "shift",
     noise: NoiseModel | None = None,
     weight_scale: float = 0.3,
+    programs: int = 0,
+    loading_scale: float = 1.0,
 ):
     """LCD with linear drift: cells are draws of the intervened stationary law, seen as counts.
+
+    The latent state has ``m`` coordinates: ``m - programs`` modelled genes, then ``programs``
+    latent programs. Count columns are the modelled genes (each reads its own coordinate as
+    log-rate) followed by the decoded genes (``decoded_prior`` gives how many), whose log-rates
+    are linear in the state (:func:`._lcd_decoder.decode`). With no programs and no decoded
+    genes (the defaults) every gene is a coordinate: the full model of DESIGN 3.1.
 
     Parameters
     ----------
     counts
-        ``[cells, genes]`` observed counts, or None to simulate.
+        ``[cells, genes]`` observed counts (modelled genes first, then decoded genes), or None
+        to simulate.
     condition_index
         ``[cells]`` index of each cell's condition into ``condition_targets``.
     condition_targets
-        ``[conditions, genes]`` multi-hot targets (row 0 the control by convention).
+        ``[conditions, m]`` multi-hot targets over the latent coordinates (row 0 the control
+        by convention); programs are never targeted (their columns are zero).
     size_factors
         ``[cells]`` library sizes.
     baseline_prior
-        ``[genes]`` prior mean of the control stationary mean (e.g. log mean fractions).
+        ``[m]`` prior mean of the control stationary mean (e.g. log mean fractions of modelled
+        genes, zero for programs).
     prior_mask
-        Optional ``[genes, genes]`` 0/1 mask in drift orientation (``mask[i, j] = 1`` allows
-        gene ``j`` to regulate gene ``i``); all pairs by default.
+        Optional ``[m, m]`` 0/1 mask in drift orientation (``mask[i, j] = 1`` allows
+        coordinate ``j`` to regulate coordinate ``i``); all pairs by default.
+    decoded_prior
+        Optional ``[decoded]`` prior mean of the decoded genes' control log-rates; None when
+        every gene is modelled.
     intervention
         ``"shift"`` (learned own-level change per target), ``"knockdown"`` (learned log
         fraction) or ``"knockout"`` (learned pinned level).
@@ -152,43 +174,53 @@ def lcd_model(
         Observation model; negative binomial by default.
     weight_scale
         Scale of the Laplace (sparsity) prior on raw off-diagonal weights.
+    programs
+        Number of latent programs (the last coordinates of the state).
+    loading_scale
+        Scale of the Normal prior on the decoder's loadings.
 
     Sample sites
     ------------
-    Globals: ``drift_weights`` [d, d], ``log_decay``, ``log_scaling``, ``baseline``,
-    ``log_sigma`` [d], the intervention parameter [d], the noise parameters. Per cell (plate
-    ``"cells"``): ``latent`` [d] (log-expression), ``counts`` [d].
+    Globals: ``drift_weights`` [m, m], ``log_decay``, ``log_scaling``, ``baseline``,
+    ``log_sigma`` [m], the intervention parameter [m], the noise parameters [genes], and with
+    decoded genes ``decoder_offset`` [decoded] and ``decoder_loadings`` [decoded, m]. Per cell
+    (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then programs),
+    ``counts`` [genes].
     """
     if intervention not in INTERVENTION_KINDS:
         raise ValueError(f"intervention must be one of {INTERVENTION_KINDS}, got {intervention!r}.")
     noise = noise if noise is not None else NegativeBinomial()
-    genes = condition_targets.shape[-1]
-    mask = jnp.ones((genes, genes)) if prior_mask is None else jnp.asarray(prior_mask, float)
+    size = condition_targets.shape[-1]  # latent coordinates: modelled genes, then programs
+    mask = jnp.ones((size, size)) if prior_mask is None else jnp.asarray(prior_mask, float)
     raw = numpyro.sample(
-        "drift_weights", dist.Laplace(0.0, weight_scale).expand([genes, genes]).to_event(2)
+        "drift_weights", dist.Laplace(0.0, weight_scale).expand([size, size]).to_event(2)
     )
-    log_decay = numpyro.sample("log_decay", dist.Normal(0.0, 0.5).expand([genes]).to_event(1))
-    log_scaling = numpyro.sample("log_scaling", dist.Normal(0.0, 1.0).expand([genes]).to_event(1))
+    log_decay = numpyro.sample("log_decay", dist.Normal(0.0, 0.5).expand([size]).to_event(1))
+    log_scaling = numpyro.sample("log_scaling", dist.Normal(0.0, 1.0).expand([size]).to_event(1))
     values = {
         "drift_weights": raw,
         "log_decay": log_decay,
         "log_scaling": log_scaling,
-        **sample_screen_sites(genes, baseline_prior, intervention),
+        **sample_screen_sites(size, baseline_prior, intervention),
     }
     drift, means, covariances = condition_laws(values, condition_targets, intervention, mask)
     numpyro.deterministic("drift", drift.matrix())
-    noise_parameters = noise.sample_parameters(genes)
-    factors = jnp.linalg.cholesky(covariances)
+    modelled = size - programs
+    decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
+    noise_parameters = noise.sample_parameters(modelled + decoded)
+    decoder = sample_decoder(decoded_prior, size, loading_scale) if decoded else None
+    factors = cholesky(covariances)
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
         condition = condition_index[index]
         latent = numpyro.sample(
-            "latent", dist.MultivariateNormal(means[condition], scale_tril=factors[condition])
+            "latent", MultivariateNormal(means[condition], scale_tril=factors[condition])
         )
         observed = None if counts is None else counts[index]
+        log_rate = decode(latent, values["baseline"], decoder, modelled)
         numpyro.sample(
             "counts",
-            noise.distribution(latent, size_factors[index], **noise_parameters).to_event(1),
+            noise.distribution(log_rate, size_factors[index], **noise_parameters).to_event(1),
             obs=observed,
         )
 

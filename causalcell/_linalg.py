@@ -1,0 +1,366 @@
+"""Small dense linear algebra that cannot deadlock jaxlib 0.10's CPU runtime.
+
+jaxlib 0.10 runs a batched LAPACK custom call (``potrf``, ``getrf``, ``trsm``, ...) through
+``jax::ParallelBatchMap``: when the batch is large enough (batch times per-matrix work above
+about ``2e5``) it splits the batch into one chunk per intra-op thread, queues every chunk on
+the intra-op thread pool and blocks in ``BlockingCounter::Wait`` until they are done. XLA's
+thunk executor runs independent thunks on that same pool, so when as many such calls run at
+once as the pool has threads (two on a two-core machine), every thread waits for chunks that
+no thread is free to run, and the process hangs at 0% CPU. Open-source jaxlib builds dropped
+the parallel path in 0.11.1.
+
+This module gives the few factorisations causalcell needs inside a fit. On the affected
+runtime (CPU backend, ``0.10.0 <= jaxlib < 0.11.1``) and for matrices of order at most
+``MAX_ORDER`` they are plain JAX loops (``lax.fori_loop`` over columns, each step a vectorised
+update of the whole batch), which XLA compiles to ordinary fused kernels with no custom call;
+elsewhere they are the ``jnp.linalg`` / ``jax.scipy.linalg`` functions. The choice cannot
+depend on the batch shape: under ``vmap`` a function sees one matrix while the primitive it
+emits is batched, so the pure path is taken for single matrices too.
+
+Every function supports ``jit``, ``vmap`` and forward- and reverse-mode autodiff; derivatives
+come from the closed-form rules of each factorisation (custom JVPs), not from differentiating
+the loops. Real matrices only. Set ``CAUSALCELL_PURE_LINALG=1`` (or ``0``) before import to
+force the pure path on (or off) whatever the jaxlib version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import jaxlib.version
+from jax import lax
+
+__all__ = [
+    "MAX_ORDER",
+    "PURE_ON_CPU",
+    "cho_solve",
+    "cholesky",
+    "inv",
+    "inv_and_log_abs_det",
+    "solve",
+    "solve_triangular",
+    "uses_pure",
+]
+
+#: Largest matrix order handled by the pure loops: each loop runs one step per column with
+#: ``O(batch n^2)`` work, so beyond ~128 columns the sequential steps cost more than LAPACK's
+#: blocked kernels; causalcell's fits stay far below (at most 64 genes plus 8 programs).
+MAX_ORDER = 128
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """Leading numeric components of a version string, ``"0.10.2rc1"`` -> ``(0, 10, 2)``."""
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def _pure_on_cpu() -> bool:
+    forced = os.environ.get("CAUSALCELL_PURE_LINALG", "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    return (0, 10, 0) <= _version(jaxlib.version.__version__) < (0, 11, 1)
+
+
+#: Whether this jaxlib's CPU LAPACK calls can deadlock, so that CPU computations use the loops
+#: (decided once, at import, from the jaxlib version or ``CAUSALCELL_PURE_LINALG``).
+PURE_ON_CPU = _pure_on_cpu()
+
+
+def uses_pure(order: int) -> bool:
+    """Whether matrices of ``order`` go through the pure-JAX loops in the current setting."""
+    return PURE_ON_CPU and order <= MAX_ORDER and jax.default_backend() == "cpu"
+
+
+def _as_real(array):
+    array = jnp.asarray(array)
+    return array.astype(jnp.promote_types(array.dtype, jnp.float32))
+
+
+def _row(matrix, index):
+    return lax.dynamic_index_in_dim(matrix, index, axis=-2, keepdims=False)
+
+
+def _column(matrix, index):
+    return lax.dynamic_index_in_dim(matrix, index, axis=-1, keepdims=False)
+
+
+def _entry(vector, index):
+    return lax.dynamic_index_in_dim(vector, index, axis=-1, keepdims=False)
+
+
+# Triangular solves -----------------------------------------------------------------------------
+
+
+def _forward_substitution(lower, rhs):
+    """``L^{-1} B`` for lower-triangular ``L`` ``[..., n, n]`` (upper part ignored) and
+    ``B`` ``[..., n, k]``, one row per step. Linear in ``rhs``, so JAX transposes it."""
+    batch = jnp.broadcast_shapes(lower.shape[:-2], rhs.shape[:-2])
+    lower = jnp.broadcast_to(lower, batch + lower.shape[-2:])
+    rhs = jnp.broadcast_to(rhs, batch + rhs.shape[-2:])
+
+    columns = jnp.arange(lower.shape[-1])
+
+    def step(index, solution):
+        row = _row(lower, index)
+        # Only the solved rows (before ``index``) enter; masking keeps whatever the unread
+        # upper triangle holds (even inf or NaN) out of the sum, as LAPACK does.
+        known = jnp.einsum("...j,...jk->...k", jnp.where(columns < index, row, 0.0), solution)
+        value = (_row(rhs, index) - known) / _entry(row, index)[..., None]
+        return lax.dynamic_update_index_in_dim(solution, value, index, axis=-2)
+
+    return lax.fori_loop(0, lower.shape[-1], step, jnp.zeros_like(rhs))
+
+
+@jax.custom_jvp
+def _lower_solve(lower, rhs):
+    return _forward_substitution(lower, rhs)
+
+
+@_lower_solve.defjvp
+def _lower_solve_jvp(primals, tangents):
+    lower, rhs = primals
+    lower_dot, rhs_dot = tangents
+    solution = _forward_substitution(lower, rhs)
+    # X = L^{-1} B  =>  dX = L^{-1} (dB - dL X), with dL restricted to the part that is read.
+    return solution, _forward_substitution(lower, rhs_dot - jnp.tril(lower_dot) @ solution)
+
+
+# Jitted so that calls outside jit (NumPyro traces models eagerly) compile each loop once per
+# shape instead of once per call; inside an outer jit they are inlined.
+_lower_solve_jit = jax.jit(_lower_solve)
+
+
+def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False):
+    """Solve ``T X = B`` (or ``T^T X = B``) for triangular ``T``.
+
+    Parameters
+    ----------
+    matrix
+        Triangular ``[..., n, n]``; only its lower (``lower=True``) or upper triangle is read.
+    rhs
+        Right-hand sides ``[..., n, k]``; batch axes broadcast against ``matrix``'s.
+    lower
+        Whether ``matrix`` is lower triangular.
+    transpose
+        Solve with ``matrix.T`` instead.
+
+    Returns
+    -------
+    jax.Array
+        ``X`` ``[..., n, k]``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> solve_triangular(jnp.array([[2.0, 0.0], [1.0, 1.0]]), jnp.array([[2.0], [3.0]])).ravel()
+    Array([1., 2.], dtype=float32)
+    """
+    matrix = _as_real(matrix)
+    rhs = _as_real(rhs)
+    dtype = jnp.result_type(matrix, rhs)
+    matrix, rhs = matrix.astype(dtype), rhs.astype(dtype)
+    if not uses_pure(matrix.shape[-1]):
+        batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
+        return jsl.solve_triangular(
+            jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
+            jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
+            lower=lower,
+            trans=1 if transpose else 0,
+        )
+    if transpose:
+        matrix, lower = jnp.swapaxes(matrix, -1, -2), not lower
+    if lower:
+        return _lower_solve_jit(matrix, rhs)
+    # U X = B  <=>  (J U J)(J X) = J B with J the order reversal, and J U J is lower.
+    flipped = _lower_solve_jit(matrix[..., ::-1, ::-1], rhs[..., ::-1, :])
+    return flipped[..., ::-1, :]
+
+
+# Cholesky --------------------------------------------------------------------------------------
+
+
+def _right_looking_cholesky(matrix):
+    """Lower Cholesky factor, one column per step: take the column of the running Schur
+    complement, scale it by the square root of its pivot, subtract its outer product."""
+    order = matrix.shape[-1]
+    rows = jnp.arange(order)
+
+    def step(index, carry):
+        complement, factor = carry
+        column = _column(complement, index)
+        pivot = jnp.sqrt(_entry(column, index))
+        column = jnp.where(rows >= index, column / pivot[..., None], 0.0)
+        complement = complement - column[..., :, None] * column[..., None, :]
+        return complement, lax.dynamic_update_index_in_dim(factor, column, index, axis=-1)
+
+    _, factor = lax.fori_loop(0, order, step, (matrix, jnp.zeros_like(matrix)))
+    # As jnp.linalg.cholesky: a matrix that is not positive definite gives all NaN.
+    diagonal = jnp.diagonal(factor, axis1=-2, axis2=-1)
+    definite = jnp.all(diagonal > 0, axis=-1)[..., None, None]
+    return jnp.where(definite, factor, jnp.nan)
+
+
+@jax.custom_jvp
+def _pure_cholesky(matrix):
+    return _right_looking_cholesky(matrix)
+
+
+@_pure_cholesky.defjvp
+def _pure_cholesky_jvp(primals, tangents):
+    (matrix,), (matrix_dot,) = primals, tangents
+    factor = _right_looking_cholesky(matrix)
+    # A = L L^T  =>  dL = L Phi(L^{-1} dA L^{-T}), Phi = lower triangle with halved diagonal
+    # (Murray 2016); dA is symmetric because cholesky symmetrizes its input first.
+    half = _forward_substitution(factor, matrix_dot)
+    middle = _forward_substitution(factor, jnp.swapaxes(half, -1, -2))
+    phi = jnp.tril(middle) - 0.5 * jnp.eye(matrix.shape[-1], dtype=matrix.dtype) * middle
+    return factor, factor @ phi
+
+
+_pure_cholesky_jit = jax.jit(_pure_cholesky)
+
+
+def cholesky(matrix):
+    """Lower Cholesky factor ``L`` (``A = L L^T``) of symmetric positive-definite matrices.
+
+    Parameters
+    ----------
+    matrix
+        ``[..., n, n]``; symmetrized as ``(A + A^T) / 2`` first, as ``jnp.linalg.cholesky``.
+
+    Returns
+    -------
+    jax.Array
+        ``L`` ``[..., n, n]``; all NaN for a batch member that is not positive definite.
+
+    References
+    ----------
+    Murray, I. (2016). Differentiation of the Cholesky decomposition. arXiv:1602.07527.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> cholesky(jnp.array([[4.0, 2.0], [2.0, 5.0]]))
+    Array([[2., 0.],
+           [1., 2.]], dtype=float32)
+    """
+    matrix = _as_real(matrix)
+    if not uses_pure(matrix.shape[-1]):
+        return jnp.linalg.cholesky(matrix)
+    return _pure_cholesky_jit(0.5 * (matrix + jnp.swapaxes(matrix, -1, -2)))
+
+
+def cho_solve(factor_and_lower, rhs):
+    """Solve ``A X = B`` given ``(c, lower)`` with ``A = c c^T`` (lower) or ``c^T c``, as
+    ``jax.scipy.linalg.cho_solve``; ``rhs`` is ``[..., n, k]``."""
+    factor, lower = factor_and_lower
+    half = solve_triangular(factor, rhs, lower=lower, transpose=not lower)
+    return solve_triangular(factor, half, lower=lower, transpose=lower)
+
+
+# Inverse ---------------------------------------------------------------------------------------
+
+
+def _swap_rows(matrix, first, second):
+    """Rows ``first`` (an int) and ``second`` (``[...]``, per batch member) exchanged."""
+    rows = jnp.arange(matrix.shape[-2])[:, None]
+    row_first = _row(matrix, first)[..., None, :]
+    row_second = jnp.take_along_axis(matrix, second[..., None, None], axis=-2)
+    swapped = jnp.where(rows == second[..., None, None], row_first, matrix)
+    return jnp.where(rows == first, row_second, swapped)
+
+
+def _gauss_jordan(matrix):
+    """Inverse and ``log |det|`` by Gauss-Jordan elimination with partial pivoting on
+    ``[A | I]``: each step moves the largest remaining entry of a column onto the diagonal,
+    scales its row to a unit pivot and clears the column in every other row."""
+    order = matrix.shape[-1]
+    rows = jnp.arange(order)
+
+    def step(index, carry):
+        reduced, inverse, log_abs_det = carry
+        candidates = jnp.where(rows >= index, jnp.abs(_column(reduced, index)), -1.0)
+        pivot_row = jnp.argmax(candidates, axis=-1)
+        reduced = _swap_rows(reduced, index, pivot_row)
+        inverse = _swap_rows(inverse, index, pivot_row)
+        column = _column(reduced, index)
+        pivot = _entry(column, index)[..., None]
+        reduced_row = _row(reduced, index) / pivot
+        inverse_row = _row(inverse, index) / pivot
+        multipliers = jnp.where(rows == index, 0.0, column)[..., :, None]
+        reduced = reduced - multipliers * reduced_row[..., None, :]
+        inverse = inverse - multipliers * inverse_row[..., None, :]
+        reduced = lax.dynamic_update_index_in_dim(reduced, reduced_row, index, axis=-2)
+        inverse = lax.dynamic_update_index_in_dim(inverse, inverse_row, index, axis=-2)
+        return reduced, inverse, log_abs_det + jnp.log(jnp.abs(pivot[..., 0]))
+
+    identity = jnp.broadcast_to(jnp.eye(order, dtype=matrix.dtype), matrix.shape)
+    start = (matrix, identity, jnp.zeros(matrix.shape[:-2], matrix.dtype))
+    _, inverse, log_abs_det = lax.fori_loop(0, order, step, start)
+    return inverse, log_abs_det
+
+
+@jax.custom_jvp
+def _pure_inv(matrix):
+    return _gauss_jordan(matrix)[0]
+
+
+@_pure_inv.defjvp
+def _pure_inv_jvp(primals, tangents):
+    (matrix,), (matrix_dot,) = primals, tangents
+    inverse = _pure_inv(matrix)
+    return inverse, -inverse @ matrix_dot @ inverse
+
+
+_pure_inv_jit = jax.jit(_pure_inv)
+_gauss_jordan_jit = jax.jit(_gauss_jordan)
+
+
+def inv(matrix):
+    """Inverse of square matrices ``[..., n, n]`` (Gauss-Jordan with partial pivoting on the
+    pure path). Singular matrices give non-finite entries.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> inv(jnp.array([[0.0, 2.0], [4.0, 0.0]]))
+    Array([[0.  , 0.25],
+           [0.5 , 0.  ]], dtype=float32)
+    """
+    matrix = _as_real(matrix)
+    if not uses_pure(matrix.shape[-1]):
+        return jnp.linalg.inv(matrix)
+    return _pure_inv_jit(matrix)
+
+
+def inv_and_log_abs_det(matrix):
+    """``(A^{-1}, log |det A|)`` of ``[..., n, n]`` matrices in one elimination.
+
+    For the Lyapunov solver's Newton steps, which have their own adjoint. On the pure path,
+    derivatives would come from differentiating the elimination loop (right but slow): use
+    :func:`inv` where derivatives are needed.
+    """
+    matrix = _as_real(matrix)
+    if not uses_pure(matrix.shape[-1]):
+        return jnp.linalg.inv(matrix), jnp.linalg.slogdet(matrix)[1]
+    return _gauss_jordan_jit(matrix)
+
+
+def solve(matrix, rhs):
+    """Solve ``A X = B`` for square ``A`` ``[..., n, n]`` and ``B`` ``[..., n, k]``.
+
+    On the pure path this is ``inv(A) @ B``: its error grows with ``cond(A)`` like a solve with
+    an LU factorisation does, which is all the well-conditioned stable drifts here need.
+    """
+    matrix = _as_real(matrix)
+    rhs = _as_real(rhs)
+    if not uses_pure(matrix.shape[-1]):
+        batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
+        return jnp.linalg.solve(
+            jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
+            jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
+        )
+    return _pure_inv_jit(matrix) @ rhs
