@@ -27,7 +27,7 @@ from causalcell.models._lcd_decoder import (
     choose_gene_space,
     reduce_programs,
 )
-from causalcell.models._lcd_guide import lcd_local_posterior, message_mean, message_precision
+from causalcell.models._lcd_guide import lcd_local_posterior
 from causalcell.models._lcd_program import condition_interventions, drift_from_sites, lcd_model
 from causalcell.models.lcd import LCD, UnseenTargetError
 
@@ -103,7 +103,7 @@ def test_without_programs_the_program_is_the_full_model_site_by_site():
     assert float(joint) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_decoded_genes_read_the_state_through_offsets_and_loadings():
+def test_decoded_genes_read_condition_means_through_responses_and_cells_through_loadings():
     # Two modelled genes and one program (m = 3), three decoded genes.
     modelled, programs, decoded = 2, 1, 3
     size = modelled + programs
@@ -112,6 +112,7 @@ def test_decoded_genes_read_the_state_through_offsets_and_loadings():
         **_sites(size, key=1),
         "noise_concentration": jnp.asarray(rng.uniform(2.0, 8.0, modelled + decoded)),
         "decoder_offset": jnp.asarray(rng.normal(-4.0, 0.5, decoded), jnp.float32),
+        "decoder_responses": jnp.asarray(rng.normal(0.0, 0.8, (decoded, modelled)), jnp.float32),
         "decoder_loadings": jnp.asarray(rng.normal(0.0, 0.8, (decoded, size)), jnp.float32),
     }
     targets = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.float32)  # the program is never targeted
@@ -134,13 +135,18 @@ def test_decoded_genes_read_the_state_through_offsets_and_loadings():
 
     sites = abstract_trace(functools.partial(lcd_model, programs=programs), data)
     assert sites["decoder_loadings"]["shape"] == (decoded, size)
+    assert sites["decoder_responses"]["shape"] == (decoded, modelled)
     loc, observed = run(values)
     means, _ = _laws(values, targets)
     np.testing.assert_allclose(loc, means, rtol=1e-5, atol=1e-6)
-    # Log-rates: modelled genes their own coordinate, decoded genes c + D (z - baseline).
-    centred = np.asarray(latent - values["baseline"])
+    # Log-rates: modelled genes their own coordinate, decoded genes
+    # c + R (mu_p - baseline)_modelled + F (z - mu_p), mu_p the cell's condition mean.
+    condition_means = np.asarray(means)  # cell c is in condition c here
+    shifts = (condition_means - np.asarray(values["baseline"]))[:, :modelled]
     decoded_rate = (
-        np.asarray(values["decoder_offset"]) + centred @ np.asarray(values["decoder_loadings"]).T
+        np.asarray(values["decoder_offset"])
+        + shifts @ np.asarray(values["decoder_responses"]).T
+        + np.asarray(latent - condition_means) @ np.asarray(values["decoder_loadings"]).T
     )
     rates = np.concatenate([np.asarray(latent[:, :modelled]), decoded_rate], axis=1)
     log_mean = np.log(np.asarray(data["size_factors"]))[:, None] + rates
@@ -157,10 +163,12 @@ def test_guide_is_the_exact_gaussian_update_through_the_decoder():
         **_sites(size, key=2),
         "noise_concentration": jnp.asarray(rng.uniform(2.0, 8.0, modelled + decoded)),
         "decoder_offset": jnp.asarray(rng.normal(-4.0, 0.5, decoded), jnp.float32),
+        "decoder_responses": jnp.asarray(rng.normal(0.0, 0.8, (decoded, modelled)), jnp.float32),
         "decoder_loadings": jnp.asarray(rng.normal(0.0, 0.8, (decoded, size)), jnp.float32),
     }
     targets = jnp.array([[0, 0, 0], [0, 1, 0]], jnp.float32)
     condition_counts = jnp.asarray(rng.uniform(1.0, 40.0, (2, modelled + decoded)), jnp.float32)
+    condition_rates = jnp.asarray(rng.uniform(0.01, 0.2, (2, modelled + decoded)), jnp.float32)
     data = {
         "condition_targets": targets,
         "condition_index": jnp.array([1, 0]),
@@ -171,34 +179,54 @@ def test_guide_is_the_exact_gaussian_update_through_the_decoder():
 
     @jax.jit
     def posterior(values):
-        law = lcd_local_posterior("shift", condition_counts, programs)(
+        law = lcd_local_posterior("shift", condition_counts, programs, condition_rates)(
             values, data, jnp.arange(2), {"latent": (loc, jnp.ones_like(loc))}
         )["latent"]
         return law.mean, law.covariance_matrix
 
     law_mean, law_covariance = posterior(values)
     means, covariances = _laws(values, targets)
-    weights = np.asarray(message_precision(condition_counts, values["noise_concentration"]))
-    modes = np.asarray(message_mean(data["counts"], data["size_factors"]), np.float64)
+    # Linearised messages: Fisher information mu theta / (mu + theta) at the condition's mean
+    # count, mean one Newton step log r + y / (l r) - 1 from the condition's rate.
+    theta = np.asarray(values["noise_concentration"], np.float64)
+    mean_counts = np.asarray(condition_counts, np.float64)
+    weights = mean_counts * theta / (mean_counts + theta)
+    rates = np.asarray(condition_rates, np.float64)
+    counts, sizes = np.asarray(data["counts"], np.float64), np.asarray(data["size_factors"])
     loadings = np.asarray(values["decoder_loadings"], np.float64)
-    # D_full stacks identity rows of the modelled genes on the loadings; offsets o.
+    responses = np.asarray(values["decoder_responses"], np.float64)
+    baseline = np.asarray(values["baseline"], np.float64)
+    # D_full stacks identity rows of the modelled genes on the loadings; the condition's
+    # offsets are c + R (mu_p - baseline)_modelled - F mu_p for decoded genes, 0 for modelled.
     full = np.concatenate([np.eye(modelled, size), loadings])
-    offsets = np.concatenate(
-        [np.zeros(modelled), values["decoder_offset"] - loadings @ np.asarray(values["baseline"])]
-    )
     for cell, row in enumerate([1, 0]):
+        condition_mean = np.asarray(means[row], np.float64)
+        offsets = np.concatenate(
+            [
+                np.zeros(modelled),
+                np.asarray(values["decoder_offset"])
+                + responses @ (condition_mean - baseline)[:modelled]
+                - loadings @ condition_mean,
+            ]
+        )
+        messages = np.log(rates[row]) + counts[cell] / (sizes[cell] * rates[row]) - 1.0
         prior = np.linalg.inv(np.asarray(covariances[row], np.float64))
         message = full.T @ np.diag(weights[row]) @ full
         covariance = np.linalg.inv(prior + message)
-        information = prior @ np.asarray(means[row]) + full.T @ (
-            weights[row] * (modes[cell] - offsets)
-        )
+        information = prior @ condition_mean + full.T @ (weights[row] * (messages - offsets))
         # The encoder's correction moves every message mean by D_full loc.
         mean = covariance @ (information + message @ np.asarray(loc[cell]))
         # float32 Lyapunov solve, Cholesky-based inverses and messages of precision ~5-10 per
         # gene: ~1e-5 relative.
         np.testing.assert_allclose(law_mean[cell], mean, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(law_covariance[cell], covariance, rtol=1e-4, atol=1e-5)
+    # Decoded genes need the condition rates to linearise at.
+    with pytest.raises(ValueError, match="condition_rates"):
+        jax.jit(
+            lambda values: lcd_local_posterior("shift", condition_counts, programs)(
+                values, data, jnp.arange(2), {"latent": (loc, jnp.ones_like(loc))}
+            )
+        )(values)
 
 
 def test_reduced_drift_keeps_the_modelled_genes_responses():

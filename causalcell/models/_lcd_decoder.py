@@ -8,22 +8,36 @@ and interventions act on the modelled genes' coordinates exactly as in the full 
 every perturbation stays gene-specific. Each gene's log-rate is linear in ``z``:
 
 - a modelled gene reads its own coordinate (identity rows, as in the full model);
-- every other (*decoded*) gene ``g`` has ``log_rate_g = c_g + D_g . (z - baseline)`` with a
-  learned offset ``c`` (the control mean log-rate, since ``baseline`` is the control
-  stationary mean of ``z``) and learned loadings ``D`` ``[decoded, m]``.
+- every other (*decoded*) gene ``g`` of a cell in condition ``p`` has
 
-Cells remain "Gaussian latent -> linear map -> negative binomial counts": the stationary law
-of ``z`` is still the exact Lyapunov law, and the guide's exact Gaussian update
-(:mod:`._lcd_guide`) goes through the decoder unchanged in form.
+  ``log_rate_g = c_g + R_g . (mu_p - baseline)_M + F_g . (z - mu_p)``
+
+  with ``mu_p`` the stationary mean of ``z`` in the condition, a learned offset ``c`` (the
+  control mean log-rate, since ``baseline`` is the control stationary mean), *responses*
+  ``R`` ``[decoded, modelled]`` that carry the condition's mean shift of the modelled genes
+  to the gene, and *loadings* ``F`` ``[decoded, m]`` that carry the cell's fluctuation around
+  the condition's mean (modelled genes and programs).
+
+Within a condition the log-rates are an affine map of ``z`` (slope ``F``), so cells remain
+"Gaussian latent -> linear map -> negative binomial counts": the stationary law of ``z`` is
+still the exact Lyapunov law, and the guide's exact Gaussian update (:mod:`._lcd_guide`) goes
+through the map with a per-condition offset.
 
 Why this choice. Perturbations act on genes, so the perturbed genes must be coordinates of
-the state; with a sparse linear drift the means of every other gene are then exactly affine
-in the modelled coordinates (for a non-targeted gene block ``N`` the fixed point is
-``x_N = -A_NN^{-1} (A_NT x_T + b_N)`` under every intervention on the targets ``T``, because
-interventions only change the targets' rows), so loadings on the modelled coordinates carry
-every mean response, and the ``k`` programs carry low-rank covariation among the decoded
-genes. What is lost: decoded genes have no latent noise of their own (their own variation is
-absorbed by the negative binomial's overdispersion), and their covariance is of rank ``m``.
+the state. With a linear drift the means of every other gene are then exactly affine in the
+targets' means: for the non-targeted block ``N`` the fixed point is ``x_N = -A_NN^{-1} (A_NT
+x_T + b_N)`` under every intervention on the targets ``T``, because interventions only change
+the targets' rows. So ``R`` carries every mean response, composition of perturbations
+included (through the drift among modelled genes and programs). Fluctuations differ: a gene
+that shares a regulator with a target covaries with it in every condition yet does not move
+when the target is knocked out. With one loading matrix for both (an earlier version of this
+module), such covariation leaked into the interventional response, and the fit shrank the
+knockout depths (to -1.5 or less instead of -3 at 1,000 genes) to limit the spurious
+responses of hundreds of decoded genes. Separate responses (identified by the shifts between
+conditions) and loadings (by the covariance within conditions) keep the two apart; the ``k``
+programs add low-rank covariation that no modelled gene explains. What is lost: decoded genes
+have no latent noise of their own (their own variation is absorbed by the negative binomial's
+overdispersion), and their covariance within a condition is of rank ``m``.
 
 Cost per SVI step: one Lyapunov solve and a few factorisations of ``m x m`` matrices per
 condition, ``O(conditions (m^3 + G m^2))``, plus ``O(batch G m)`` per minibatch, instead of
@@ -57,11 +71,13 @@ from causalcell.preprocessing import normalize_log1p
 
 __all__ = [
     "DECODER_INIT_SCALE",
+    "DECODER_SITES",
     "DEFAULT_PROGRAMS",
     "FULL_GENE_LIMIT",
     "GeneSpace",
     "choose_gene_space",
     "decode",
+    "decoded_offsets",
     "decoder_from_sites",
     "decoder_init_scales",
     "reduce_programs",
@@ -78,13 +94,16 @@ _PROGRAM_SCALE = 0.5 / np.sqrt(2.0)
 #: Cells used to initialise the program loadings (a subsample keeps it cheap on any screen).
 _INIT_CELLS = 4000
 #: Initial posterior standard deviation of the decoder's sites in the mean-field global guide.
-#: A loading's uncertainty multiplies the latent's displacement (3 nats under a knockout) in
-#: every decoded gene, and the expected log-likelihood pays ``lambda s^2 displacement^2 / 2``
-#: per gene and cell: at the guide's default 0.1, 116 decoded genes paid more for a knockout
-#: than its target's own counts could pay back, and knockout depths shrank from 3 to 1.5 nats
-#: before the scales adapted. Started at 1e-3 (below any posterior scale a screen of a few
-#: thousand cells supports), the scales grow to their optimum instead.
+#: A response's uncertainty ``s`` multiplies the condition's mean shift (3 nats under a
+#: knockout) in every decoded gene, and the expected log-likelihood pays ``lambda s^2 shift^2
+#: / 2`` per gene and cell: at the guide's default 0.1, 116 decoded genes paid more for a
+#: knockout than its target's own counts could pay back, and knockout depths shrank from 3 to
+#: 1.5 nats before the scales adapted (measured with a single loading matrix). Started at 1e-3
+#: (below any posterior scale a screen of a few thousand cells supports), the scales grow to
+#: their optimum instead.
 DECODER_INIT_SCALE = 1e-3
+#: The decoder's sample sites.
+DECODER_SITES = ("decoder_offset", "decoder_responses", "decoder_loadings")
 
 
 class GeneSpace(NamedTuple):
@@ -179,9 +198,9 @@ class GeneSpace(NamedTuple):
         ``values`` holds per-gene initial values (internal order) of ``baseline`` and the
         intervention parameter; modelled genes keep theirs and programs start at zero. The
         decoder starts at the control levels (offsets), at a ridge regression of the decoded
-        genes' condition mean changes on the modelled genes' (loadings on modelled genes), and at
-        principal axis factors of the decoded genes' within-condition variation (program
-        loadings). ``arrays`` are the screen arrays in internal order.
+        genes' condition mean changes on the modelled genes' (responses, and the loadings on
+        modelled genes), and at principal axis factors of the decoded genes' within-condition
+        variation (program loadings). ``arrays`` are the screen arrays in internal order.
         """
         if self.is_full:
             return values
@@ -190,25 +209,28 @@ class GeneSpace(NamedTuple):
             name: np.concatenate([value[:modelled], np.zeros(self.programs, np.float32)])
             for name, value in values.items()
         }
+        responses, loadings = _initial_decoder(arrays, modelled, self.programs)
         latent["decoder_offset"] = values["baseline"][modelled:]
-        latent["decoder_loadings"] = _initial_loadings(arrays, modelled, self.programs)
+        latent["decoder_responses"] = responses
+        latent["decoder_loadings"] = loadings
         return latent
 
     def in_gene_order(self, values):
         """Per-gene ``values`` ``[..., G]`` from internal to AnnData order."""
         return values if self.is_full else values[..., self.inverse]
 
-    def decode_draws(self, latent, draws):
-        """Log-rates ``[S, ..., G]`` (AnnData order) of latents ``[S, ..., m]``, latent ``s``
-        decoded by posterior draw ``s`` of the globals ``draws``."""
+    def decode_draws(self, latent, means, draws):
+        """Log-rates ``[S, ..., G]`` (AnnData order) of latents ``[S, ..., m]`` whose
+        conditions have stationary means ``means`` (same shape), latent ``s`` decoded by
+        posterior draw ``s`` of the globals ``draws``."""
         if self.is_full:
             return latent
         modelled = len(self.modelled)
 
-        def one(latent, baseline, decoder):
-            return decode(latent, baseline, decoder, modelled)
+        def one(latent, means, baseline, decoder):
+            return decode(latent, means, baseline, decoder, modelled)
 
-        rates = jax.vmap(one)(latent, draws["baseline"], decoder_from_sites(draws))
+        rates = jax.vmap(one)(latent, means, draws["baseline"], decoder_from_sites(draws))
         return self.in_gene_order(rates)
 
 
@@ -277,38 +299,51 @@ def choose_gene_space(
     return GeneSpace(genes, modelled, int(programs))
 
 
-def sample_decoder(decoded_prior, latent_size: int, loading_scale: float) -> dict:
+def sample_decoder(decoded_prior, modelled: int, latent_size: int, loading_scale: float) -> dict:
     """Sample the decoder sites: ``decoder_offset`` ``[decoded]`` around ``decoded_prior`` (the
-    decoded genes' control log-rates, scale 1.5 as the baseline's) and ``decoder_loadings``
-    ``[decoded, m]``, independent ``Normal(0, loading_scale)``."""
+    decoded genes' control log-rates, scale 1.5 as the baseline's), ``decoder_responses``
+    ``[decoded, modelled]`` and ``decoder_loadings`` ``[decoded, m]``, independent
+    ``Normal(0, loading_scale)``."""
     decoded = decoded_prior.shape[-1]
     offset = numpyro.sample("decoder_offset", dist.Normal(decoded_prior, 1.5).to_event(1))
-    loadings = numpyro.sample(
-        "decoder_loadings",
-        dist.Normal(0.0, loading_scale).expand([decoded, latent_size]).to_event(2),
-    )
-    return {"offset": offset, "loadings": loadings}
+    prior = dist.Normal(0.0, loading_scale)
+    responses = numpyro.sample("decoder_responses", prior.expand([decoded, modelled]).to_event(2))
+    loadings = numpyro.sample("decoder_loadings", prior.expand([decoded, latent_size]).to_event(2))
+    return {"offset": offset, "responses": responses, "loadings": loadings}
 
 
 def decoder_init_scales() -> dict[str, float]:
     """``{site: DECODER_INIT_SCALE}`` for the decoder's sites (``init_scales`` of the guide)."""
-    return dict.fromkeys(("decoder_offset", "decoder_loadings"), DECODER_INIT_SCALE)
+    return dict.fromkeys(DECODER_SITES, DECODER_INIT_SCALE)
 
 
 def decoder_from_sites(values) -> dict | None:
     """The decoder of a draw of the globals (``None`` when every gene is modelled)."""
     if "decoder_loadings" not in values:
         return None
-    return {"offset": values["decoder_offset"], "loadings": values["decoder_loadings"]}
+    return {
+        "offset": values["decoder_offset"],
+        "responses": values["decoder_responses"],
+        "loadings": values["decoder_loadings"],
+    }
 
 
-def decode(latent, baseline, decoder: dict | None, modelled: int):
-    """Log-rates ``[..., G]`` (internal order) of latents ``[..., m]``: the modelled genes'
-    own coordinates, then ``c + (z - baseline) D^T`` for the decoded genes."""
+def decoded_offsets(means, baseline, decoder: dict, modelled: int):
+    """Per-condition part ``c + R (mu - baseline)_M - F mu`` ``[..., decoded]`` of the decoded
+    log-rates, for stationary means ``mu`` ``[..., m]``: the log-rates are this plus ``F z``."""
+    shift = (means[..., :modelled] - baseline[..., :modelled]) @ decoder["responses"].T
+    return decoder["offset"] + shift - means @ decoder["loadings"].T
+
+
+def decode(latent, means, baseline, decoder: dict | None, modelled: int):
+    """Log-rates ``[..., G]`` (internal order) of latents ``[..., m]`` whose conditions have
+    stationary means ``means`` ``[..., m]``: the modelled genes' own coordinates, then
+    ``c + R (mu - baseline)_M + F (z - mu)`` for the decoded genes."""
     own = latent if latent.shape[-1] == modelled else latent[..., :modelled]
     if decoder is None:
         return own
-    decoded = decoder["offset"] + (latent - baseline) @ decoder["loadings"].T
+    decoded = decoded_offsets(means, baseline, decoder, modelled)
+    decoded = decoded + latent @ decoder["loadings"].T
     return jnp.concatenate([own, decoded], axis=-1)
 
 
@@ -329,8 +364,9 @@ def reduce_programs(matrix, programs: int):
     return top[..., :modelled] - top[..., modelled:] @ through
 
 
-def _initial_loadings(arrays, modelled: int, programs: int) -> np.ndarray:
-    """Initial ``decoder_loadings`` ``[decoded, m]`` from the screen (see latent_values)."""
+def _initial_decoder(arrays, modelled: int, programs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``decoder_responses`` ``[decoded, modelled]`` and ``decoder_loadings``
+    ``[decoded, m]`` from the screen (see :meth:`GeneSpace.latent_values`)."""
     counts, sizes = arrays.counts, arrays.size_factors
     conditions = arrays.condition_targets.shape[0]
     one_hot = np.eye(conditions, dtype=np.float32)[arrays.condition_index]
@@ -343,8 +379,9 @@ def _initial_loadings(arrays, modelled: int, programs: int) -> np.ndarray:
     # move (or that move together) shrink instead of fitting pseudobulk noise.
     ridge = 0.05 * np.trace(gram) / max(modelled, 1) + 1e-6
     own = np.linalg.solve(gram + ridge * np.eye(modelled), inputs.T @ outputs).T
+    own = own.astype(np.float32)
     if not programs:
-        return own.astype(np.float32)
+        return own, own
     rng = np.random.default_rng(0)
     cells = rng.permutation(counts.shape[0])[:_INIT_CELLS]
     log_levels = np.log((counts[cells, modelled:] + 0.5) / sizes[cells, None])
@@ -354,7 +391,7 @@ def _initial_loadings(arrays, modelled: int, programs: int) -> np.ndarray:
     means /= np.maximum(np.bincount(index, minlength=conditions), 1)[:, None]
     residuals = log_levels - means[index]
     factors = _principal_axis_factors(residuals, programs)
-    return np.concatenate([own, factors / _PROGRAM_SCALE], axis=1).astype(np.float32)
+    return own, np.concatenate([own, factors / _PROGRAM_SCALE], axis=1).astype(np.float32)
 
 
 def _principal_axis_factors(residuals, rank: int, rounds: int = 5, power: int = 8) -> np.ndarray:

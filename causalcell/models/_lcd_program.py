@@ -177,13 +177,14 @@ def lcd_model(
     programs
         Number of latent programs (the last coordinates of the state).
     loading_scale
-        Scale of the Normal prior on the decoder's loadings.
+        Scale of the Normal prior on the decoder's responses and loadings.
 
     Sample sites
     ------------
     Globals: ``drift_weights`` [m, m], ``log_decay``, ``log_scaling``, ``baseline``,
     ``log_sigma`` [m], the intervention parameter [m], the noise parameters [genes], and with
-    decoded genes ``decoder_offset`` [decoded] and ``decoder_loadings`` [decoded, m]. Per cell
+    decoded genes ``decoder_offset`` [decoded], ``decoder_responses`` [decoded, m - programs]
+    and ``decoder_loadings`` [decoded, m]. Per cell
     (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then programs),
     ``counts`` [genes].
     """
@@ -208,7 +209,7 @@ def lcd_model(
     modelled = size - programs
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
     noise_parameters = noise.sample_parameters(modelled + decoded)
-    decoder = sample_decoder(decoded_prior, size, loading_scale) if decoded else None
+    decoder = sample_decoder(decoded_prior, modelled, size, loading_scale) if decoded else None
     factors = cholesky(covariances)
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
@@ -217,7 +218,7 @@ def lcd_model(
             "latent", MultivariateNormal(means[condition], scale_tril=factors[condition])
         )
         observed = None if counts is None else counts[index]
-        log_rate = decode(latent, values["baseline"], decoder, modelled)
+        log_rate = decode(latent, means[condition], values["baseline"], decoder, modelled)
         numpyro.sample(
             "counts",
             noise.distribution(log_rate, size_factors[index], **noise_parameters).to_event(1),

@@ -219,7 +219,10 @@ class LCD:
             guide_kwargs={
                 "encoder_inputs": encoder_inputs,
                 "local_posterior": lcd_local_posterior(
-                    intervention, _condition_means(arrays.counts, arrays), space.programs
+                    intervention,
+                    _condition_means(arrays.counts, arrays),
+                    space.programs,
+                    None if space.is_full else _condition_rates(arrays),
                 ),
                 "init_values": start,
                 "global_guide": global_guide,
@@ -461,7 +464,7 @@ class LCD:
         mean, _, factor = self._laws(draws, np.stack(rows))
         noise = jax.random.normal(latent_key, mean.shape)
         latent = mean + jnp.einsum("ckij,ckj->cki", factor, noise)
-        log_rate = self.space.decode_draws(latent, draws)  # every gene, AnnData order
+        log_rate = self.space.decode_draws(latent, mean, draws)  # every gene, AnnData order
         latent = jnp.swapaxes(latent, 0, 1).reshape(-1, latent.shape[-1])  # perturbation-major
         log_rate = jnp.swapaxes(log_rate, 0, 1).reshape(-1, len(self.genes))
         concentration = self.space.in_gene_order(draws["noise_concentration"])
@@ -495,6 +498,11 @@ def _condition_means(values, arrays) -> np.ndarray:
     bulk = pseudobulk(values, arrays.condition_index)
     order = [bulk.index_of(str(condition)) for condition in range(len(arrays.condition_targets))]
     return bulk.means[order].astype(np.float32)
+
+
+def _condition_rates(arrays) -> np.ndarray:
+    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``."""
+    return _condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
 
 
 def _initial_values(arrays, intervention: str) -> dict:
