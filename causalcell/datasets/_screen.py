@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import scipy.sparse
 
 from causalcell import noise as noise_models
@@ -17,12 +18,7 @@ from causalcell.datasets._regulatory import (
     random_linear_drift,
     random_neural_drift,
 )
-from causalcell.diffusion import (
-    LinearDrift,
-    simulate_chains,
-    stationary_factor,
-    stationary_mean,
-)
+from causalcell.diffusion import LinearDrift, intervene_linear, simulate_chains
 from causalcell.graph import drift_mask, from_adjacency
 from causalcell.interventions import Intervention, compose, from_targets
 from causalcell.metrics import pseudobulk
@@ -316,14 +312,35 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
-#: One compile per number of conditions; all conditions' moments come from one batched call.
-_stationary_factor = jax.jit(stationary_factor)
+def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarray, np.ndarray]:
+    """Stationary means ``[P, d]`` and covariance Cholesky factors ``[P, d, d]`` of every
+    condition, in float64 with numpy and scipy (Bartels-Stewart).
+
+    The simulator needs no derivatives, so it leaves JAX here: batched LAPACK calls of order
+    above :data:`causalcell._linalg.MAX_ORDER` can deadlock jaxlib 0.10's CPU runtime (see
+    :mod:`causalcell._linalg`), which hung ``simulate_screen`` at 200 genes, and float64 is
+    exact to well below the simulated noise at any size. NaN where a condition is unstable.
+    """
+    matrices, biases, scales = (
+        np.asarray(value, np.float64) for value in intervene_linear(drift, sigma, interventions)
+    )
+    num_genes = matrices.shape[-1]
+    means = np.full(biases.shape, np.nan)
+    factors = np.full(matrices.shape, np.nan)
+    for index, (matrix, bias, scale) in enumerate(zip(matrices, biases, scales, strict=True)):
+        if np.linalg.eigvals(matrix).real.max() >= 0.0:
+            continue
+        means[index] = -np.linalg.solve(matrix, bias)
+        covariance = scipy.linalg.solve_continuous_lyapunov(matrix, -np.diag(scale**2))
+        covariance = 0.5 * (covariance + covariance.T)
+        factors[index] = np.linalg.cholesky(covariance + 1e-12 * np.eye(num_genes))
+    return means, factors
 
 
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
     """Exact Gaussian draws: ``mean_p + L_p z`` with one standard normal ``z`` per cell."""
     standard = np.asarray(jax.random.normal(key, (cell_condition.size, drift.num_genes)))
-    means, factors = map(np.asarray, _stationary_factor(drift, sigma, interventions))
+    means, factors = _stationary_laws(drift, sigma, interventions)
     if not np.isfinite(factors).all():
         raise ValueError(
             "A simulated condition has no stationary law (unstable drift); please report this "
@@ -343,7 +360,9 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
     # Start each chain at the stationary mean of the drift linearised at the baseline, under
     # the chain's intervention, plus independent noise of the right scale.
     linear = drift.linearize(drift.center)
-    start_means = stationary_mean(linear, sigma, interventions)
+    matrices, biases, _ = intervene_linear(linear, sigma, interventions)
+    start_means = -np.linalg.solve(np.asarray(matrices, np.float64), np.asarray(biases)[..., None])
+    start_means = start_means[..., 0]
     spread = sigma / np.sqrt(2.0 * decay)
     run = jax.jit(
         lambda k, initial, member: simulate_chains(

@@ -44,6 +44,33 @@ class EarlyStopping(NamedTuple):
     min_delta: float = 1e-3
 
 
+#: Data up to this size (bytes) are compiled into the jitted initialisation as constants.
+JIT_INIT_LIMIT = 64 * 2**20
+
+
+def _initialise(make_svi: Callable, key, data: Mapping, model_kwargs: Mapping):
+    """``(svi, guide, state)``: a fresh ``make_svi()`` and its initial state, computed as one
+    compiled program when possible.
+
+    Eager, NumPyro's ``SVI.init`` runs the model and guide operation by operation (the guide's
+    prototype trace and the search for valid initial parameters), and each operation compiles
+    on its own: on 2 CPU cores that was 40 s of a 70 s LCD fit, 779 compilations. Under
+    ``jax.jit`` it is one compilation, about 4x faster, with the same numbers up to float
+    rounding. The data are closed over, so they become constants of that program (the guide
+    keeps functions of the model's arguments for later use, which must not be tracers): above
+    :data:`JIT_INIT_LIMIT` bytes, or for a model or guide that needs concrete values during
+    initialisation (Python control flow on sampled values), the initialisation is eager.
+    """
+    if sum(value.nbytes for value in data.values()) <= JIT_INIT_LIMIT:  # device arrays
+        svi, guide = make_svi()
+        try:
+            return svi, guide, jax.jit(lambda key: svi.init(key, **data, **model_kwargs))(key)
+        except jax.errors.JAXTypeError:
+            pass  # a fresh SVI below: the failed one's guide may hold a partial prototype
+    svi, guide = make_svi()
+    return svi, guide, svi.init(key, **data, **model_kwargs)
+
+
 def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
     if callable(guide) and not isinstance(guide, str):
         return guide
@@ -183,15 +210,19 @@ def fit(
     model_kwargs = dict(model_kwargs or {})
     data = {name: jnp.asarray(value) for name, value in data.items()}  # on the device, once
     key = jax.random.key(key) if isinstance(key, int) else key
-    guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
-    svi = SVI(
-        subsample(model, plate, batch_size),
-        subsample(guide_object, plate, batch_size),
-        optimizer,
-        loss if loss is not None else Trace_ELBO(),
-    )
-    state = svi.init(key, **data, **model_kwargs)
+
+    def make_svi():
+        guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
+        svi = SVI(
+            subsample(model, plate, batch_size),
+            subsample(guide_object, plate, batch_size),
+            optimizer,
+            loss if loss is not None else Trace_ELBO(),
+        )
+        return svi, guide_object
+
+    svi, guide_object, state = _initialise(make_svi, key, data, model_kwargs)
     config = {
         "method": "svi",
         "guide": guide if isinstance(guide, str) else type(guide).__name__,
