@@ -19,11 +19,13 @@ MMD averaged over bandwidths ``{0.5, 1, 2} x`` the median heuristic and the RMSE
 on all genes and on the top-20 DE genes; then LCD's fit time and the process's peak memory.
 Baselines that predict means only are scored on control cells shifted to their means.
 
-The ``floor`` row is what a model with the true law would score, up to sampling: for each
-held-out double, 400 of its observed cells (the generated cells' number) against the others.
-It slightly overstates the floor of the models' rows, whose observed side has all the cells
-(the energy distance's V-statistic is biased up by about ``E|Y - Y'| / m`` for ``m`` observed
-cells).
+LCD generates as many cells per held-out double as there are control cells, the number of
+cells the mean-only baselines' predictions carry, so that every model's energy distance (a
+V-statistic, biased up by about ``E|X - X'| / n + E|Y - Y'| / m`` for ``n`` predicted and ``m``
+observed cells) carries the same bias. The ``floor`` row is what a model with the true law
+would score in expectation: that bias, with both means taken as the observed cells' mean
+pairwise distance, and the sampling noise ``sqrt(sum_g var_g (1/n + 1/m))`` of the pseudobulk
+L2 (the RMSE of means is that divided by the square root of the number of genes).
 """
 
 from __future__ import annotations
@@ -35,27 +37,26 @@ import time
 import numpy as np
 import pandas as pd
 
-from causalcell import evaluation, metrics
+from causalcell import _metrics_distribution, evaluation, metrics
 from causalcell.datasets import simulate_screen
 from causalcell.models.baselines import shift_control_cells
 from causalcell.models.lcd import LCD
 
 MODELS = ("lcd", "additive", "linear", "no_change")
-#: Cells generated per held-out double (and drawn as the floor's prediction).
-GENERATED_CELLS = 400
 
 
-def noise_floor(expression, labels, held_out, seed: int) -> dict[str, float]:
-    """Energy distance, pseudobulk L2 and RMSE of means of ``GENERATED_CELLS`` observed cells
-    of each held-out condition against its other cells, averaged over conditions."""
-    rng = np.random.default_rng(seed)
+def noise_floor(expression, labels, held_out, num_predicted: int) -> dict[str, float]:
+    """Expected energy distance, pseudobulk L2 and RMSE of means of a perfect model that
+    predicts ``num_predicted`` cells of each held-out condition, averaged over conditions."""
     scores = {"energy_distance": [], "pseudobulk_l2": [], "rmse_all": []}
     for label in held_out:
-        cells = expression[labels == label][rng.permutation(np.sum(labels == label))]
-        sample, rest = cells[:GENERATED_CELLS], cells[GENERATED_CELLS:]
-        scores["energy_distance"].append(metrics.energy_distance(sample, rest))
-        scores["pseudobulk_l2"].append(metrics.pseudobulk_l2(sample.mean(0), rest.mean(0)))
-        scores["rmse_all"].append(metrics.rmse(sample.mean(0), rest.mean(0)))
+        observed = expression[labels == label]
+        within = _metrics_distribution._mean_within_distance(observed, unbiased=True)
+        inverse_sizes = 1.0 / num_predicted + 1.0 / observed.shape[0]
+        scores["energy_distance"].append(within * inverse_sizes)
+        noise = observed.var(axis=0, ddof=1) * inverse_sizes
+        scores["pseudobulk_l2"].append(np.sqrt(noise.sum()))
+        scores["rmse_all"].append(np.sqrt(noise.mean()))
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
@@ -118,9 +119,8 @@ def run(genes: int, arguments) -> None:
     )
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    predicted = model.predict(
-        list(split.held_out), num_cells=GENERATED_CELLS, key=arguments.seed + 1
-    )
+    num_predicted = int((train.obs["perturbation"] == "control").sum())
+    predicted = model.predict(list(split.held_out), num_cells=num_predicted, key=arguments.seed + 1)
     predict_seconds = time.perf_counter() - started
     expression, labels = evaluation.observed_expression(adata)
     means = evaluation.baseline_predictions(expression, labels, split)
@@ -134,7 +134,7 @@ def run(genes: int, arguments) -> None:
     )
     wide = table.pivot(index="model", columns="metric", values="value").loc[list(MODELS)]
     labels = np.asarray(labels)
-    wide.loc["floor"] = pd.Series(noise_floor(expression, labels, split.held_out, arguments.seed))
+    wide.loc["floor"] = pd.Series(noise_floor(expression, labels, split.held_out, num_predicted))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"\n# {arguments.drift} drift data, {arguments.model} drift LCD, "
