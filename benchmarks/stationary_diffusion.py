@@ -34,8 +34,9 @@ unchanged by ``(A, b, sigma^2) -> c (A, b, sigma^2)``):
   minimising the KDS averaged over environments plus stadion's sparsity penalty (group lassos,
   strength 1e-3), as stadion does: each step draws ``--batch-size`` points per environment; RBF
   kernel with each environment's median distance. The main rows use the V-statistic
-  (:func:`kds_v_statistic`); the ``U-statistic`` row uses :func:`causalcell.diffusion.kds` as it
-  is, whose loss is unbounded below (see :func:`kds_v_statistic`).
+  (``causalcell.diffusion.kds(..., statistic="v")``, with :func:`minibatch_v_weights`); the
+  ``U-statistic`` row uses the U-statistic, whose loss is unbounded below (see
+  :func:`causalcell.diffusion.kds`).
 
 A held-out shift hits a variable whose shift size no method has seen: each method estimates that
 one number from 100 calibration samples of the held-out environment with the drift frozen, by its
@@ -372,39 +373,24 @@ def minibatches(key, data: TrainingData, batch_size: int):
     return jnp.take_along_axis(data.padded, chosen[..., None], axis=1)
 
 
-def kds_v_statistic(drift, sigma, x, bandwidth, sample_size=None):
-    """KDS as a V-statistic: the mean of ``L_x L_y k`` over all ``N^2`` pairs, diagonal included.
-
-    :func:`causalcell.diffusion.kds` is the U-statistic (distinct pairs only). For a linear
-    drift the KDS is a quadratic form in the drift parameters; the V-statistic's form is a Gram
-    matrix (positive semi-definite, so the loss is bounded below by zero), while dropping the
-    diagonal makes the U-statistic's form indefinite, and a fit can run it to ``-inf`` (the
-    ``U-statistic`` rows). The diagonal term of the RBF kernel is, from the closed form in
-    :mod:`causalcell.diffusion._kds` at ``r = 0`` (``k = 1``, ``phi = -lambda / 2 sum_j s_j``):
-    ``L_x L_y k(x, x) = lambda |f(x)|^2 + lambda^2 / 2 sum_j s_j^2 + lambda^2 / 4 (sum_j s_j)^2``.
-
-    ``V_N = (N - 1) / N U_N + mean(diagonal) / N``; when ``x`` is a minibatch of a sample of
-    ``sample_size`` points, both terms are estimated without bias from it, so the expected
-    minibatch loss is the whole sample's V-statistic (whose diagonal bias is ``1 / N``, not
-    ``1 / batch``).
+def minibatch_v_weights(batch_size: int, sample_size):
+    """``[B, B]`` pair weights under which ``kds(..., statistic="v")`` of a uniform minibatch of
+    ``B`` distinct points of a sample of ``sample_size`` points is an unbiased estimate of the
+    whole sample's V-statistic ``V_N = ((N - 1) U_N + mean(diagonal)) / N``: distinct pairs
+    ``(N - 1) / (N B (B - 1))``, diagonal ``1 / (N B)``. The diagonal bias is then ``1 / N``,
+    not ``1 / B``; the expected loss is ``V_N >= 0`` (one minibatch's value need not be, as
+    these weights are not positive semi-definite for ``B < N``).
     """
-    sample_size = x.shape[0] if sample_size is None else sample_size
-    distinct_pairs = kds(drift, sigma, x, bandwidth=bandwidth)
-    precision = 1.0 / jnp.square(bandwidth)
-    variance = jnp.broadcast_to(jnp.square(sigma), x.shape)
-    diagonal = (
-        precision * jnp.sum(jnp.square(drift(x)), axis=-1)
-        + 0.5 * precision**2 * jnp.sum(jnp.square(variance), axis=-1)
-        + 0.25 * precision**2 * jnp.square(jnp.sum(variance, axis=-1))
-    )
-    return ((sample_size - 1) * distinct_pairs + jnp.mean(diagonal)) / sample_size
+    off_diagonal = 1.0 - jnp.eye(batch_size)
+    distinct = (sample_size - 1.0) / (sample_size * batch_size * (batch_size - 1.0))
+    return distinct * off_diagonal + jnp.eye(batch_size) / (sample_size * batch_size)
 
 
 def kds_loss(build: Callable, batch_size: int, statistic: str = "v", penalty: float = SPARSITY):
     """Mean over environments of the KDS of a minibatch of each environment's sample.
 
     ``batch_size`` at most the smallest environment's size; ``statistic`` ``"v"``
-    (:func:`kds_v_statistic`) or ``"u"`` (:func:`causalcell.diffusion.kds`); ``penalty`` times
+    (the whole environment's V-statistic, :func:`minibatch_v_weights`) or ``"u"``; ``penalty`` times
     :func:`sparsity` is added, as in stadion.
     """
 
@@ -417,7 +403,10 @@ def kds_loss(build: Callable, batch_size: int, statistic: str = "v", penalty: fl
         def one(row, x, bandwidth, count):
             if statistic == "u":
                 return kds(intervene(drift, row), sigma, x, bandwidth=bandwidth)
-            return kds_v_statistic(intervene(drift, row), sigma, x, bandwidth, count)
+            weights = minibatch_v_weights(x.shape[0], count)
+            return kds(
+                intervene(drift, row), sigma, x, bandwidth=bandwidth, weights=weights, statistic="v"
+            )
 
         values = jax.vmap(one)(interventions, points, data.bandwidths, data.counts)
         return jnp.mean(values) + penalty * sparsity(parameters)
@@ -528,7 +517,7 @@ def likelihood_objective(shifts, drift, sigma, mask, moments):
 
 def kds_objective(shifts, drift, sigma, mask, points, bandwidths):
     def one(row, x, bandwidth):
-        return kds_v_statistic(intervene(drift, row), sigma, x, bandwidth)
+        return kds(intervene(drift, row), sigma, x, bandwidth=bandwidth, statistic="v")
 
     return jax.vmap(one)(shift_interventions(mask, shifts), points, bandwidths)
 

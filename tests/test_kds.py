@@ -75,6 +75,14 @@ def test_closed_form_matches_nested_autodiff():
         weighted = kds(batched, sigma, x, bandwidth=bandwidth, weights=pair_weights)
         expected = np.sum(np.asarray(pair_weights)[off_diagonal] * reference[off_diagonal])
         assert float(weighted) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        # The V-statistic's diagonal comes from its own closed form (module docstring): it
+        # must equal the autodiff diagonal, with or without weights; same round-off bound.
+        assert float(kds(batched, sigma, x, bandwidth=bandwidth, statistic="v")) == pytest.approx(
+            reference.mean(), rel=1e-12, abs=1e-12
+        )
+        weighted = kds(batched, sigma, x, bandwidth=bandwidth, weights=pair_weights, statistic="v")
+        expected = np.sum(np.asarray(pair_weights) * reference)
+        assert float(weighted) == pytest.approx(expected, rel=1e-12, abs=1e-12)
         # The double generator is symmetric in the pair even with different noise per point.
         np.testing.assert_allclose(reference, reference.T, atol=1e-12)
 
@@ -294,6 +302,126 @@ def test_median_bandwidth_uses_only_the_counted_pairs():
     assert np.median(within) < 0.5 * np.median(pdist(np.asarray(x)))
 
 
+def random_tanh_drift(key, genes: int, hidden: int = 6):
+    """A random nonlinear, non-gradient batched drift ``-x + W2 tanh(W1 x + c) + b``."""
+    first, second, third, fourth = jax.random.split(key, 4)
+    inner = jax.random.normal(first, (hidden, genes))
+    outer = jax.random.normal(second, (genes, hidden))
+    offset = jax.random.normal(third, (hidden,))
+    bias = jax.random.normal(fourth, (genes,))
+    return lambda x: -x + jnp.tanh(x @ inner.T + offset) @ outer.T + bias
+
+
+def test_v_statistic_is_non_negative_where_the_u_statistic_is_not():
+    keys = jax.random.split(jax.random.key(10), 40)
+    values = []
+    for key in keys:
+        drift_key, sample_key, sigma_key = jax.random.split(key, 3)
+        x = jax.random.normal(sample_key, (12, 3))
+        sigma = jnp.exp(jax.random.uniform(sigma_key, (3,), minval=-1.0, maxval=1.0))
+        drift = random_tanh_drift(drift_key, 3)
+        values.append(
+            [float(kds(drift, sigma, x, statistic=statistic)) for statistic in ("u", "v")]
+        )
+    u_values, v_values = np.asarray(values).T
+    # V is a squared norm: exactly >= 0 up to float32 round-off of terms of size ~1e1 (relative
+    # 1e-6), hence the -1e-4 floor; the smallest measured value is 0.19.
+    assert v_values.min() > -1e-4
+    # On 12 points the U-statistic of some of these drifts is negative (measured: 1 of 40,
+    # -0.045).
+    assert u_values.min() < 0.0
+    # V >= U here: their difference is (mean diagonal - U) / n, the diagonal being larger.
+    assert np.all(v_values >= u_values)
+
+
+def test_quadratic_form_in_a_linear_drift_is_semidefinite_for_v_only():
+    """``f(x) = A x + b``: the KDS is a quadratic form in ``(A, b)``; its Hessian is exact."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(11), (10, 3), jnp.float64)
+
+        def loss(parameters, statistic):
+            matrix = parameters[:9].reshape(3, 3)
+            return kds(
+                linear_field(matrix, parameters[9:]), 0.3, x, bandwidth=1.0, statistic=statistic
+            )
+
+        start = jnp.zeros(12, jnp.float64)
+        hessian_u = jax.hessian(loss)(start, "u")
+        hessian_v = jax.hessian(loss)(start, "v")
+        eigenvalues_u = np.linalg.eigvalsh(np.asarray(hessian_u))
+        eigenvalues_v = np.linalg.eigvalsh(np.asarray(hessian_v))
+    # Without the diagonal pairs the form has directions of negative curvature (measured
+    # smallest eigenvalue -0.11), so U -> -inf along them; V's Gram form has none: its
+    # smallest eigenvalue is >= 0 up to float64 round-off of entries of order 1 (1e-10;
+    # measured +0.11, as the points span the parameters).
+    assert eigenvalues_u.min() < -1e-3
+    assert eigenvalues_v.min() > -1e-10
+
+
+def test_v_statistic_of_a_sample_from_the_u_statistic_of_its_duplicate():
+    """``U_2n(x, x) = ((n - 1) U_n(x) + n V_n(x)) / (2n - 1)``: duplicating the sample turns
+    each diagonal pair into two distinct pairs, so U of the duplicate carries V."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(12), (9, 4), jnp.float64)
+        drift = random_tanh_drift(jax.random.key(13), 4)
+        sigma = jnp.array([0.5, 0.8, 1.1, 0.7])
+        size = x.shape[0]
+        u_value = float(kds(drift, sigma, x, bandwidth=1.2))
+        v_value = float(kds(drift, sigma, x, bandwidth=1.2, statistic="v"))
+        duplicate = float(kds(drift, sigma, jnp.concatenate([x, x]), bandwidth=1.2))
+        # The identity tied to the definition: V = ((n - 1) U + mean diagonal) / n.
+        diagonal = np.mean(
+            [
+                float(kds(drift, sigma, x[a : a + 1], bandwidth=1.2, statistic="v"))
+                for a in range(size)
+            ]
+        )
+    # Exact identities evaluated in float64 (the duplicate's r = 0 pairs go through the [n, n]
+    # expansion, the V diagonal through its closed form): round-off ~1e-14 of terms of order 1.
+    assert duplicate == pytest.approx(
+        ((size - 1) * u_value + size * v_value) / (2 * size - 1), rel=1e-10
+    )
+    assert v_value == pytest.approx(((size - 1) * u_value + diagonal) / size, rel=1e-10)
+
+
+def test_v_statistic_weights_and_gradient():
+    rng = np.random.default_rng(14)
+    groups = np.repeat([0, 1, 2], [4, 6, 7])
+    x = jnp.asarray(rng.normal(0.0, 1.0, (groups.size, 3)), jnp.float32)
+    drift = random_tanh_drift(jax.random.key(15), 3)
+    sizes = np.bincount(groups)
+    block = (groups[:, None] == groups[None, :]) / (sizes[groups] ** 2)[:, None]
+    summed = kds(drift, SIGMA, x, bandwidth=0.9, weights=block, statistic="v")
+    separate = sum(
+        kds(drift, SIGMA, x[groups == group], bandwidth=0.9, statistic="v") for group in range(3)
+    )
+    # Same float32 sums in a different order: agreement to round-off.
+    assert float(summed) == pytest.approx(float(separate), rel=1e-5)
+    keep = groups == 1
+    dropped = kds(drift, SIGMA, x, bandwidth=0.9, weights=keep, statistic="v")
+    subset = kds(drift, SIGMA, x[keep], bandwidth=0.9, statistic="v")
+    assert float(dropped) == pytest.approx(float(subset), rel=1e-5)
+
+    with jax.enable_x64(True):
+        points = jnp.asarray(x, jnp.float64)
+
+        def loss(matrix):
+            return kds(linear_field(matrix, 0.0), SIGMA, points, bandwidth=0.9, statistic="v")
+
+        start = -jnp.eye(3, dtype=jnp.float64) + 0.1
+        exact = np.asarray(jax.grad(loss)(start))
+        step = 1e-5
+        numeric = np.zeros((3, 3))
+        for i in range(3):
+            for j in range(3):
+                forward = loss(start.at[i, j].add(step))
+                backward = loss(start.at[i, j].add(-step))
+                numeric[i, j] = float(forward - backward) / (2 * step)
+    # Central differences in float64 (V is quadratic in the matrix, so the truncation error is
+    # zero up to round-off ~1e-16 / step ~ 1e-11): 1e-7 relative is far above both.
+    np.testing.assert_allclose(exact, numeric, rtol=1e-7, atol=1e-9)
+
+
 def test_bad_arguments_raise():
     x = jnp.zeros((4, 2))
     with pytest.raises(ValueError, match="kernel"):
@@ -302,3 +430,5 @@ def test_bad_arguments_raise():
         kds(lambda point: -point[0], 1.0, x)
     with pytest.raises(ValueError, match="weights"):
         kds(lambda points: -points, 1.0, x, weights=jnp.ones(3))
+    with pytest.raises(ValueError, match="statistic"):
+        kds(lambda points: -points, 1.0, x, statistic="w")

@@ -2,6 +2,8 @@
 simulation of the wrapper against the Ornstein-Uhlenbeck closed form, and the ``LCD`` wrapper
 fitted once to a small neural screen (predictions, stationary law, effects)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,19 +96,21 @@ def test_drift_from_sites_fixes_the_baseline_and_respects_the_prior_mask():
     assert jax.vmap(neural_drift_from_sites)(draws).input_weights.shape == (2, *mask.shape, HIDDEN)
 
 
-@jax.jit  # one compiled computation instead of op-by-op dispatch of the whole program
-def kds_factor(values, latent):
+# One compiled computation instead of op-by-op dispatch of the whole program.
+@functools.partial(jax.jit, static_argnames="statistic")
+def kds_factor(values, latent, statistic="v"):
     sites = trace(substitute(seed(lcd_neural_model, 2), {**values, "latent": latent})).get_trace(
-        **DATA, hidden=HIDDEN
+        **DATA, hidden=HIDDEN, kds_statistic=statistic, kds_weight=1.0
     )
     factor = sites["kds"]
     return jnp.sum(factor["fn"].log_prob(factor["value"]))
 
 
-def test_kds_factor_sums_condition_statistics_scaled_by_cells_and_time_unit():
+@pytest.mark.parametrize("statistic", ["v", "u"])
+def test_kds_factor_sums_condition_statistics_scaled_by_cells_and_time_unit(statistic):
     values = global_values()
     latent = values["baseline"] + 0.4 * jax.random.normal(jax.random.key(3), (15, GENES))
-    factor = kds_factor(values, latent)
+    factor = kds_factor(values, latent, statistic)
 
     drift = neural_drift_from_sites(values)
     decay = jnp.exp(values["log_decay"])
@@ -123,7 +127,10 @@ def test_kds_factor_sums_condition_statistics_scaled_by_cells_and_time_unit():
         shift = jnp.where(TARGETS[condition] > 0, decay * values["intervention_effect"], 0.0)
         field = intervene(drift, from_targets(GENES, [], "shift", 0.0)._replace(shift=shift))
         cells = latent[index == condition]
-        expected += cells.shape[0] * kds(field, sigma, cells, bandwidth=bandwidth)
+        # The whole data is in the batch, so the V estimate is each condition's V-statistic.
+        expected += cells.shape[0] * kds(
+            field, sigma, cells, bandwidth=bandwidth, statistic=statistic
+        )
     time_scale = jnp.exp(jnp.mean(values["log_decay"]))
     # Same float32 terms summed in another order: agreement to ~1e-5 relative.
     assert float(factor) == pytest.approx(-float(expected) / float(time_scale) ** 2, rel=1e-4)
@@ -135,7 +142,11 @@ def test_kds_factor_sums_condition_statistics_scaled_by_cells_and_time_unit():
         "output_weights": 3.0 * values["output_weights"],
         "log_sigma": values["log_sigma"] + 0.5 * jnp.log(3.0),
     }
-    assert float(kds_factor(scaled, latent)) == pytest.approx(float(factor), rel=1e-4)
+    assert float(kds_factor(scaled, latent, statistic)) == pytest.approx(float(factor), rel=1e-4)
+    if statistic == "u":
+        return
+    # The V factor is minus a sum of squared norms: never positive.
+    assert float(factor) <= 0.0
 
     gradients = jax.jit(jax.grad(kds_factor))(values, latent)
     for name in (
@@ -162,6 +173,21 @@ def test_pair_weights_and_bandwidth_of_a_subsampled_batch():
     expected[3:, 3:] = np.float32(7.0) / np.float32(3 * 2)
     # Condition 1 has one cell in the batch: no pair, weight 0 (as across conditions).
     np.testing.assert_array_equal(weights, expected)
+    # V: (N_p - 1) / (m_p (m_p - 1)) for distinct pairs, 1 / m_p on the diagonal.
+    weights = within_condition_weights(
+        condition, 4, jnp.array([10.0, 5.0, 7.0, 3.0]), statistic="v"
+    )
+    expected = np.zeros((6, 6), np.float32)
+    expected[:2, :2] = 9.0 / (2 * 1)
+    expected[3:, 3:] = 6.0 / (3 * 2)
+    expected[np.diag_indices(6)] = [1 / 2, 1 / 2, 0.0, 1 / 3, 1 / 3, 1 / 3]
+    # Same float32 divisions: exact up to one rounding (1e-7 relative).
+    np.testing.assert_allclose(np.asarray(weights), expected, rtol=1e-6)
+    # A batch holding all of a condition's cells (m_p = N_p) gets N_p / m_p^2 everywhere: the
+    # condition's V-statistic times N_p. Exact float32 arithmetic on small integers.
+    whole = within_condition_weights(condition, 4, jnp.array([2.0, 1.0, 3.0, 0.0]), statistic="v")
+    np.testing.assert_allclose(np.asarray(whole)[:2, :2], np.full((2, 2), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(whole)[3:, 3:], np.full((3, 3), 1.0 / 3.0), rtol=1e-6)
 
     latent = jax.random.normal(jax.random.key(4), (6, GENES))
     groups = [np.asarray(latent)[np.asarray(condition) == p] for p in (0, 1, 2)]

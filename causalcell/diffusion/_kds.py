@@ -34,6 +34,24 @@ scale of the sample's spread rather than of its location. What remains is a roun
 ``eps |x - mean|^2`` on each ``|x - y|^2``, i.e. a relative error of ``eps R^2`` for points ``R``
 spreads away from the mean: ~1e-3 at ``R = 100`` in float32, harmless for perturbation screens
 (conditions a few nats apart, spreads of tenths); use float64 for widely separated clusters.
+
+U- and V-statistics
+-------------------
+Write ``xi_a = L_a k(x_a, .)`` (an element of the RKHS) and ``H_ab = <xi_a, xi_b> = L_a L_b
+k(x_a, x_b)``. The V-statistic ``1 / n^2 sum_{a, b} H_ab = |1 / n sum_a xi_a|^2`` is the squared
+RKHS norm of the empirical measure's generator action, so it is non-negative for every drift,
+noise and sample; the U-statistic ``1 / (n (n - 1)) sum_{a != b} H_ab`` drops the diagonal, which
+makes it unbiased for the population KDS but no longer a norm. For a drift linear in its
+parameters both are quadratic forms in them: V's is a Gram matrix (positive semi-definite), U's
+is that minus the diagonal's and is in general indefinite, so a fit that minimises U can move the
+drift along a negative direction without bound (a d = 20 linear fit ran off to an unstable
+drift). Train on V, report U. They are tied by ``V_n = ((n - 1) U_n + mean_a H_aa) / n``, and at
+``r = 0`` (``k = 1``, ``phi = -lambda / 2 sum_j s_j``) the closed form above gives the diagonal
+
+``H_aa = lambda |f(x_a)|^2 + lambda^2 / 2 sum_j s_j^2 + lambda^2 / 4 (sum_j s_j)^2``,
+
+which is what the V-statistic adds (computed from this expression, not from the ``[n, n]``
+expansion, whose diagonal is a difference of equal terms).
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ import jax.numpy as jnp
 __all__ = ["kds"]
 
 KERNELS = ("rbf",)
+STATISTICS = ("u", "v")
 
 
 def kds(
@@ -56,12 +75,18 @@ def kds(
     *,
     bandwidth=None,
     weights=None,
+    statistic: str = "u",
 ):
     """Kernel deviation from stationarity of the sample ``x`` for ``dx = f dt + diag(sigma) dW``.
 
-    The U-statistic ``1 / (n (n - 1)) sum_{a != b} L_a L_b k(x_a, x_b)`` (the diagonal
-    ``a = b`` is left out, so the estimate is unbiased for the population KDS, which is zero at
-    stationarity; the estimate itself can therefore be slightly negative).
+    With ``H_ab = L_a L_b k(x_a, x_b)``: the U-statistic ``1 / (n (n - 1)) sum_{a != b} H_ab``
+    (``statistic="u"``) or the V-statistic ``1 / n^2 sum_{a, b} H_ab`` (``statistic="v"``,
+    diagonal included). The U-statistic is unbiased for the population KDS, which is zero at
+    stationarity, so it is the estimate to report; it can be slightly negative, and as a training
+    loss it is unbounded below (its quadratic form in a linear drift is indefinite). The
+    V-statistic is the squared RKHS norm of ``1 / n sum_a L_a k(x_a, .)``, the generator applied
+    to the empirical measure, hence ``>= 0`` for every drift: the loss to train on. Its bias is
+    ``(mean_a H_aa - U) / n`` (module docstring, "U- and V-statistics").
 
     Parameters
     ----------
@@ -78,16 +103,22 @@ def kds(
         ``"rbf"``: ``k(x, y) = exp(-|x - y|^2 / (2 h^2))``.
     bandwidth
         Length scale ``h`` (scalar). ``None``: the median heuristic, ``h`` = median distance
-        between the distinct pairs that count (positive weight), under ``stop_gradient`` so that
-        the bandwidth is a fixed scale, not something the optimiser can move.
+        between the distinct pairs that count (positive weight, ``a != b`` for either
+        statistic), under ``stop_gradient`` so that the bandwidth is a fixed scale, not
+        something the optimiser can move.
     weights
         Optional. ``[n]`` sample weights ``w``: the weighted U-statistic
-        ``sum_{a != b} w_a w_b H_ab / sum_{a != b} w_a w_b`` (0 drops a point). ``[n, n]`` pair
-        weights ``W``: ``sum_{a != b} W_ab H_ab``, used as given (not normalised, diagonal
-        ignored). With ``W_ab = [g_a = g_b] / (n_g (n_g - 1))`` for group labels ``g`` (group
-        sizes ``n_g``) the result is the sum of the groups' own U-statistics: points of
-        different groups (e.g. cells of different perturbations, which follow different SDEs)
-        are never compared.
+        ``sum_{a != b} w_a w_b H_ab / sum_{a != b} w_a w_b`` (0 drops a point), or the weighted
+        V-statistic ``sum_{a, b} w_a w_b H_ab / (sum_a w_a)^2``. ``[n, n]`` pair weights ``W``:
+        ``sum_{a != b} W_ab H_ab`` (U; diagonal ignored) or ``sum_{a, b} W_ab H_ab`` (V; diagonal
+        included), used as given (not normalised). With ``W_ab = [g_a = g_b] / (n_g (n_g - 1))``
+        for group labels ``g`` (group sizes ``n_g``) the U result is the sum of the groups' own
+        U-statistics, and with ``W_ab = [g_a = g_b] / n_g^2`` the V result the sum of their
+        V-statistics: points of different groups (e.g. cells of different perturbations, which
+        follow different SDEs) are never compared. A V-statistic with pair weights is ``>= 0``
+        when ``W`` is positive semi-definite (as these block-constant weights are).
+    statistic
+        ``"u"`` (unbiased; for reporting) or ``"v"`` (non-negative; for training).
 
     Returns
     -------
@@ -103,7 +134,7 @@ def kds(
     ----------
     Lorch, L., Krause, A. & Schölkopf, B. (2024). Causal modeling with stationary diffusions.
     AISTATS (arXiv:2310.17405).
-    Gretton, A. et al. (2012). A kernel two-sample test. JMLR 13 (U-statistics, median
+    Gretton, A. et al. (2012). A kernel two-sample test. JMLR 13 (U- and V-statistics, median
     heuristic).
 
     Examples
@@ -116,9 +147,16 @@ def kds(
     >>> too_fast = kds(lambda x: -3.0 * x, 1.0, x)
     >>> bool(abs(near_zero) < 0.05 * too_fast)
     True
+
+    The V-statistic adds the diagonal pairs and is never negative:
+
+    >>> bool(kds(lambda x: -x, 1.0, x, statistic="v") >= 0.0)
+    True
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"x must have shape [n, d], got {x.shape}.")
@@ -130,28 +168,46 @@ def kds(
             f"{values.shape}; wrap a per-point drift in jax.vmap."
         )
     variance = jnp.broadcast_to(jnp.square(jnp.asarray(sigma, x.dtype)), x.shape)
-    pair_weights = _pair_weights(weights, num_points, x.dtype)
+    pair_weights = _pair_weights(weights, num_points, x.dtype, statistic)
+    off_diagonal = 1.0 - jnp.eye(num_points, dtype=x.dtype)
     centered = x - jax.lax.stop_gradient(jnp.mean(x, axis=0))
     if bandwidth is None:
-        bandwidth = _median_distance(centered, pair_weights)
+        bandwidth = _median_distance(centered, pair_weights * off_diagonal)
     precision = 1.0 / jnp.square(jnp.asarray(bandwidth, x.dtype))
     terms = _rbf_double_generator(centered, values, variance, precision)
-    return jnp.sum(pair_weights * terms)
+    distinct = jnp.sum(pair_weights * off_diagonal * terms)
+    if statistic == "u":
+        return distinct
+    diagonal = _rbf_diagonal(values, variance, precision)
+    return distinct + jnp.sum(jnp.diagonal(pair_weights) * diagonal)
 
 
-def _pair_weights(weights, num_points: int, dtype):
-    """``[n, n]`` pair weights with a zero diagonal (the U-statistic's normalisation included)."""
+def _pair_weights(weights, num_points: int, dtype, statistic: str):
+    """``[n, n]`` pair weights, normalised as the statistic needs (U: diagonal unused)."""
     off_diagonal = 1.0 - jnp.eye(num_points, dtype=dtype)
     if weights is None:
-        return off_diagonal / (num_points * (num_points - 1))
+        if statistic == "u":
+            return off_diagonal / (num_points * (num_points - 1))
+        return jnp.full((num_points, num_points), 1.0 / num_points**2, dtype)
     weights = jnp.asarray(weights, dtype)
     if weights.shape == (num_points,):
-        pairs = weights[:, None] * weights[None, :] * off_diagonal
+        pairs = weights[:, None] * weights[None, :]
+        if statistic == "u":
+            pairs = pairs * off_diagonal
         return pairs / jnp.sum(pairs)
     if weights.shape == (num_points, num_points):
-        return weights * off_diagonal
+        return weights
     raise ValueError(
         f"weights must have shape [n] or [n, n] with n = {num_points}, got {weights.shape}."
+    )
+
+
+def _rbf_diagonal(f, s, precision):
+    """``[n]`` diagonal ``L_x L_y k(x_a, x_a)`` of the RBF kernel (module docstring)."""
+    return (
+        precision * jnp.sum(jnp.square(f), axis=-1)
+        + 0.5 * precision**2 * jnp.sum(jnp.square(s), axis=-1)
+        + 0.25 * precision**2 * jnp.square(jnp.sum(s, axis=-1))
     )
 
 
