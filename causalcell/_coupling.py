@@ -7,16 +7,26 @@
   ``F_counterfactual^{-1}(u)``. For counts, ``u`` is drawn uniformly in
   ``[F(x - 1), F(x)]`` (the randomised probability integral transform), which keeps the
   factual count exactly when the law does not change.
+
+Counts of Poisson, negative binomial (``GammaPoisson`` and its parametrisations) and their
+zero-inflated versions are coupled in float64 on the host (:func:`couple`, scipy through
+``jax.pure_callback``): in float32 the steps ``F(x) - F(x - 1)`` of counts in the thousands
+are below the cdf's rounding (numpyro's ``betainc``), so the same law gave back counts off by
+one to hundreds. A quantile drawn at the bottom of its step is also kept strictly above
+``F(x - 1)``, so that it cannot round down to the count below.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
+import scipy.stats
 
 __all__ = [
     "COUPLINGS",
+    "couple",
     "from_noise",
     "is_shareable",
     "quantile_of",
@@ -78,7 +88,9 @@ def quantile_of(key, fn: dist.Distribution, value):
     if _base(fn).support.is_discrete:
         upper = _cdf(fn, value)
         lower = _cdf(fn, value - 1.0)
-        return lower + jax.random.uniform(key, jnp.shape(upper)) * (upper - lower)
+        quantile = lower + jax.random.uniform(key, jnp.shape(upper)) * (upper - lower)
+        # Strictly above F(x - 1) (when the step is representable), or F^{-1} gives x - 1.
+        return jnp.clip(quantile, jnp.nextafter(lower, jnp.inf), upper)
     return _cdf(fn, value)
 
 
@@ -104,3 +116,77 @@ def value_at_quantile(fn: dist.Distribution, quantile):
     bounds = (jnp.full(shape, -1.0), jnp.full(shape, 2.0**40))
     _, high = jax.lax.fori_loop(0, _BISECTION_STEPS, step, bounds)
     return high
+
+
+def couple(key, factual: dist.Distribution, value, counterfactual: dist.Distribution):
+    """The counterfactual value of ``value`` (drawn from ``factual``) under the quantile
+    coupling: ``F_counterfactual^{-1}(u)`` with ``u`` the (randomised) quantile of ``value``.
+
+    Poisson and negative-binomial counts (zero-inflated or not) are coupled in float64 on the
+    host, exact to the count (the factual count comes back where the law is unchanged, up to
+    counts whose upper tail ``1 - F`` is below 1e-16); other laws use :func:`quantile_of` and
+    :func:`value_at_quantile` in the arrays' precision.
+    """
+    laws = (_count_parameters(factual), _count_parameters(counterfactual))
+    if laws[0] is None or laws[1] is None:
+        return value_at_quantile(counterfactual, quantile_of(key, factual, value))
+    value = jnp.asarray(value)
+    arrays = (value, *laws[0], *laws[1])
+    shape = jnp.broadcast_shapes(*(jnp.shape(array) for array in arrays))
+    uniform = jax.random.uniform(key, shape)
+    arrays = [jnp.broadcast_to(jnp.asarray(array, jnp.float32), shape) for array in arrays]
+    result = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.pure_callback(
+        _couple_counts, result, uniform, *arrays, vmap_method="broadcast_all"
+    ).astype(jnp.result_type(value, jnp.float32))
+
+
+def _count_parameters(fn: dist.Distribution):
+    """``(gate, concentration, mean)`` of a (zero-inflated) Poisson or negative binomial
+    (``concentration = inf`` for Poisson), or None for another law."""
+    base = _base(fn)
+    gate = 0.0
+    if isinstance(base, dist.ZeroInflatedProbs):
+        gate, base = base.gate, _base(base.base_dist)
+    if isinstance(base, dist.GammaPoisson):
+        return gate, base.concentration, base.concentration / base.rate
+    if type(base) is dist.Poisson:
+        return gate, jnp.inf, base.rate
+    return None
+
+
+def _count_law(concentration, mean):
+    """The float64 scipy law of each entry: negative binomial, Poisson where concentration is
+    infinite (``np.where`` picks per entry; both are evaluated on safe parameters)."""
+    poisson = ~np.isfinite(concentration)
+    size = np.where(poisson, 1.0, concentration)
+    negative_binomial = scipy.stats.nbinom(size, size / (size + mean))
+    return poisson, scipy.stats.poisson(mean), negative_binomial
+
+
+def _cdf64(law, gate, value):
+    poisson, poisson_law, negative_binomial = law
+    base = np.where(poisson, poisson_law.cdf(value), negative_binomial.cdf(value))
+    return np.where(value < 0, 0.0, gate + (1.0 - gate) * base)
+
+
+def _ppf64(law, gate, quantile):
+    poisson, poisson_law, negative_binomial = law
+    inner = np.clip((quantile - gate) / np.maximum(1.0 - gate, 1e-300), 0.0, 1.0)
+    base = np.where(poisson, poisson_law.ppf(inner), negative_binomial.ppf(inner))
+    return np.where(quantile <= _cdf64(law, gate, 0.0), 0.0, base)
+
+
+def _couple_counts(uniform, value, *parameters):
+    """Host side of :func:`couple`: the randomised quantile of ``value`` under the factual
+    ``(gate, concentration, mean)``, read off the counterfactual one, all in float64."""
+    uniform, value, *parameters = (
+        np.asarray(array, np.float64) for array in (uniform, value, *parameters)
+    )
+    gate, concentration, mean, gate_cf, concentration_cf, mean_cf = parameters
+    factual = _count_law(concentration, mean)
+    lower, upper = _cdf64(factual, gate, value - 1.0), _cdf64(factual, gate, value)
+    quantile = np.clip(lower + uniform * (upper - lower), np.nextafter(lower, np.inf), upper)
+    quantile = np.minimum(quantile, np.nextafter(1.0, 0.0))  # F^{-1}(1) is infinite
+    counts = _ppf64(_count_law(concentration_cf, mean_cf), gate_cf, quantile)
+    return np.asarray(counts, np.float32)

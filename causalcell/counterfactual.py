@@ -21,6 +21,11 @@ References
 Pearl, J. (2009). Causality, 2nd ed., section 7.1. Balke, A. & Pearl, J. (1994). Probabilistic
 evaluation of counterfactual queries. AAAI. Oberst, M. & Sontag, D. (2019). Counterfactual
 off-policy evaluation with Gumbel-max structural causal models. ICML (on coupling choices).
+
+A fitted :class:`causalcell.models.lcd.LCD` has its own exact abduction (the guide's Gaussian
+local posterior per draw, the path-wise conditional of linear drift): use
+:meth:`LCD.counterfactual` (an AnnData), or :func:`causalcell.queries.counterfactual` with the
+model itself, which routes to it (every draw, as a ``CausalResult``).
 """
 
 from __future__ import annotations
@@ -36,14 +41,7 @@ from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 from numpyro.primitives import Messenger
 
-from causalcell._coupling import (
-    COUPLINGS,
-    from_noise,
-    is_shareable,
-    quantile_of,
-    to_noise,
-    value_at_quantile,
-)
+from causalcell._coupling import COUPLINGS, couple, from_noise, is_shareable, to_noise
 from causalcell._data_checks import did_you_mean
 from causalcell.handlers import UnknownSiteError, do
 
@@ -127,8 +125,7 @@ class _replay(Messenger):
         elif name in self.factual and self.coupling == "quantile":
             factual_fn, factual_value = self.factual[name]
             self.key, subkey = jax.random.split(self.key)
-            quantile = quantile_of(subkey, factual_fn, factual_value)
-            msg["value"] = value_at_quantile(msg["fn"], quantile).astype(
+            msg["value"] = couple(subkey, factual_fn, factual_value, msg["fn"]).astype(
                 jnp.result_type(factual_value)
             )
         elif name in self.draw and name not in self.factual:

@@ -166,7 +166,26 @@ def counterfactual(
     CausalResult
         Quantities with axes ``(sample, world, <plates>, ...)``, ``world`` labelled
         ``("factual", "counterfactual")``.
+
+    Notes
+    -----
+    A fitted :class:`causalcell.models.lcd.LCD` as ``model`` is answered by its own exact
+    abduction (:meth:`LCD.counterfactual`, whose AnnData summarises the same draws):
+    ``evidence`` is an AnnData of observed cells, ``actions`` a perturbation label
+    (``"GATA1+CEBPA"``) or ``model.actions(label)``, composed with each cell's own
+    perturbation; ``num_samples`` posterior draws of the globals (``posterior_samples`` must
+    be None); ``coupling`` as above. It returns ``latent`` ``(world, cell, coordinate)``,
+    ``log_rate`` and ``counts`` ``(world, cell, gene)``.
     """
+    if _is_fitted_lcd(model):
+        if posterior_samples is not None or model_args or model_kwargs:
+            raise ValueError(
+                "A fitted LCD draws its own posterior: pass num_samples, not posterior_samples, "
+                "model_args or model_kwargs."
+            )
+        from causalcell.models._lcd_worlds import counterfactual_result
+
+        return counterfactual_result(model, evidence, actions, key, coupling, num_samples, sites)
     model_kwargs = dict(model_kwargs or {})
     traced = model_trace(model, model_args, model_kwargs)
     names = list(sites) if sites is not None else unit_sites(traced)
@@ -199,6 +218,14 @@ def counterfactual(
         coords={"world": WORLDS},
         attrs={"actions": repr(dict(actions)), "coupling": coupling},
     )
+
+
+def _is_fitted_lcd(model) -> bool:
+    """Whether ``model`` is a fitted :class:`causalcell.models.lcd.LCD` (imported lazily: the
+    models build on this module's machinery)."""
+    from causalcell.models.lcd import LCD
+
+    return isinstance(model, LCD)
 
 
 def effect(

@@ -301,12 +301,18 @@ class AmortizedGuide:
             raise ValueError(f"The model has no plate named {self.plate!r}.")
         return int(site["size"])
 
-    def encode(self, params: Mapping, data: Mapping, index) -> dict:
-        """``{site: (loc, scale)}`` of the cells ``index`` under fitted ``params`` (pure)."""
+    def encoder_heads(self, params: Mapping, data: Mapping, index) -> dict:
+        """The encoder's ``{site: (loc, scale)}`` of the cells ``index`` under fitted ``params``
+        (pure): the ``heads`` a ``local_posterior`` takes, e.g. to rebuild the cells' posterior
+        under any draw of the globals with ``local_posterior(draw, data, index, heads)``."""
         encoder = eqx.combine(
             params["encoder$params"], eqx.partition(self._encoder, eqx.is_inexact_array)[1]
         )
-        heads = self._heads(encoder, data, index)
+        return self._heads(encoder, data, index)
+
+    def encode(self, params: Mapping, data: Mapping, index) -> dict:
+        """``{site: (loc, scale)}`` of the cells ``index`` under fitted ``params`` (pure)."""
+        heads = self.encoder_heads(params, data, index)
         if self.local_posterior is None:
             return heads
         laws = self._laws(self.global_guide.median(params), data, index, heads)

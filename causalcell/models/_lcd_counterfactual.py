@@ -53,7 +53,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from causalcell._coupling import COUPLINGS, quantile_of, value_at_quantile
+from causalcell._coupling import COUPLINGS, couple
 from causalcell._linalg import cho_solve, cholesky
 from causalcell.diffusion import (
     LinearDrift,
@@ -196,8 +196,13 @@ def counterfactual_latents(
     key,
     prior_mask=None,
     pair_index=None,
+    latent_scale_tril=None,
 ):
     """Factual and counterfactual latent draws of cells, sharing each cell's Brownian path.
+
+    Where a cell's two worlds have the same targets, ``x' = x`` exactly (the conditional is
+    then ``K = I`` with no residual; returning ``x`` avoids the float32 rounding of the
+    Lyapunov solve and of ``C Sigma^{-1}``).
 
     Parameters
     ----------
@@ -212,6 +217,7 @@ def counterfactual_latents(
     latent_mean, latent_cov
         ``[cells, m]`` and ``[cells, m, m]``: each cell's local posterior under ``values`` (the
         guide's ``MultivariateNormal``; its ``scale_tril @ scale_tril^T`` is the covariance).
+        ``latent_cov`` may be None when ``latent_scale_tril`` is given.
     key
         PRNG key.
     prior_mask
@@ -219,6 +225,9 @@ def counterfactual_latents(
     pair_index
         Optional ``[cells]`` index of each cell's row of the targets (one Lyapunov solve of size
         ``2m`` per row, not per cell); by default cell ``c`` uses row ``c`` (or the only row).
+    latent_scale_tril
+        Optional ``[cells, m, m]`` lower Cholesky factor of the local posterior covariance
+        (the guide's ``scale_tril``), which saves a factorisation per cell.
 
     Returns
     -------
@@ -243,7 +252,9 @@ def counterfactual_latents(
             )
         pair_index = jnp.arange(cells) if offset.shape[0] > 1 else jnp.zeros(cells, int)
     posterior_key, path_key = jax.random.split(key)
-    posterior_factor = cholesky(latent_cov)
+    if latent_scale_tril is None:
+        latent_scale_tril = cholesky(latent_cov)
+    posterior_factor = latent_scale_tril
     eps = jax.random.normal(posterior_key, latent_mean.shape, latent_mean.dtype)
     x = latent_mean + jnp.einsum("cij,cj->ci", posterior_factor, eps)
     eta = jax.random.normal(path_key, latent_mean.shape, latent_mean.dtype)
@@ -252,7 +263,12 @@ def counterfactual_latents(
         + jnp.einsum("cij,cj->ci", gain[pair_index], x)
         + jnp.einsum("cij,cj->ci", factor[pair_index], eta)
     )
-    return x, x_cf
+    same = jnp.all(
+        jnp.atleast_2d(factual_targets).astype(bool) == jnp.atleast_2d(action_targets).astype(bool),
+        axis=-1,
+    )
+    same = jnp.broadcast_to(same, offset.shape[:1])
+    return x, jnp.where(same[pair_index][:, None], x, x_cf)
 
 
 @functools.partial(jax.jit, static_argnames=("coupling",))
@@ -280,8 +296,9 @@ def counterfactual_counts(
         ``[genes]`` (or ``[cells, genes]``) negative-binomial concentration of the same draw.
     coupling
         ``"resample"``: fresh NB counts; ``"quantile"``: the observed count's randomised
-        quantile under the factual law, read off the counterfactual law (needs
-        ``factual_log_rate`` and ``observed_counts``; keeps the count where the law is unchanged).
+        quantile under the factual law, read off the counterfactual law in float64
+        (:func:`causalcell._coupling.couple`; needs ``factual_log_rate`` and
+        ``observed_counts``; keeps the count where the law is unchanged).
 
     Returns ``[cells, genes]`` counterfactual counts (float).
     """
@@ -294,5 +311,4 @@ def counterfactual_counts(
     if factual_log_rate is None or observed_counts is None:
         raise ValueError("coupling='quantile' needs factual_log_rate and observed_counts.")
     factual = noise.distribution(factual_log_rate, size_factors, concentration=concentration)
-    quantile = quantile_of(key, factual, jnp.asarray(observed_counts, law.mean.dtype))
-    return value_at_quantile(law, quantile)
+    return couple(key, factual, jnp.asarray(observed_counts, law.mean.dtype), law)

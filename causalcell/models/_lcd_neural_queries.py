@@ -46,8 +46,6 @@ import anndata
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
-import scipy.sparse
 
 from causalcell._warnings import CausalcellWarning
 from causalcell.clipr import linearized_responses
@@ -58,8 +56,7 @@ from causalcell.models._lcd_program import (
     condition_interventions,
     intervention_parameters,
 )
-from causalcell.noise import NegativeBinomial
-from causalcell.preprocessing import normalize_log1p
+from causalcell.models._lcd_queries import generated_cells
 
 __all__ = [
     "DrawDrifts",
@@ -150,32 +147,6 @@ def simulate_draws(key, draws, targets, prior_mask, *, kind, replicates, dt, bur
         burn_in=burn_in,
     )
     return latent[:, 0].reshape(size, conditions, replicates, genes)
-
-
-def generated_cells(
-    latent, concentration, library_sizes, names, flags, num_cells: int, genes, size_key, count_key
-) -> anndata.AnnData:
-    """The AnnData of generated cells (layout of :meth:`LCD.predict`): latents ``[P * n, d]``
-    (perturbation-major, ``n = num_cells``) pushed through the negative binomial with library
-    sizes drawn from the training cells."""
-    sizes = jax.random.choice(size_key, jnp.asarray(library_sizes), (latent.shape[0],))
-    counts = NegativeBinomial().distribution(latent, sizes, concentration=concentration)
-    counts = np.asarray(counts.sample(count_key), np.float32)
-    obs = pd.DataFrame(
-        {
-            "perturbation": pd.Categorical(np.repeat(names, num_cells)),
-            "prior_only": np.repeat(flags, num_cells),
-            "size_factor": np.asarray(sizes),
-        },
-        index=[f"generated{index}" for index in range(counts.shape[0])],
-    )
-    result = anndata.AnnData(
-        X=scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(genes))
-    )
-    # Like observed cells: each generated cell is normalised by its own total count.
-    result.layers["log1p"] = normalize_log1p(counts, np.maximum(counts.sum(axis=1), 1.0))
-    result.obsm["latent"] = np.asarray(latent, np.float32)
-    return result
 
 
 def predict_neural(

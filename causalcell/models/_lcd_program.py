@@ -23,7 +23,8 @@ import numpyro.distributions as dist
 from causalcell._gaussian import MultivariateNormal
 from causalcell._linalg import cholesky
 from causalcell.diffusion import LinearDrift, stationary_moments
-from causalcell.interventions import Intervention
+from causalcell.handlers import intervention as intervention_request
+from causalcell.interventions import Intervention, compose
 from causalcell.models._lcd_decoder import decode, sample_decoder
 from causalcell.noise import NegativeBinomial, NoiseModel
 
@@ -37,6 +38,7 @@ __all__ = [
     "lcd_model",
     "linear_drift_from_sites",
     "sample_screen_sites",
+    "split_action",
 ]
 
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
@@ -113,14 +115,72 @@ def sample_screen_sites(genes: int, baseline_prior, intervention: str) -> dict:
     }
 
 
-def condition_laws(values, condition_targets, kind: str, prior_mask=None):
+def condition_laws(values, condition_targets, kind: str, prior_mask=None, explicit=None):
     """Drift and the Gaussian stationary law ``(means [P, d], covariances [P, d, d])`` of every
-    condition, from the global sites ``values`` (a dict of one draw)."""
+    condition, from the global sites ``values`` (a dict of one draw).
+
+    ``explicit``: an optional :class:`~causalcell.interventions.Intervention` ``[d]`` composed
+    after every condition's own (an outside ``do`` with explicit values, :func:`split_action`).
+    """
     drift = linear_drift_from_sites(values, prior_mask)
     parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
+    if explicit is not None:
+        interventions = compose(interventions, explicit)
     means, covariances = stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
     return drift, means, covariances
+
+
+def split_action(action: Intervention, kind: str):
+    """Split an outside intervention ``[d]`` (from :class:`causalcell.handlers.do`) into the
+    coordinates that ask for the model's own learned intervention and the explicit rest.
+
+    An entry of the screen's ``kind`` whose value is NaN (``knockout()`` without a level, or
+    ``shift(nan)`` / ``knockdown(nan)``) asks for what the screen learned: it is OR-ed into each
+    condition's targets, so it gets the learned per-target parameter exactly as a trained
+    perturbation does (and composing a target with itself changes nothing). Every other entry
+    is an explicit intervention (``shift(0.5)``, ``knockout(-2.0)``, ...) composed on top.
+
+    Returns
+    -------
+    own, explicit
+        ``[d]`` bool mask and the :class:`~causalcell.interventions.Intervention` without the
+        own entries.
+
+    Raises
+    ------
+    ValueError
+        (Concrete values only.) For a NaN value of another kind than the screen's, which has no
+        learned parameter (e.g. ``knockout()`` on a shift screen).
+    """
+    fields = {"shift": action.shift, "knockdown": action.knockdown}
+    fields["knockout"] = jnp.where(action.knockout, action.knockout_level, 0.0)
+    own = jnp.isnan(fields[kind])
+    others = [name for name, value in fields.items() if name != kind and _has_nan(value)]
+    if others:
+        raise ValueError(
+            f"do() asks for the learned {others[0]} of a gene (a NaN value, e.g. knockout() "
+            f"without a level), but this LCD learned {kind!r} interventions only. Give the "
+            f"value explicitly (e.g. knockout(level)), or ask for the learned {kind} with a NaN "
+            f"{kind} (LCD.actions(perturbation) builds that request)."
+        )
+    identity = Intervention.identity(action.num_genes)
+    explicit = action._replace(
+        shift=jnp.where(own, identity.shift, action.shift) if kind == "shift" else action.shift,
+        knockdown=(
+            jnp.where(own, identity.knockdown, action.knockdown)
+            if kind == "knockdown"
+            else action.knockdown
+        ),
+        knockout=action.knockout & ~own if kind == "knockout" else action.knockout,
+        knockout_level=jnp.where(own, identity.knockout_level, action.knockout_level),
+    )
+    return own, explicit
+
+
+def _has_nan(value) -> bool:
+    """Whether a concrete array holds a NaN (False for traced values, which cannot be read)."""
+    return not isinstance(value, jax.core.Tracer) and bool(jnp.isnan(value).any())
 
 
 def lcd_model(
@@ -137,6 +197,7 @@ def lcd_model(
     weight_scale: float = 0.3,
     programs: int = 0,
     loading_scale: float = 1.0,
+    coordinates=None,
 ):
     """LCD with linear drift: cells are draws of the intervened stationary law, seen as counts.
 
@@ -178,6 +239,17 @@ def lcd_model(
         Number of latent programs (the last coordinates of the state).
     loading_scale
         Scale of the Normal prior on the decoder's responses and loadings.
+    coordinates
+        Names of the latent coordinates (``LCD.coordinates``), the entries of the vectorised
+        intervention site ``"genes"``; ``coordinate0`` .. by default.
+
+    Interventions
+    -------------
+    The program asks for ``intervention("genes", names=coordinates)``
+    (:func:`causalcell.handlers.intervention`), so ``do(lcd_model, {"genes": {...}})`` acts on
+    every cell (:func:`split_action`): a learned request (``knockout()`` on a knockout screen)
+    is OR-ed into each condition's targets, explicit values compose on top. Without a handler
+    it is the identity and the program is unchanged.
 
     Sample sites
     ------------
@@ -204,7 +276,10 @@ def lcd_model(
         "log_scaling": log_scaling,
         **sample_screen_sites(size, baseline_prior, intervention),
     }
-    drift, means, covariances = condition_laws(values, condition_targets, intervention, mask)
+    names = coordinates or [f"coordinate{index}" for index in range(size)]
+    own, explicit = split_action(intervention_request("genes", names=names), intervention)
+    targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
+    drift, means, covariances = condition_laws(values, targets, intervention, mask, explicit)
     numpyro.deterministic("drift", drift.matrix())
     modelled = size - programs
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]

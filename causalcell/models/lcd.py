@@ -11,6 +11,9 @@ Neural drift (``LCD.fit(..., drift="neural")``): the KDS program of :mod:`._lcd_
 every gene (no reduced space); predictions, stationary laws and effects simulate or linearise
 the fitted SDE (:mod:`._lcd_neural_fit`, :mod:`._lcd_neural_queries`, which state the choices).
 
+Queries of linear drift live in :mod:`._lcd_queries`; interventional and counterfactual worlds
+(:attr:`LCD.program` for ``causalcell.do``, :meth:`LCD.counterfactual`) in :mod:`._lcd_worlds`.
+
 References
 ----------
 Lorch, L., Krause, A. & Schölkopf, B. (2024). Causal modeling with stationary diffusions.
@@ -22,42 +25,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anndata
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
-import scipy.sparse
 
-from causalcell._linalg import cholesky
-from causalcell.clipr import linear_responses, posterior_direct_effects
 from causalcell.data import register, to_arrays
-from causalcell.inference import default_encoder_inputs, fit
-from causalcell.metrics import pseudobulk
-from causalcell.models._lcd_decoder import (
-    GeneSpace,
-    choose_gene_space,
-    decoder_init_scales,
-    reduce_programs,
+from causalcell.models._lcd_decoder import GeneSpace, choose_gene_space
+from causalcell.models._lcd_neural_queries import control_jacobians
+from causalcell.models._lcd_queries import (
+    UnseenTargetError,
+    as_key,
+    direct_effects,
+    fit_screen,
+    linear_drifts,
+    perturbation_targets,
+    predict_query,
+    stationary_query,
 )
-from causalcell.models._lcd_guide import lcd_local_posterior
-from causalcell.models._lcd_neural_fit import fit_neural
-from causalcell.models._lcd_neural_queries import (
-    control_jacobians,
-    neural_responses,
-    predict_neural,
-    stationary_neural,
+from causalcell.models._lcd_worlds import (
+    action_request,
+    counterfactual_worlds,
+    lcd_program,
+    worlds_anndata,
 )
-from causalcell.models._lcd_program import condition_laws, lcd_model, linear_drift_from_sites
-from causalcell.noise import NegativeBinomial
-from causalcell.perturbations import canonical_label, parse_perturbation
-from causalcell.preprocessing import normalize_log1p
 
 __all__ = ["LCD", "UnseenTargetError"]
-
-
-class UnseenTargetError(ValueError):
-    """A prediction asks for a target that no training cell carried."""
 
 
 class LCD:
@@ -165,74 +157,21 @@ class LCD:
         arrays = to_arrays(adata, registry)
         space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
         arrays = space.reorder(arrays)  # columns: modelled genes, then decoded genes
-        conditions = len(registry.conditions)
-        start = space.latent_values(_initial_values(arrays, intervention), arrays)
-        data = {
-            "counts": arrays.counts,
-            "condition_index": arrays.condition_index,
-            "condition_targets": space.latent_targets(arrays.condition_targets).astype(np.float32),
-            "size_factors": arrays.size_factors,
-            "baseline_prior": start["baseline"],
-        }
-        if "decoder_offset" in start:
-            data["decoded_prior"] = start["decoder_offset"]
-        prior_mask = space.latent_mask(prior_mask)
-        if prior_mask is not None:
-            data["prior_mask"] = prior_mask
-
-        def encoder_inputs(data, index):
-            condition = jax.nn.one_hot(data["condition_index"][index], conditions)
-            return jnp.concatenate([default_encoder_inputs(data, index), condition], axis=-1)
-
-        schedule = optax.exponential_decay(learning_rate, num_steps, 0.1)
-        if drift == "neural":
-            posterior = fit_neural(
-                data,
-                encoder_inputs,
-                space=space,
-                intervention=intervention,
-                initial_values=start,
-                guide_options={"global_guide": global_guide, "rank": rank},
-                model_options=drift_options,
-                optimizer=optax.adam(schedule),
-                num_steps=num_steps,
-                batch_size=batch_size,
-                key=key,
-                progress_bar=progress_bar,
-                **fit_kwargs,
-            )
-            sizes = arrays.size_factors
-            return cls(posterior, registry, intervention, sizes, prior_mask, space, drift)
-        init_scales = None
-        if not space.is_full and global_guide in ("auto", "normal"):
-            # Thousands of decoder globals: mean-field, with the decoder's posterior scales
-            # starting near a point estimate (see _lcd_decoder.DECODER_INIT_SCALE).
-            global_guide, init_scales = "normal", decoder_init_scales()
-        posterior = fit(
-            lcd_model,
-            data,
-            optimizer=optax.adam(schedule),
-            num_steps=num_steps,
-            batch_size=batch_size,
-            key=key,
-            model_kwargs={"intervention": intervention, "programs": space.programs},
-            guide_kwargs={
-                "encoder_inputs": encoder_inputs,
-                "local_posterior": lcd_local_posterior(
-                    intervention,
-                    _condition_means(arrays.counts, arrays),
-                    space.programs,
-                    None if space.is_full else _condition_rates(arrays),
-                ),
-                "init_values": start,
-                "global_guide": global_guide,
-                "rank": rank,
-                "init_scales": init_scales,
-            },
-            progress_bar=progress_bar,
+        options = {
+            "optimizer": optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
+            "num_steps": num_steps,
+            "batch_size": batch_size,
+            "key": key,
+            "progress_bar": progress_bar,
             **fit_kwargs,
-        )
-        return cls(posterior, registry, intervention, arrays.size_factors, prior_mask, space)
+        }
+        guide_options = {"global_guide": global_guide, "rank": rank}
+        posterior, prior_mask = fit_screen(
+            arrays, space, registry, intervention, prior_mask, drift, drift_options, guide_options,
+            options,
+        )  # fmt: skip
+        sizes = arrays.size_factors
+        return cls(posterior, registry, intervention, sizes, prior_mask, space, drift)
 
     @property
     def genes(self) -> tuple[str, ...]:
@@ -257,51 +196,10 @@ class LCD:
     def _targets(self, perturbation: str, allow_prior_only: bool) -> tuple[np.ndarray, bool, str]:
         """Multi-hot targets of ``perturbation`` over the latent coordinates, whether any is
         unseen, and its canonical label."""
-        members = parse_perturbation(
-            perturbation, control=self.registry.control, separator=self.registry.separator
-        )
-        unknown = [gene for gene in members if gene not in self.genes]
-        if unknown:
-            raise UnseenTargetError(
-                f"{perturbation!r} names genes that are not modelled: {unknown}."
-            )
-        decoded = [gene for gene in members if gene not in self.modelled_genes]
-        if decoded:
-            raise UnseenTargetError(
-                f"{perturbation!r} targets {decoded}, which are not modelled (they are decoded "
-                "from the latent state, so no intervention can act on them). Refit with "
-                "LCD.fit(..., modelled_genes=[...]) naming them."
-            )
-        unseen = [gene for gene in members if gene not in self.trained_targets]
-        if unseen and not allow_prior_only:
-            raise UnseenTargetError(
-                f"{perturbation!r} targets {unseen}, which no training cell carried, so LCD has "
-                "learned nothing about their interventions. Pass allow_prior_only=True to predict "
-                "from the prior of their intervention parameters (flagged in the output)."
-            )
-        row = np.isin(np.asarray(self.modelled_genes), members)
-        row = np.concatenate([row, np.zeros(self.space.programs, bool)])  # programs: untargeted
-        label = canonical_label(
-            members, control=self.registry.control[0], separator=self.registry.separator
-        )
-        return row, bool(unseen), label
+        return perturbation_targets(self, perturbation, allow_prior_only)
 
     def _draws(self, key, num_samples: int) -> dict:
         return self.posterior.sample(key, num_samples)
-
-    def _laws(self, draws: dict, rows: np.ndarray):
-        """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the
-        latent state under the multi-hot targets ``rows`` ``[K, m]``."""
-        targets = jnp.asarray(rows, jnp.float32)
-
-        def one(draw):
-            _, means, covariances = condition_laws(
-                draw, targets, self.intervention, self._prior_mask
-            )
-            return means, covariances
-
-        mean, covariance = jax.vmap(one)(draws)
-        return mean, covariance, cholesky(covariance)
 
     def drift(self, key=0, num_samples: int = 200, *, programs: bool = False) -> np.ndarray:
         """Posterior draws of the drift matrix among modelled genes ``[num_samples, n, n]``
@@ -318,16 +216,10 @@ class LCD:
         (``baseline``, where the noise-free control drift vanishes), the linear drift that
         governs small perturbations of the control state (and the one :meth:`effects` uses).
         """
-        draws = self._draws(_key(key), num_samples)
+        draws = self._draws(as_key(key), num_samples)
         if self.drift_kind == "neural":
             return np.asarray(control_jacobians(draws, self._prior_mask))
-        reduced = 0 if programs else self.space.programs
-
-        def one(draw):
-            matrix = linear_drift_from_sites(draw, self._prior_mask).matrix()
-            return reduce_programs(matrix, reduced)
-
-        return np.asarray(jax.vmap(one)(draws))
+        return linear_drifts(self, draws, programs)
 
     def effects(
         self,
@@ -367,21 +259,11 @@ class LCD:
         causalcell.clipr.DirectEffects
             Mean, intervals, sign probabilities and the identified mask (row = target gene).
         """
-        genes = self.modelled_genes
-        if targets is None:
-            targets = [gene for gene in genes if gene in self.trained_targets]
-        unknown = [gene for gene in targets if gene not in genes]
-        if unknown:
-            raise ValueError(f"effects(targets=...) names genes that are not modelled: {unknown}.")
-        columns = [genes.index(gene) for gene in targets]
         if self.drift_kind == "neural":  # linearised at the control fixed point
-            draws = self._draws(_key(key), num_samples)
-            responses = neural_responses(draws, self._prior_mask, columns)
-        else:
-            responses = linear_responses(self.drift(key=key, num_samples=num_samples), columns)
-        return posterior_direct_effects(
-            responses, genes=list(genes), targets=list(targets), probability=probability
-        )
+            draws = self._draws(as_key(key), num_samples)
+            return direct_effects(self, targets, probability, draws=draws)
+        drifts = self.drift(key=key, num_samples=num_samples)
+        return direct_effects(self, targets, probability, drifts=drifts)
 
     def stationary(
         self,
@@ -407,14 +289,7 @@ class LCD:
             modelled genes' log-expression, then the programs (every gene in a full space).
         """
         row, _, _ = self._targets(perturbation, allow_prior_only)
-        if self.drift_kind == "neural":
-            return stationary_neural(
-                self, row, key=_key(key), num_samples=num_samples, **simulation
-            )
-        if simulation:
-            raise TypeError(f"Simulation options {sorted(simulation)} need drift='neural'.")
-        mean, covariance, _ = self._laws(self._draws(_key(key), num_samples), row[None])
-        return np.asarray(mean[:, 0]), np.asarray(covariance[:, 0])
+        return stationary_query(self, row, as_key(key), num_samples, simulation)
 
     def predict(
         self,
@@ -444,89 +319,99 @@ class LCD:
             :attr:`coordinates`; ``obs["perturbation"]`` and ``obs["prior_only"]`` (True where
             a target was never perturbed in training).
         """
-        if self.drift_kind == "neural":
-            return predict_neural(
-                self,
-                perturbations,
-                num_cells,
-                key=_key(key),
-                allow_prior_only=allow_prior_only,
-                **simulation,
-            )
-        if simulation:
-            raise TypeError(f"Simulation options {sorted(simulation)} need drift='neural'.")
-        requests = [self._targets(label, allow_prior_only) for label in perturbations]
-        rows, flags, names = (list(column) for column in zip(*requests, strict=True))
-        draw_key, latent_key, size_key, count_key = jax.random.split(_key(key), 4)
-        # Cell c of every perturbation uses posterior draw c: one Lyapunov solve per draw and
-        # perturbation, all in one vectorised call.
-        draws = self._draws(draw_key, num_cells)
-        mean, _, factor = self._laws(draws, np.stack(rows))
-        noise = jax.random.normal(latent_key, mean.shape)
-        latent = mean + jnp.einsum("ckij,ckj->cki", factor, noise)
-        log_rate = self.space.decode_draws(latent, mean, draws)  # every gene, AnnData order
-        latent = jnp.swapaxes(latent, 0, 1).reshape(-1, latent.shape[-1])  # perturbation-major
-        log_rate = jnp.swapaxes(log_rate, 0, 1).reshape(-1, len(self.genes))
-        concentration = self.space.in_gene_order(draws["noise_concentration"])
-        concentration = jnp.tile(concentration, (len(rows), 1))
-        sizes = jax.random.choice(size_key, jnp.asarray(self._library_sizes), (latent.shape[0],))
-        counts = NegativeBinomial().distribution(log_rate, sizes, concentration=concentration)
-        counts = np.asarray(counts.sample(count_key), np.float32)
-        sizes = np.asarray(sizes)
-        labels = np.repeat(names, num_cells)
-        prior_only = np.repeat(flags, num_cells)
-        obs = pd.DataFrame(
-            {
-                "perturbation": pd.Categorical(labels),
-                "prior_only": prior_only,
-                "size_factor": sizes,
-            },
-            index=[f"generated{index}" for index in range(counts.shape[0])],
+        return predict_query(
+            self, perturbations, num_cells, as_key(key), allow_prior_only, simulation
         )
-        result = anndata.AnnData(
-            X=scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(self.genes))
+
+    @property
+    def program(self):
+        """The fitted model as a NumPyro program of generated cells, for :func:`causalcell.do`
+        and :mod:`causalcell.queries`: ``program(num_cells=100, *, perturbation="control",
+        size_factors=None)`` (:func:`._lcd_worlds.lcd_program`; sites ``latent`` and
+        ``counts``). It asks for the vectorised site ``"genes"`` over :attr:`coordinates`: a
+        request for the learned intervention (:meth:`actions`, e.g. ``knockout()`` on a
+        knockout screen) ORs the gene into the cells' targets with its learned parameter, so
+        with posterior draws of the globals the cells are :meth:`predict`'s in law; explicit
+        values (``shift(0.5)``, ``knockout(-2.0)``) compose on top. Linear drift only.
+
+        Examples
+        --------
+        >>> result = queries.interventional(  # doctest: +SKIP
+        ...     model.program, model.actions("GATA1"), key=jax.random.key(0),
+        ...     posterior_samples=model.posterior.sample(0, 200), model_kwargs={"num_cells": 1})
+        """
+        return lcd_program(self)
+
+    def actions(self, perturbation: str, *, allow_prior_only: bool = False) -> dict:
+        """The ``do`` request ``{"genes": {gene: spec}}`` for the learned intervention of every
+        target of ``perturbation`` (``knockout()``, or a NaN ``shift``/``knockdown``), for
+        :attr:`program`; raises :class:`UnseenTargetError` as :meth:`predict` does."""
+        return action_request(self, perturbation, allow_prior_only)
+
+    def counterfactual(
+        self,
+        cells: anndata.AnnData,
+        perturbation: str,
+        *,
+        num_samples: int = 100,
+        key=0,
+        coupling: str = "quantile",
+        compose: bool = True,
+        probability: float = 0.9,
+        allow_prior_only: bool = False,
+    ) -> anndata.AnnData:
+        """These observed cells, had ``perturbation`` also (or instead) been applied.
+
+        Per posterior draw of the globals: abduction of each cell's latent from the fit's exact
+        local posterior under that draw, action, and prediction with the cell's Brownian path
+        shared by both worlds (exact for linear drift), then counts (:mod:`._lcd_worlds`).
+        Every draw: :func:`causalcell.queries.counterfactual` with this model.
+
+        Parameters
+        ----------
+        cells
+            Observed cells (training genes; each cell's own perturbation, a trained condition
+            or control, in ``obs[perturbation_key]``). Not modified.
+        perturbation
+            E.g. ``"GATA1"`` or ``"GATA1+CEBPA"`` (trained targets, or ``allow_prior_only``).
+        num_samples, key, probability
+            Posterior draws, seed, and mass of the equal-tailed credible intervals.
+        coupling
+            ``"quantile"`` (each count keeps its randomised quantile) or ``"resample"``.
+        compose
+            True: union of the cell's targets and ``perturbation``'s (a target the cell
+            carries is unchanged; ``"control"`` changes nothing); False: ``perturbation``
+            replaces the cell's own (``"control"``: had it been unperturbed).
+
+        Returns
+        -------
+        anndata.AnnData
+            Factual then counterfactual rows: ``obs["world"]``, ``obs["cell"]`` (source cell),
+            ``obs["perturbation"]`` (the world's condition); ``X`` counts (observed; draw 0 in
+            the counterfactual world), ``layers["log1p"]``, ``obsm["latent"]`` (draw 0),
+            ``obsm["latent_mean"]``; ``layers["shift_mean"|"shift_lower"|"shift_upper"]``:
+            posterior mean and interval of the counterfactual minus factual log-rate (zero in
+            factual rows); ``uns["counterfactual"]``: the settings.
+
+        Raises
+        ------
+        UnseenTargetError
+            Unknown or untrained targets, or cells of an untrained condition.
+        NotImplementedError
+            For neural drift.
+
+        References
+        ----------
+        Pearl, J. (2009). Causality, 2nd ed., ch. 7 (abduction, action, prediction).
+        """
+        settings = {"coupling": coupling, "compose": compose}
+        worlds = counterfactual_worlds(
+            self,
+            cells,
+            perturbation,
+            num_samples=num_samples,
+            key=as_key(key),
+            allow_prior_only=allow_prior_only,
+            **settings,
         )
-        # Like the observed cells (scanpy's normalize_total + log1p): each generated cell is
-        # normalised by its own total count, not by the library size the model drew.
-        result.layers["log1p"] = normalize_log1p(counts, np.maximum(counts.sum(axis=1), 1.0))
-        result.obsm["latent"] = np.asarray(latent, np.float32)
-        return result
-
-
-def _condition_means(values, arrays) -> np.ndarray:
-    """Mean of ``values`` [cells, d] over the cells of each condition, in registry order."""
-    bulk = pseudobulk(values, arrays.condition_index)
-    order = [bulk.index_of(str(condition)) for condition in range(len(arrays.condition_targets))]
-    return bulk.means[order].astype(np.float32)
-
-
-def _condition_rates(arrays) -> np.ndarray:
-    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``."""
-    return _condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
-
-
-def _initial_values(arrays, intervention: str) -> dict:
-    """Where the global guide starts: control baseline and per-target effects from pseudobulk.
-
-    Log mean fractions per condition give the control baseline and, for each target, the mean
-    change of its own level over the conditions that carry it (shift effect, knockout depth, or
-    the knockdown strength whose ``-softplus`` is that change).
-    """
-    levels = np.log(_condition_means(arrays.counts / arrays.size_factors[:, None], arrays) + 1e-6)
-    control = levels[0]
-    targets = arrays.condition_targets.astype(bool)
-    carried = np.maximum(targets.sum(axis=0), 1)
-    change = ((levels - control) * targets).sum(axis=0) / carried
-    values = {"baseline": control.astype(np.float32)}
-    if intervention == "shift":
-        values["intervention_effect"] = change
-    elif intervention == "knockout":
-        values["knockout_depth"] = np.minimum(change, -0.1)
-    else:
-        strength = np.maximum(-change, 0.05)
-        values["knockdown_strength"] = np.log(np.expm1(strength))
-    return {name: np.asarray(value, np.float32) for name, value in values.items()}
-
-
-def _key(key):
-    return jax.random.key(key) if isinstance(key, int) else key
+        return worlds_anndata(self, worlds, probability=probability, settings=settings)
