@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse
 import scipy.stats
 from numpyro.handlers import condition, seed, trace
 from numpyro.infer.util import log_density
 
 from causalcell import evaluation
+from causalcell.counterfactual import WORLDS
 from causalcell.data import ScreenArrays
 from causalcell.datasets import simulate_screen
 from causalcell.diffusion import stationary_moments
@@ -30,6 +32,10 @@ from causalcell.models._lcd_decoder import (
 from causalcell.models._lcd_guide import lcd_local_posterior
 from causalcell.models._lcd_program import condition_interventions, drift_from_sites, lcd_model
 from causalcell.models.lcd import LCD, UnseenTargetError
+
+
+def _dense(matrix):
+    return matrix.toarray() if scipy.sparse.issparse(matrix) else np.asarray(matrix)
 
 
 def _sites(size: int, key: int = 0) -> dict:
@@ -366,3 +372,32 @@ def test_held_out_double_pseudobulk_of_every_gene(screen):
     assert errors["lcd"]["all"] < 0.35 * errors["no_change"]["all"], errors
     assert errors["lcd"]["decoded"] < 0.4 * errors["no_change"]["decoded"], errors
     assert errors["lcd"]["all"] < errors["additive"]["all"] + floor, (errors, floor)
+
+
+def test_counterfactuals_in_the_program_space(screen):
+    adata, _, model, _ = screen
+    cells = adata[adata.obs["perturbation"] == "control"][:30].copy()
+    target = sorted(model.trained_targets)[0]
+    coordinate = model.coordinates.index(target)
+    # Had nothing else been done: both worlds are the observed cell, latents and counts.
+    same = model.counterfactual(cells, "control", num_samples=8, key=0)
+    factual, counterfactual = (same[same.obs["world"] == world] for world in WORLDS)
+    np.testing.assert_array_equal(_dense(counterfactual.X), _dense(factual.X))
+    np.testing.assert_array_equal(counterfactual.obsm["latent"], factual.obsm["latent"])
+    assert list(same.var_names) == list(adata.var_names)
+    # Had the target been knocked out: the pinned coordinate's counterfactual latents, pooled
+    # over cells, sit at the knockout condition's stationary mean of that coordinate.
+    worlds = model.counterfactual(cells, target, num_samples=8, key=1)
+    knocked = worlds[worlds.obs["world"] == "counterfactual"]
+    mean, covariance = model.stationary(target, num_samples=8, key=2)
+    pooled = knocked.obsm["latent_mean"][:, coordinate].mean()
+    expected = float(np.mean(mean[:, coordinate]))
+    spread = float(np.sqrt(np.mean(covariance[:, coordinate, coordinate])))
+    # 30 cells, each the mean over 8 draws of a pinned coordinate whose stationary sd is
+    # `spread`: the pooled mean is within a few spread / sqrt(30) of the law's mean (5 of them
+    # leaves room for the posterior spread of the knockout level across draws).
+    assert abs(pooled - expected) < 5 * spread / np.sqrt(30) + 0.05, (pooled, expected, spread)
+    # The knocked-out gene's log-rate drops in the counterfactual world by the knockout depth,
+    # which the simulator draws several nats deep: 1 nat is far below any fitted depth.
+    gene = list(adata.var_names).index(target)
+    assert knocked.layers["shift_mean"][:, gene].mean() < -1.0

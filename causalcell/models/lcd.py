@@ -138,8 +138,8 @@ class LCD:
         KDS factor, per-condition Gaussian latent base) on every gene (``modelled_genes``
         defaults to ``"all"``; a reduced space raises), with the amortized guide of
         :func:`._lcd_neural_fit.fit_neural`; ``drift_options`` are that program's keyword
-        arguments (``hidden``, ``weight_scale``, ``kds_weight``). Its memory grows as
-        ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
+        arguments (``hidden``, ``weight_scale``, ``kds_weight``, ``kds_statistic``). Its memory
+        grows as ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
         """
         if drift not in ("linear", "neural"):
             raise ValueError(f"drift must be 'linear' or 'neural', got {drift!r}.")
