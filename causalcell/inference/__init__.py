@@ -1,6 +1,11 @@
 """Inference (DESIGN 5): minibatch SVI with amortized guides, NUTS, and the Posterior object."""
 
-from causalcell.inference._guides import FULL_RANK_LIMIT, AmortizedGuide, default_encoder_inputs
+from causalcell.inference._guides import (
+    FULL_RANK_LIMIT,
+    POINT_SCALE,
+    AmortizedGuide,
+    default_encoder_inputs,
+)
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._subsample import subsample
@@ -8,6 +13,7 @@ from causalcell.inference._svi import EarlyStopping, FitDivergedError, fit
 
 __all__ = [
     "FULL_RANK_LIMIT",
+    "POINT_SCALE",
     "AmortizedGuide",
     "EarlyStopping",
     "FitDivergedError",

@@ -77,6 +77,24 @@ class _initial_scales(Messenger):
             msg["args"] = (start, *msg["args"][1:])
 
 
+#: Posterior standard deviation held by the ``point_estimates`` sites of :class:`AmortizedGuide`
+#: (negligible against any posterior spread, and a finite density).
+POINT_SCALE = 1e-5
+
+
+class _held_scales(Messenger):
+    """Hold the AutoNormal scale of each site in ``sites`` at :data:`POINT_SCALE` (its stored
+    parameter is ignored, so it gets no gradient): those sites become point estimates."""
+
+    def __init__(self, sites, prefix: str = "global"):
+        self.names = {f"{site}_{prefix}_scale" for site in sites}
+        super().__init__()
+
+    def postprocess_message(self, msg):
+        if msg["type"] == "param" and msg["name"] in self.names:
+            msg["value"] = jnp.full_like(msg["value"], POINT_SCALE)
+
+
 class AmortizedGuide:
     """Guide with a neural encoder ``q(z_c | x_c)`` for per-cell sites and a global auto-guide.
 
@@ -128,6 +146,12 @@ class AmortizedGuide:
         whose uncertainty multiplies large latent values (e.g. a decoder's loadings), a start
         near a point estimate keeps the expected log-likelihood's variance term from pulling
         other globals while the scales adapt.
+    point_estimates
+        Global sites estimated by MAP instead (``global_guide="normal"`` only): their scale is
+        held at :data:`POINT_SCALE`. For many sites whose posterior is narrow but whose
+        variational variance term, summed over thousands of genes, would otherwise shrink the
+        values they multiply (e.g. a decoder's responses and a knockout's depth), as a VAE's
+        decoder weights are point estimates.
 
     References
     ----------
@@ -150,6 +174,7 @@ class AmortizedGuide:
         init_values: Mapping | None = None,
         local_posterior: Callable | None = None,
         init_scales: Mapping[str, float] | None = None,
+        point_estimates: Sequence[str] = (),
     ):
         if global_guide not in (*_GLOBAL_GUIDES, "auto"):
             raise ValueError(
@@ -164,7 +189,11 @@ class AmortizedGuide:
         self.key = key
         self.encoder_offsets = dict(encoder_offsets or {})
         self.init_values = dict(init_values or {})
-        self.init_scales = dict(init_scales or {})
+        self.point_estimates = tuple(point_estimates)
+        self.init_scales = {
+            **dict(init_scales or {}),
+            **dict.fromkeys(self.point_estimates, POINT_SCALE),
+        }
         self.local_posterior = local_posterior
         self.local_shapes: dict[str, tuple[int, ...]] | None = None
         self.global_guide = None
@@ -228,10 +257,13 @@ class AmortizedGuide:
         unknown = sorted(set(self.init_scales) - global_sites)
         if unknown:
             raise ValueError(
-                f"init_scales names {unknown}, which are not global latent sites of the model."
+                f"init_scales or point_estimates name {unknown}, which are not global latent "
+                "sites of the model."
             )
         if self.init_scales and kind != "normal":
-            raise ValueError(f"init_scales needs global_guide='normal', not {kind!r}.")
+            raise ValueError(
+                f"init_scales and point_estimates need global_guide='normal', not {kind!r}."
+            )
         options = {"rank": self.rank} if kind == "lowrank" else {}
         self.global_guide = _GLOBAL_GUIDES[kind](
             blocked, prefix="global", init_loc_fn=start, **options
@@ -276,7 +308,7 @@ class AmortizedGuide:
         data, _ = split_data(kwargs)
         if self.local_shapes is None:
             self._setup(kwargs)
-        with _initial_scales(self.init_scales):
+        with _initial_scales(self.init_scales), _held_scales(self.point_estimates):
             global_values = self.global_guide(**kwargs)
         network = eqx_module("encoder", self._encoder)
         size = self._plate_size(kwargs)
