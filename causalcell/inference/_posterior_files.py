@@ -108,6 +108,7 @@ def guide_spec(guide) -> dict | None:
             rank=guide.rank,
             plate=guide.plate,
             key=guide.key,
+            point_estimates=list(guide.point_estimates),
             # Whether the file alone rebuilds the guide: no custom function changes what it
             # computes. (init_values only set where the fit started, so they do not count.)
             default_inputs=guide.encoder_inputs is default_encoder_inputs
@@ -136,7 +137,8 @@ def rebuild_guide(spec: Mapping, model):
     """A guide equal in parameter structure to the one described by ``spec``, for ``model``."""
     if spec["kind"] == qualified_name(AmortizedGuide) and spec["default_inputs"]:
         settings = {name: spec[name] for name in ("hidden", "global_guide", "rank", "plate", "key")}
-        return AmortizedGuide(model, **settings)
+        point_estimates = tuple(spec.get("point_estimates", ()))  # absent in older files
+        return AmortizedGuide(model, point_estimates=point_estimates, **settings)
     if spec["kind"] in _REBUILDABLE:
         kind = _REBUILDABLE[spec["kind"]]
         rank = {"rank": spec["rank"]} if kind is AutoLowRankMultivariateNormal else {}
