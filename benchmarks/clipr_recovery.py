@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/clipr_recovery.py [--datasets 20] [--genes 6] [--cells 3000]
-        [--steps 4000] [--guide full] [--seed 0]
+        [--steps 4000] [--guide full] [--seed 0] [--seeds 18,19,0] [--refine]
+        [--refine-warmup 250] [--refine-samples 400] [--refine-depth 8]
 
 Each dataset is a linear shift screen (``causalcell.datasets.simulate_screen``, seed
 ``seed + index``) in which every gene is perturbed alone, so every direct effect
@@ -13,7 +14,10 @@ global guide; ``LCD.effects`` runs CLIPR per posterior draw. Per dataset it prin
 accuracy, orientation accuracy of one-way true edges, and the coverage of equal-tailed
 intervals at several levels over all off-diagonal effects (true zeros included); then the
 pooled coverage with its binomial standard error (effects within a dataset are not
-independent, so the spread over datasets is printed too).
+independent, so the spread over datasets is printed too). With ``--refine`` every dataset is
+scored twice: the SVI posterior (rows ``svi``) and the same fit refined by NUTS on the globals
+with collapsed latents (rows ``nuts``, :func:`causalcell.clipr._refine.refine_lcd`), whose
+time is reported in ``fit_s`` on top of the SVI fit's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import numpy as np
 
 from causalcell import metrics
+from causalcell.clipr._refine import refine_lcd
 from causalcell.datasets import ground_truth, simulate_screen
 from causalcell.graph import to_adjacency
 from causalcell.models.lcd import LCD
@@ -31,7 +36,7 @@ from causalcell.models.lcd import LCD
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
-def one_dataset(seed: int, arguments) -> dict:
+def one_dataset(seed: int, arguments) -> list[dict]:
     adata = simulate_screen(
         num_genes=arguments.genes,
         num_cells=arguments.cells,
@@ -53,7 +58,25 @@ def one_dataset(seed: int, arguments) -> dict:
         global_guide=arguments.guide,
     )
     fit_seconds = time.perf_counter() - started
-    effects = model.effects(num_samples=arguments.draws, key=seed)
+    rows = [score(model, "svi", seed, fit_seconds, truth, genes, arguments)]
+    if arguments.refine:
+        started = time.perf_counter()
+        refined = refine_lcd(
+            model,
+            num_warmup=arguments.refine_warmup,
+            num_samples=arguments.refine_samples,
+            key=seed,
+            max_tree_depth=arguments.refine_depth,
+        )
+        seconds = fit_seconds + time.perf_counter() - started
+        rows.append(score(refined, "nuts", seed, seconds, truth, genes, arguments))
+    return rows
+
+
+def score(model, method: str, seed: int, fit_seconds: float, truth, genes, arguments) -> dict:
+    """Recovery and coverage metrics of one fitted model's direct effects."""
+    draws = arguments.draws if method == "svi" else min(arguments.draws, arguments.refine_samples)
+    effects = model.effects(num_samples=draws, key=seed)
     drift = np.asarray(truth.drift.matrix())
     true_direct = drift / -np.diag(drift)[:, None]  # drift orientation: row = target
     np.fill_diagonal(true_direct, 0.0)
@@ -61,6 +84,7 @@ def one_dataset(seed: int, arguments) -> dict:
     off_diagonal = ~np.eye(arguments.genes, dtype=bool)
     magnitude = effects.adjacency_scores("magnitude")
     row = {
+        "method": method,
         "seed": seed,
         "fit_s": fit_seconds,
         "edges": int(true_adjacency.sum()),
@@ -77,6 +101,8 @@ def one_dataset(seed: int, arguments) -> dict:
         row[f"cover{int(level * 100)}"] = metrics.interval_coverage(
             true_direct[off_diagonal], lower, upper
         )
+        if level == 0.9:
+            row["width90"] = float(np.mean(upper - lower))
     return row
 
 
@@ -89,27 +115,54 @@ def main() -> None:
     parser.add_argument("--guide", default="full", choices=("normal", "lowrank", "full"))
     parser.add_argument("--draws", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
+    parser.add_argument("--refine", action="store_true", help="also score refine_lcd's NUTS")
+    parser.add_argument("--refine-warmup", type=int, default=250)
+    parser.add_argument("--refine-samples", type=int, default=400)
+    parser.add_argument("--refine-depth", type=int, default=8)
     arguments = parser.parse_args()
+    if arguments.seeds:
+        seeds = [int(seed) for seed in arguments.seeds.split(",")]
+    else:
+        seeds = [arguments.seed + index for index in range(arguments.datasets)]
     print(
         f"{arguments.genes} genes, {arguments.cells} cells, every gene shifted alone; "
         f"{arguments.steps} SVI steps, global guide {arguments.guide!r}"
     )
-    columns = ["seed", "fit_s", "edges", "auprc_abs", "auprc_sign", "shd", "sign", "orientation"]
-    columns += ["rmse", *(f"cover{int(level * 100)}" for level in LEVELS)]
+    columns = [
+        "method",
+        "seed",
+        "fit_s",
+        "edges",
+        "auprc_abs",
+        "auprc_sign",
+        "shd",
+        "sign",
+        "orientation",
+    ]
+    columns += ["rmse", "width90", *(f"cover{int(level * 100)}" for level in LEVELS)]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     rows = []
-    for index in range(arguments.datasets):
-        row = one_dataset(arguments.seed + index, arguments)
-        rows.append(row)
-        cells = [
-            f"{row[name]:.3f}" if isinstance(row[name], float) else str(row[name])
-            for name in columns
-        ]
-        print("| " + " | ".join(cells) + " |", flush=True)
+    for seed in seeds:
+        for row in one_dataset(seed, arguments):
+            rows.append(row)
+            cells = [
+                f"{row[name]:.3f}" if isinstance(row[name], float) else str(row[name])
+                for name in columns
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    for method in ("svi", "nuts"):
+        summarise([row for row in rows if row["method"] == method], method, columns, arguments)
+
+
+def summarise(rows: list[dict], method: str, columns: list[str], arguments) -> None:
+    """Means and spreads over datasets, and pooled coverage with binomial standard errors."""
+    if not rows:
+        return
     effects_per_dataset = arguments.genes * (arguments.genes - 1)
-    print(f"\nover {len(rows)} datasets ({effects_per_dataset} effects each):")
-    for name in columns[1:]:
+    print(f"\n{method}: over {len(rows)} datasets ({effects_per_dataset} effects each):")
+    for name in columns[2:]:
         values = np.array([row[name] for row in rows], dtype=float)
         print(f"  {name:12s} mean {values.mean():.3f}  sd over datasets {values.std(ddof=1):.3f}")
     for level in LEVELS:
