@@ -62,6 +62,19 @@ def _laws(values, targets):
     return stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
 
 
+def _decoder_sites(modelled: int, programs: int, decoded: int, rng, key: int) -> dict:
+    """Global sites of a reduced space: the state's (:func:`_sites`), the noise concentrations
+    of every gene and the decoder's offsets, responses and loadings, drawn once."""
+    size = modelled + programs
+    return {
+        **_sites(size, key=key),
+        "noise_concentration": jnp.asarray(rng.uniform(2.0, 8.0, modelled + decoded)),
+        "decoder_offset": jnp.asarray(rng.normal(-4.0, 0.5, decoded), jnp.float32),
+        "decoder_responses": jnp.asarray(rng.normal(0.0, 0.8, (decoded, modelled)), jnp.float32),
+        "decoder_loadings": jnp.asarray(rng.normal(0.0, 0.8, (decoded, size)), jnp.float32),
+    }
+
+
 def _nb_log_pmf(counts, log_mean, concentration):
     mean = np.exp(np.asarray(log_mean, np.float64))
     theta = np.asarray(concentration, np.float64)
@@ -114,13 +127,7 @@ def test_decoded_genes_read_condition_means_through_responses_and_cells_through_
     modelled, programs, decoded = 2, 1, 3
     size = modelled + programs
     rng = np.random.default_rng(1)
-    values = {
-        **_sites(size, key=1),
-        "noise_concentration": jnp.asarray(rng.uniform(2.0, 8.0, modelled + decoded)),
-        "decoder_offset": jnp.asarray(rng.normal(-4.0, 0.5, decoded), jnp.float32),
-        "decoder_responses": jnp.asarray(rng.normal(0.0, 0.8, (decoded, modelled)), jnp.float32),
-        "decoder_loadings": jnp.asarray(rng.normal(0.0, 0.8, (decoded, size)), jnp.float32),
-    }
+    values = _decoder_sites(modelled, programs, decoded, rng, key=1)
     targets = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.float32)  # the program is never targeted
     latent = jnp.array([[-3.0, -2.5, 0.3], [-1.0, -2.9, -0.4]])
     counts = jnp.asarray(rng.poisson(5.0, (2, modelled + decoded)), jnp.float32)
@@ -165,13 +172,7 @@ def test_guide_is_the_exact_gaussian_update_through_the_decoder():
     modelled, programs, decoded = 2, 1, 4
     size = modelled + programs
     rng = np.random.default_rng(2)
-    values = {
-        **_sites(size, key=2),
-        "noise_concentration": jnp.asarray(rng.uniform(2.0, 8.0, modelled + decoded)),
-        "decoder_offset": jnp.asarray(rng.normal(-4.0, 0.5, decoded), jnp.float32),
-        "decoder_responses": jnp.asarray(rng.normal(0.0, 0.8, (decoded, modelled)), jnp.float32),
-        "decoder_loadings": jnp.asarray(rng.normal(0.0, 0.8, (decoded, size)), jnp.float32),
-    }
+    values = _decoder_sites(modelled, programs, decoded, rng, key=2)
     targets = jnp.array([[0, 0, 0], [0, 1, 0]], jnp.float32)
     condition_counts = jnp.asarray(rng.uniform(1.0, 40.0, (2, modelled + decoded)), jnp.float32)
     condition_rates = jnp.asarray(rng.uniform(0.01, 0.2, (2, modelled + decoded)), jnp.float32)

@@ -312,6 +312,11 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
+def _fixed_points(matrices, biases) -> np.ndarray:
+    """Fixed points ``-A^{-1} b`` ``[..., d]`` of linear drifts ``[..., d, d]``, ``[..., d]``."""
+    return -np.linalg.solve(matrices, biases[..., None])[..., 0]
+
+
 def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarray, np.ndarray]:
     """Stationary means ``[P, d]`` and covariance Cholesky factors ``[P, d, d]`` of every
     condition, in float64 with numpy and scipy (Bartels-Stewart).
@@ -330,7 +335,7 @@ def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarr
     for index, (matrix, bias, scale) in enumerate(zip(matrices, biases, scales, strict=True)):
         if np.linalg.eigvals(matrix).real.max() >= 0.0:
             continue
-        means[index] = -np.linalg.solve(matrix, bias)
+        means[index] = _fixed_points(matrix, bias)
         covariance = scipy.linalg.solve_continuous_lyapunov(matrix, -np.diag(scale**2))
         covariance = 0.5 * (covariance + covariance.T)
         factors[index] = np.linalg.cholesky(covariance + 1e-12 * np.eye(num_genes))
@@ -361,8 +366,7 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
     # the chain's intervention, plus independent noise of the right scale.
     linear = drift.linearize(drift.center)
     matrices, biases, _ = intervene_linear(linear, sigma, interventions)
-    start_means = -np.linalg.solve(np.asarray(matrices, np.float64), np.asarray(biases)[..., None])
-    start_means = start_means[..., 0]
+    start_means = _fixed_points(np.asarray(matrices, np.float64), np.asarray(biases, np.float64))
     spread = sigma / np.sqrt(2.0 * decay)
     run = jax.jit(
         lambda k, initial, member: simulate_chains(
