@@ -87,19 +87,33 @@ def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
     raise ValueError(f"guide must be one of {GUIDES} or a callable guide, got {guide!r}.")
 
 
-def _chunk_runner(svi: SVI, length: int, model_kwargs: Mapping):
-    """A jitted function running ``length`` SVI steps, stopping at the first non-finite loss.
+def _chunk_runner(svi: SVI, size: int, model_kwargs: Mapping):
+    """A jitted function running up to ``size`` SVI steps, stopping at the first non-finite loss.
+
+    ``run(state, data, length)`` runs the first ``length <= size`` steps of a ``size``-step scan
+    (the rest are skipped by ``lax.cond``): the number of steps is data, not shape, so a fit
+    compiles one runner whatever its last chunk's length (a 150-step fit compiled a second
+    scan for its last 50 steps, as long to compile as the first).
 
     The loss of an update is evaluated at the parameters *before* it, so when the loss of step
     ``k`` is non-finite the last good parameters are those of step ``k - 1``: the runner keeps
-    them. Returns the state (the last good one after a divergence), the losses, and the offset
-    of the first non-finite loss in the chunk (``length`` when all were finite).
+    them. Returns the state (the last good one after a divergence), the ``size`` losses (those
+    from ``length`` on are zero) and the offset of the first non-finite loss in the chunk
+    (``length`` when all were finite).
     """
 
-    def run(state, data):
+    def run(state, data, length):
+        def update(state):
+            return svi.update(state, **data, **model_kwargs)
+
+        loss_shape = jax.eval_shape(update, state)[1]
+
+        def skip(state):
+            return state, jnp.zeros(loss_shape.shape, loss_shape.dtype)
+
         def step(carry, _):
             state, last_good, diverged_at, position = carry
-            new_state, loss = svi.update(state, **data, **model_kwargs)
+            new_state, loss = jax.lax.cond(position < length, update, skip, state)
             running = diverged_at == length
             good = jnp.isfinite(loss) & running
             last_good = _select(good, state, last_good)
@@ -107,8 +121,8 @@ def _chunk_runner(svi: SVI, length: int, model_kwargs: Mapping):
             state = _select(good, new_state, state)
             return (state, last_good, diverged_at, position + 1), loss
 
-        start = (state, state, jnp.array(length), jnp.array(0))
-        (state, last_good, diverged_at, _), losses = jax.lax.scan(step, start, None, length=length)
+        start = (state, state, length, jnp.zeros_like(length))
+        (state, last_good, diverged_at, _), losses = jax.lax.scan(step, start, None, length=size)
         return _select(diverged_at < length, last_good, state), losses, diverged_at
 
     return jax.jit(run)
@@ -237,7 +251,7 @@ def fit(
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
         state, losses, step = _resume(checkpoint, state, config)
-    runners: dict[int, Callable] = {}
+    runner = _chunk_runner(svi, chunk_size, model_kwargs)
     chunk_seconds: list[float] = []
     best, stale = None, 0
     diverged = None
@@ -245,11 +259,9 @@ def fit(
     try:
         while step < num_steps:
             length = min(chunk_size, num_steps - step)
-            if length not in runners:
-                runners[length] = _chunk_runner(svi, length, model_kwargs)
             started = time.perf_counter()
-            state, chunk_losses, diverged_at = runners[length](state, data)
-            chunk_losses = np.asarray(chunk_losses)  # waits for the chunk to finish
+            state, chunk_losses, diverged_at = runner(state, data, jnp.asarray(length, jnp.int32))
+            chunk_losses = np.asarray(chunk_losses)[:length]  # waits for the chunk to finish
             chunk_seconds.append(time.perf_counter() - started)
             diverged_at = int(diverged_at)
             if diverged_at < length:
