@@ -32,16 +32,37 @@ def test_drift_is_stable_for_any_parameters_even_after_knockouts(seed_value):
 
 def test_one_way_regulation_can_exceed_the_targets_decay():
     # A two-gene chain with A[1, 0] = 3 (three times gene 1's decay) is reachable through the
-    # scaling: W'[1, 0] = 0.9 * 0.95 and e^{s_1 - s_0} = 3 / 0.855.
+    # scaling: the raw weight 0.9 maps into dominance as W'[1, 0] = 0.9 * 0.95 / (0.95 + 0.9)
+    # and e^{s_1 - s_0} = 3 / W'[1, 0].
     raw = jnp.array([[0.0, 0.0], [0.9, 0.0]])
-    ratio = 3.0 / (0.9 * 0.95)
+    dominated = 0.9 * 0.95 / (0.95 + 0.9)
     drift = drift_from_sites(
-        raw / 0.95 * 0.95, jnp.zeros(2), jnp.array([0.0, np.log(ratio)]), jnp.array([1.0, 2.0])
+        raw, jnp.zeros(2), jnp.array([0.0, np.log(3.0 / dominated)]), jnp.array([1.0, 2.0])
     )
     matrix = np.asarray(drift.matrix())
-    assert matrix[1, 0] == pytest.approx(0.9 * ratio, rel=1e-5)
+    assert matrix[1, 0] == pytest.approx(3.0, rel=1e-5)  # float32 exp and log of values ~3
     # The bias makes the baseline the control stationary mean exactly.
     np.testing.assert_allclose(np.asarray(stationary_moments(drift, 0.5)[0]), [1.0, 2.0], rtol=1e-5)
+
+
+def test_dominance_map_is_strictly_increasing_and_never_reaches_the_boundary():
+    """Raw rows map one to one into strict dominance: no raw direction is flat in the drift.
+
+    (A hard shrink to the boundary made every raw row beyond it give the same drift, and the
+    posterior piled up there.)"""
+    decay = jnp.array([0.5, 1.0, 2.0])
+    row = jnp.array([[0.0, 0.3, -0.2], [0.4, 0.0, 0.1], [-0.6, 0.5, 0.0]])
+    sums = []
+    for factor in (0.01, 0.1, 1.0, 10.0, 100.0, 1e4):
+        drift = drift_from_sites(row * factor, jnp.log(decay), jnp.zeros(3), jnp.zeros(3))
+        off_diagonal = np.abs(np.asarray(drift.weights)).sum(axis=1)
+        sums.append(off_diagonal / np.asarray(decay))
+    sums = np.array(sums)  # [factor, row] of sum_k |W'_jk| / d_j
+    assert np.all(sums < 0.95)  # strictly inside the dominance limit, however large the row
+    assert np.all(np.diff(sums, axis=0) > 0)  # and strictly increasing along every raw row
+    # Near zero the map is the identity to first order: 0.01 * row sums (0.005, 0.005, 0.011)
+    # over decays, up to the factor 1 / (1 + row sum / limit) ~ 0.99.
+    np.testing.assert_allclose(sums[0], [0.01, 0.005, 0.0055], rtol=0.02)
 
 
 def _three_gene_sites() -> dict:

@@ -1,11 +1,18 @@
 """The NumPyro program of LCD with linear drift (DESIGN 3.1), stable by construction.
 
 Drift ``A = -diag(d) + diag(e^s) W' diag(e^-s)`` where ``W'`` is the raw off-diagonal weight
-matrix shrunk row-wise so that ``sum_k |W'_jk| <= rho d_j`` (strict diagonal dominance) and
-``s`` a learned log-scaling. ``A`` is similar to a diagonally dominant matrix with a negative
-diagonal, so every eigenvalue has a negative real part (Gershgorin) for all parameter values,
-including after knockouts (principal submatrices stay dominant). The scaling lets one-way
-regulation exceed the target's decay (``A_ij = W'_ij e^{s_i - s_j}``), so every DAG drift is
+matrix ``R`` mapped row-wise into strict diagonal dominance, ``W'_j = R_j rho d_j / (rho d_j +
+|R_j|_1)`` (so ``sum_k |W'_jk| < rho d_j``), and ``s`` a learned log-scaling. The map is a
+bijection from every raw row onto the open dominance set. A hard shrink (``R_j`` scaled down
+to the boundary wherever its sum exceeded ``rho d_j``) sent all the prior mass beyond the
+boundary onto it: the posterior piled up there (50-84% of NUTS draws in five of six rows of a
+simulated screen), the likelihood was flat along the raw weights beyond it, and the
+credible intervals of the direct effects in those rows were too narrow.
+
+``A`` is similar to a diagonally dominant matrix with a negative diagonal, so every
+eigenvalue has a negative real part (Gershgorin) for all parameter values, including after
+knockouts (principal submatrices stay dominant). The scaling lets one-way regulation exceed
+the target's decay (``A_ij = W'_ij e^{s_i - s_j}``), so every DAG drift is
 reachable; only two-cycles are bounded (``A_ij A_ji = W'_ij W'_ji``).
 
 The latent state is one coordinate per modelled gene followed by ``programs`` latent programs;
@@ -59,7 +66,7 @@ def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDri
     off_diagonal = raw_weights * (1.0 - jnp.eye(raw_weights.shape[-1], dtype=raw_weights.dtype))
     row_sum = jnp.sum(jnp.abs(off_diagonal), axis=-1)
     limit = _DOMINANCE * decay
-    shrink = limit / jnp.maximum(row_sum, limit)
+    shrink = limit / (limit + row_sum)  # a bijection onto the open dominance set
     dominated = off_diagonal * shrink[..., :, None]
     scaling = jnp.exp(log_scaling)
     weights = scaling[..., :, None] * dominated / scaling[..., None, :]
