@@ -7,11 +7,12 @@ expression, and total-count size factors confound the fit (in the measurement be
 accuracy fell to 0.83, orientation to 0.58-0.67 and coverage to 0.23 with them).
 
 Thresholds were set from measurements of this exact configuration (seed 0, CPU): AUPRC 1.00
-by ``|W|`` and 0.71 by sign probability (edge density 0.40), orientation accuracy 1.00 by
-``|W|`` and 0.83 by sign probability, sign accuracy 1.00 (12 true edges), 90% interval
-coverage 0.47 (seeds 1-3: 0.70, 0.83, 0.77) with the mean-field global guide, 0.67 with the
-full-covariance one that ``LCD.fit`` now picks at this size. Each threshold keeps a margin below the
-measured value and stays well above what a failed fit scores.
+by ``|W|`` and 1.00 by sign probability (edge density 0.40), orientation accuracy 1.00 by both,
+sign accuracy 1.00 (12 true edges), 90% interval coverage 0.93, refined RMSE 0.035. Before the
+drift's dominance map became a bijection (it clipped raw rows to the boundary) the same fit
+measured 0.71 AUPRC and 0.83 orientation by sign probability and 0.67 coverage (0.47 with the
+mean-field guide). Each threshold keeps a margin below the measured value and stays well above
+what a failed fit scores.
 """
 
 import numpy as np
@@ -57,34 +58,30 @@ def test_clipr_on_fitted_lcd_recovers_the_true_network():
     magnitude = effects.adjacency_scores("magnitude")
     sign_probability = effects.adjacency_scores()
 
-    # AUPRC of a random ranking is the edge density (0.40 here). Ranking by |W| is nearly
-    # perfect (measured 1.00); the sign probability saturates at 1 for many non-edges because
-    # the intervals are too narrow (see coverage), so it ranks worse (0.71) but still clearly
-    # above chance.
+    # AUPRC of a random ranking is the edge density (0.40 here); both rankings measured 1.00.
+    # The sign probability ranks worse when intervals are too narrow (it saturates at 1 for
+    # non-edges: 0.71 with the clipped drift), so its bound is the lower one.
     assert metrics.auprc(true_adjacency, magnitude) >= density + 0.4
-    assert metrics.auprc(true_adjacency, sign_probability) >= density + 0.15
+    assert metrics.auprc(true_adjacency, sign_probability) >= density + 0.3
 
     # Orientation of the 12 one-way true edges: chance is 0.5 (and exactly 0.5 for any
-    # symmetric score, e.g. CLIPR on a gradient-field drift). Measured 1.00 by |W| and 0.83 by
-    # sign probability (ties where both directions have probability 1 count half).
+    # symmetric score, e.g. CLIPR on a gradient-field drift). Measured 1.00 by both (ties where
+    # both directions have sign probability 1 count half; 0.83 with the clipped drift).
     assert metrics.orientation_accuracy(true_adjacency, magnitude) >= 0.75
-    assert metrics.orientation_accuracy(true_adjacency, sign_probability) >= 0.65
+    assert metrics.orientation_accuracy(true_adjacency, sign_probability) >= 0.75
 
     # Signs of the 12 true edges: measured 12/12; allow one miss (11/12 = 0.92).
     assert metrics.sign_accuracy(true_direct.T, effects.mean.T) >= 0.9
 
-    # 90% intervals of all 30 effects (edges and true zeros). Nominal 0.9; the full-covariance
-    # global guide (LCD.fit's default at this size) measured 0.67 here, and a mean of 0.75 over
-    # 20 datasets at 4000 steps (benchmarks/clipr_recovery.py), against 0.47 with mean-field.
-    # The bound guards against intervals collapsing or the fit drifting away from the truth; it
-    # is not a calibration claim (see the issue note). The SVI posterior itself is unchanged by
-    # issue 6, so the bound is too: its shortfall is the Gaussian global guide's (its mean of W
-    # misses by more than its width; NUTS on the same data with collapsed latents,
-    # causalcell.clipr._refine.refine_lcd, covers far better), tested in test_clipr_refine.
+    # 90% intervals of all 30 effects (edges and true zeros). Nominal 0.9, measured 0.93 (28 of
+    # 30). One dataset's 30 effects are correlated and another platform's float rounding moves
+    # the fit, so the bound is 0.7 (at most 9 misses): below it the intervals are too narrow or
+    # the fit is off (the clipped drift gave 0.67).
+    # benchmarks/clipr_recovery.py measures the coverage over many datasets.
     coverage = metrics.interval_coverage(
         true_direct[off_diagonal], effects.lower[off_diagonal], effects.upper[off_diagonal]
     )
-    assert coverage >= 0.5
+    assert coverage >= 0.7
 
     # LCD.refine: the same screen's globals drawn by NUTS with the latents collapsed. A short
     # chain (the benchmark's 300 draws take minutes) only checks the route end to end: a NUTS
