@@ -102,14 +102,17 @@ def _chunk_runner(svi: SVI, size: int, model_kwargs: Mapping):
     (``length`` when all were finite).
     """
 
+    # Both branches of lax.cond return the loss in the default float type (float64 under x64),
+    # so the skipped branch needs no trace of the update to learn its dtype.
+    loss_dtype = jnp.result_type(float)
+
     def run(state, data, length):
         def update(state):
-            return svi.update(state, **data, **model_kwargs)
-
-        loss_shape = jax.eval_shape(update, state)[1]
+            new_state, loss = svi.update(state, **data, **model_kwargs)
+            return new_state, jnp.asarray(loss, loss_dtype)
 
         def skip(state):
-            return state, jnp.zeros(loss_shape.shape, loss_shape.dtype)
+            return state, jnp.zeros((), loss_dtype)
 
         def step(carry, _):
             state, last_good, diverged_at, position = carry
