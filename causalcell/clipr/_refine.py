@@ -83,23 +83,30 @@ def message_statistics(counts, size_factors, condition_index, conditions: int) -
     """
     counts = np.asarray(counts, np.float64)
     condition_index = np.asarray(condition_index)
-    messages = np.asarray(message_mean(counts, np.asarray(size_factors, np.float64)))
+    with jax.enable_x64(True):  # the statistics of thousands of cells, in double precision
+        messages = np.asarray(message_mean(counts, np.asarray(size_factors, np.float64)))
     genes = counts.shape[1]
-    cells = np.bincount(condition_index, minlength=conditions).astype(np.float64)
-    divisor = np.maximum(cells, 1.0)[:, None]
-    means = np.stack([messages[condition_index == p].sum(0) for p in range(conditions)]) / divisor
-    centred = messages - means[condition_index]
-    scatter = np.stack(
-        [centred[condition_index == p].T @ centred[condition_index == p] for p in range(conditions)]
-    )
-    mean_counts = np.stack([counts[condition_index == p].sum(0) for p in range(conditions)])
+    cells = np.zeros(conditions)
+    means = np.zeros((conditions, genes))
+    scatter = np.zeros((conditions, genes, genes))
+    mean_counts = np.zeros((conditions, genes))
+    for condition in range(conditions):  # one pass over the cells of each condition
+        members = condition_index == condition
+        if not members.any():
+            continue
+        own = messages[members]
+        cells[condition] = len(own)
+        means[condition] = own.mean(0)
+        centred = own - means[condition]
+        scatter[condition] = centred.T @ centred
+        mean_counts[condition] = counts[members].mean(0)
     pairs = np.stack([counts.ravel(), np.tile(np.arange(genes), counts.shape[0])], axis=1)
     distinct, multiplicity = np.unique(pairs, axis=0, return_counts=True)
     return {
         "cells_per_condition": cells,
         "message_means": means,
         "message_scatter": scatter,
-        "condition_counts": mean_counts / divisor,
+        "condition_counts": mean_counts,
         "count_values": distinct[:, 0],
         "count_genes": distinct[:, 1].astype(np.int32),
         "count_multiplicity": multiplicity.astype(np.float64),
