@@ -6,7 +6,10 @@
   counterfactual world; ``"quantile"`` keeps their quantile ``u = F_factual(x)`` and returns
   ``F_counterfactual^{-1}(u)``. For counts, ``u`` is drawn uniformly in
   ``[F(x - 1), F(x)]`` (the randomised probability integral transform), which keeps the
-  factual count exactly when the law does not change.
+  factual count exactly when the law does not change. Bernoulli and categorical sites have
+  their cdf from their probabilities.
+- Whatever the coupling, a site whose law is the same in both worlds keeps its value
+  (:func:`same_law`).
 
 Counts of Poisson, negative binomial (``GammaPoisson`` and its parametrisations) and their
 zero-inflated versions are coupled in float64 on the host (:func:`couple`, scipy through
@@ -30,6 +33,7 @@ __all__ = [
     "from_noise",
     "is_shareable",
     "quantile_of",
+    "same_law",
     "to_noise",
     "value_at_quantile",
 ]
@@ -69,8 +73,73 @@ def from_noise(fn: dist.Distribution, noise):
     return base.from_noise(noise)
 
 
+def same_law(first: dist.Distribution, second: dist.Distribution):
+    """Per batch entry, whether two laws of one site are identical (boolean, ``batch_shape``).
+
+    Two worlds that give a site the same law gave it the same parents, so by Pearl's
+    definition the site keeps its value in both, whatever its law (its exogenous noise is the
+    same). Laws are compared parameter by parameter, recursing through wrappers (``to_event``,
+    ``expand``, masks, zero inflation); a parameter's event dimensions are reduced with
+    ``all``. Laws of different types or shapes are different everywhere. Exact equality: both
+    worlds run the same operations on the same inputs wherever the intervention does not reach.
+    """
+    batch_shape = tuple(first.batch_shape)
+    if (
+        type(first) is not type(second)
+        or batch_shape != tuple(second.batch_shape)
+        or tuple(first.event_shape) != tuple(second.event_shape)
+    ):
+        return jnp.zeros(batch_shape, bool)
+    names = type(first).gather_pytree_data_fields()
+    (left, left_aux), (right, right_aux) = first.tree_flatten(), second.tree_flatten()
+    if not _equal_aux(left_aux, right_aux):
+        return jnp.zeros(batch_shape, bool)
+    constraints = getattr(type(first), "arg_constraints", {})
+    same = jnp.ones(batch_shape, bool)
+    for name, one, other in zip(names, left, right, strict=True):
+        if isinstance(one, dist.Distribution) and isinstance(other, dist.Distribution):
+            same = same & _entries(same_law(one, other), batch_shape)
+            continue
+        leaves, structure = jax.tree_util.tree_flatten(one)
+        other_leaves, other_structure = jax.tree_util.tree_flatten(other)
+        if structure != other_structure:  # e.g. a parameter given in one world only
+            return jnp.zeros(batch_shape, bool)
+        constraint = constraints.get(name)
+        event_dim = getattr(constraint, "event_dim", None)
+        for leaf, other_leaf in zip(leaves, other_leaves, strict=True):
+            equal = jnp.asarray(leaf) == jnp.asarray(other_leaf)
+            same = same & _entries(equal, batch_shape, event_dim)
+    return same
+
+
+def _entries(equal, batch_shape: tuple, event_dim: int | None = None):
+    """Reduce an elementwise comparison to the batch: event dimensions (or the extra inner
+    batch dimensions of a wrapped law) sit on the right, and an entry of the batch is the same
+    only if all of them are."""
+    extra = equal.ndim - len(batch_shape) if event_dim is None else event_dim
+    extra = max(0, min(extra, equal.ndim))
+    if extra:
+        equal = jnp.all(equal, axis=tuple(range(-extra, 0)))
+    return jnp.broadcast_to(equal, batch_shape)
+
+
+def _equal_aux(left, right) -> bool:
+    """Static (non-array) parts of two flattened laws: shapes, flags, event dimensions."""
+    try:
+        return bool(left == right)
+    except (TypeError, ValueError):  # an array among them: compare what can be compared
+        return len(left) == len(right)
+
+
 def _cdf(fn: dist.Distribution, value):
     base = _base(fn)
+    if isinstance(base, dist.BernoulliProbs | dist.BernoulliLogits):
+        return jnp.where(value < 0, 0.0, jnp.where(value < 1, 1.0 - base.probs, 1.0))
+    if isinstance(base, dist.CategoricalProbs | dist.CategoricalLogits):
+        levels = jnp.arange(base.probs.shape[-1])
+        below = levels <= jnp.expand_dims(value, -1)
+        total = jnp.clip(jnp.sum(jnp.where(below, base.probs, 0.0), axis=-1), 0.0, 1.0)
+        return jnp.where(value >= levels[-1], 1.0, total)  # exactly 1 despite rounding
     if isinstance(base, dist.ZeroInflatedProbs):
         inner = base.base_dist.cdf(value)
         return jnp.where(value < 0, 0.0, base.gate + (1.0 - base.gate) * inner)

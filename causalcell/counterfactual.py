@@ -11,7 +11,9 @@
    intervened model and stacks the two worlds on a leading axis (``world = 0`` factual,
    ``1`` counterfactual).
 
-Gaussian noise is shared exactly. Other unit-level sites (counts) follow ``coupling``:
+Gaussian noise is shared exactly. A unit-level site of any other law keeps its factual value
+wherever its law is the same in both worlds (no intervention reaches it: Pearl's definition,
+whatever the law). Where the intervention changes its law it follows ``coupling``:
 ``"resample"`` (independent draw in the counterfactual world) or ``"quantile"`` (same quantile
 of the new law; see :mod:`causalcell._coupling`). Global sites (outside every plate: the
 parameters) keep their abducted values in both worlds.
@@ -41,7 +43,14 @@ from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 from numpyro.primitives import Messenger
 
-from causalcell._coupling import COUPLINGS, couple, from_noise, is_shareable, to_noise
+from causalcell._coupling import (
+    COUPLINGS,
+    couple,
+    from_noise,
+    is_shareable,
+    same_law,
+    to_noise,
+)
 from causalcell._data_checks import did_you_mean
 from causalcell.handlers import UnknownSiteError, do
 
@@ -122,14 +131,25 @@ class _replay(Messenger):
             return
         if is_shareable(msg["fn"]) and name + NOISE_SUFFIX in self.draw:
             msg["value"] = from_noise(msg["fn"], self.draw[name + NOISE_SUFFIX])
-        elif name in self.factual and self.coupling == "quantile":
-            factual_fn, factual_value = self.factual[name]
-            self.key, subkey = jax.random.split(self.key)
-            msg["value"] = couple(subkey, factual_fn, factual_value, msg["fn"]).astype(
-                jnp.result_type(factual_value)
-            )
-        elif name in self.draw and name not in self.factual:
+        elif name in self.factual:
+            msg["value"] = self._carry(msg)
+        elif name in self.draw:
             msg["value"] = self.draw[name]  # an abducted latent of the factual world
+
+    def _carry(self, msg):
+        """The counterfactual value of a non-Gaussian site: its factual value wherever its
+        law is unchanged (no intervention reaches it), else coupled or drawn afresh."""
+        factual_fn, factual_value = self.factual[msg["name"]]
+        self.key, subkey = jax.random.split(self.key)
+        if self.coupling == "quantile":
+            changed = couple(subkey, factual_fn, factual_value, msg["fn"])
+        else:
+            sample_shape = msg["kwargs"].get("sample_shape", ())
+            changed = msg["fn"](rng_key=subkey, sample_shape=sample_shape)
+        same = same_law(factual_fn, msg["fn"])
+        same = jnp.reshape(same, same.shape + (1,) * len(msg["fn"].event_shape))
+        dtype = jnp.result_type(factual_value)
+        return jnp.where(same, factual_value, jnp.asarray(changed).astype(dtype))
 
 
 def model_trace(model, model_args=(), model_kwargs=None) -> dict:

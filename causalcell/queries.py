@@ -153,9 +153,10 @@ def counterfactual(
         Parameter draws (from a fit): noise is abducted per draw (``num_samples`` per draw when
         it needs NUTS). Without them, parameters and noise are sampled jointly by NUTS.
     coupling
-        How non-Gaussian unit-level sites (counts) carry over: ``"resample"`` draws them anew in
-        the counterfactual world, ``"quantile"`` keeps their quantile. Gaussian noise is always
-        shared exactly.
+        How non-Gaussian unit-level sites (counts, Bernoulli, ...) whose law the intervention
+        changes carry over: ``"resample"`` draws them anew in the counterfactual world,
+        ``"quantile"`` keeps their quantile. Sites whose law no intervention changes keep their
+        factual values under either; Gaussian noise is always shared exactly.
     num_samples, num_warmup
         NUTS settings for abduction.
     sites

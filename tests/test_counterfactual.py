@@ -130,12 +130,16 @@ def test_quantile_coupling_keeps_counts_when_the_law_is_unchanged_and_orders_the
     lowest = scipy.stats.poisson.ppf(scipy.stats.poisson.cdf(x - 1, factual_mean), raised_mean)
     highest = scipy.stats.poisson.ppf(scipy.stats.poisson.cdf(x, factual_mean), raised_mean)
     assert np.all(higher[:, 1] >= np.maximum(lowest, 0.0)) and np.all(higher[:, 1] <= highest)
-    resampled = worlds(0.0, "resample")
+    # An action that leaves the count's law unchanged leaves the count unchanged under either
+    # coupling (Pearl: same parents, same exogenous noise, same value).
+    kept = worlds(0.0, "resample")
+    np.testing.assert_array_equal(kept[:, 1], kept[:, 0])
+    resampled = worlds(2.0, "resample")
     assert np.any(resampled[:, 1] != resampled[:, 0])
-    # Resampled counts are fresh Poisson draws: their mean over the 50 draws is within 5
-    # standard errors sqrt(mean / 50) of the closed-form mean.
-    error = np.abs(resampled[:, 1].mean(0) - factual_mean)
-    np.testing.assert_array_less(error, 5 * np.sqrt(factual_mean / 50))
+    # Where the law changes, resampled counts are fresh Poisson draws: their mean over the 50
+    # draws is within 5 standard errors sqrt(mean / 50) of the raised closed-form mean.
+    error = np.abs(resampled[:, 1].mean(0) - raised_mean)
+    np.testing.assert_array_less(error, 5 * np.sqrt(raised_mean / 50))
 
 
 def test_errors_name_the_problem():
@@ -216,3 +220,102 @@ def test_abduction_by_a_fitted_guide_gives_the_gaussian_conditional_mean():
     # linear in the noise: the mean matches up to optimisation error, allowed 0.05 here (~2%
     # of y's scale; a decaying step size leaves ~0.02; 4000 guide draws add 0.01 s.e.).
     assert float(worlds["y"][:, 1].mean()) == pytest.approx(expected, abs=0.05)
+
+
+# ChiRho's smoking tutorial, translated: stress -> smokes -> cancer, stress -> cancer, all
+# Bernoulli; P(cancer | stress, smokes) from this table.
+CANCER = jnp.array([[0.1, 0.3], [0.5, 0.9]])  # rows: stress 0/1; columns: smokes 0/1
+
+
+def smoking(num_units=1):
+    p_stress = numpyro.sample("p_stress", dist.Beta(2.0, 2.0))
+    with numpyro.plate("units", num_units):
+        stress = numpyro.sample("stress", dist.Bernoulli(p_stress))
+        smokes = numpyro.sample("smokes", dist.Bernoulli(jnp.where(stress > 0, 0.8, 0.2)))
+        risk = CANCER[stress.astype(jnp.int32), smokes.astype(jnp.int32)]
+        return numpyro.sample("cancer", dist.Bernoulli(risk))
+
+
+@pytest.mark.parametrize("coupling", ["resample", "quantile"])
+def test_discrete_sites_no_intervention_reaches_keep_their_values(coupling):
+    evidence = {
+        "stress": jnp.array([0.0, 1.0]),
+        "smokes": jnp.array([0.0, 0.0]),
+        "cancer": jnp.array([0.0, 1.0]),
+    }
+    result = counterfactual(
+        smoking,
+        evidence=evidence,
+        actions={"smokes": jnp.array([1.0, 1.0])},
+        key=jax.random.key(0),
+        posterior_samples={"p_stress": jnp.full(4000, 0.5)},
+        coupling=coupling,
+        model_kwargs={"num_units": 2},
+    )
+    # stress is upstream of the action: identical in both worlds, in every draw.
+    np.testing.assert_array_equal(result["stress"][:, 1], np.broadcast_to([0.0, 1.0], (4000, 2)))
+    cancer = np.asarray(result["cancer"][:, 1]).mean(0)
+    if coupling == "resample":
+        # Fresh draws from the counterfactual law P(cancer | stress, smokes = 1) = 0.3, 0.9:
+        # within 4 binomial standard errors of 4000 draws (at most 0.032).
+        np.testing.assert_allclose(cancer, [0.3, 0.9], atol=4 * np.sqrt(0.21 / 4000))
+    else:
+        # Monotone (quantile) coupling, exact by hand: unit 0 had cancer = 0 at risk 0.1, so
+        # u ~ U[0, 0.9] and cancer' = 1 iff u > 0.7 (risk 0.3): 0.2 / 0.9; unit 1 had cancer = 1
+        # at risk 0.5, so u ~ U[0.5, 1] > 0.1: always 1. Tolerance: 4 binomial s.e.
+        np.testing.assert_allclose(cancer, [2 / 9, 1.0], atol=4 * np.sqrt(0.18 / 4000))
+
+
+def ambiguity(num_units=1):
+    # ChiRho's ambiguity test model, translated: x (log-normal) does not depend on z.
+    weight = numpyro.sample("weight", dist.Normal(2.0, 0.1))
+    with numpyro.plate("units", num_units):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        x = numpyro.sample("x", dist.LogNormal(0.0, 1.0))
+        return numpyro.sample("y", dist.Normal(x + weight * z, 0.5))
+
+
+def test_a_continuous_non_gaussian_site_the_action_does_not_reach_keeps_its_value():
+    evidence = {"z": jnp.array([0.4]), "x": jnp.array([1.1]), "y": jnp.array([2.3])}
+    weights = jnp.array([1.9, 2.0, 2.1])
+    result = counterfactual(
+        ambiguity,
+        evidence=evidence,
+        actions={"z": jnp.array([-1.0])},
+        key=jax.random.key(2),
+        posterior_samples={"weight": weights},
+    )
+    # x is not a descendant of z: it keeps its observed value exactly, so y' = y + w (z' - z)
+    # per draw (float32 arithmetic only).
+    np.testing.assert_array_equal(result["x"][:, 1, 0], np.full(3, 1.1, np.float32))
+    np.testing.assert_allclose(result["y"][:, 1, 0], 2.3 + weights * (-1.0 - 0.4), rtol=1e-5)
+
+
+def test_same_law_compares_laws_entry_by_entry_through_wrappers():
+    from causalcell._coupling import same_law
+
+    rate = jnp.array([1.0, 2.0, 3.0])
+    moved = rate.at[1].set(2.5)
+    np.testing.assert_array_equal(
+        same_law(dist.Poisson(rate), dist.Poisson(moved)), [True, False, True]
+    )
+    # to_event folds the entries into one event: one change changes the whole law.
+    assert not same_law(dist.Poisson(rate).to_event(1), dist.Poisson(moved).to_event(1))
+
+    # A zero-inflated negative binomial: its gate and its inner law's parameters both count.
+    def inflated(gate, mean):
+        return dist.ZeroInflatedNegativeBinomial2(mean, 5.0, gate=gate)
+
+    np.testing.assert_array_equal(
+        same_law(inflated(jnp.array([0.1, 0.2]), 3.0), inflated(jnp.array([0.1, 0.3]), 3.0)),
+        [True, False],
+    )
+    # Categorical probabilities are an event of the parameter: compared as a whole per entry.
+    probs = jnp.array([[0.2, 0.8], [0.5, 0.5]])
+    np.testing.assert_array_equal(
+        same_law(dist.Categorical(probs), dist.Categorical(probs.at[1].set(0.0).at[1, 1].set(1))),
+        [True, False],
+    )
+    assert not same_law(dist.Normal(0.0, 1.0), dist.LogNormal(0.0, 1.0))
+    # A transformed law (log-normal) with an unchanged base law is the same law.
+    assert same_law(dist.LogNormal(0.3, 1.0), dist.LogNormal(0.3, 1.0))
