@@ -13,6 +13,7 @@ from causalcell.diffusion import (
     check_stable,
     intervene,
     intervene_linear,
+    sample_stationary,
     simulate_chains,
     solve_continuous_lyapunov,
     stationary_mean,
@@ -282,8 +283,6 @@ def test_thinned_draws_decorrelate_like_an_ornstein_uhlenbeck_process():
 
 
 def test_exact_stationary_draws_have_the_lyapunov_moments():
-    from causalcell.diffusion import sample_stationary
-
     drift = chain_drift()
     sigma = jnp.array([0.7, 1.0])
     draws = np.asarray(
@@ -302,3 +301,118 @@ def test_exact_stationary_draws_have_the_lyapunov_moments():
     # Under jit there is no concrete value to check: the draws come back NaN, as documented.
     jitted = jax.jit(lambda key: sample_stationary(key, unstable, 1.0, num_samples=3))
     assert np.isnan(jitted(jax.random.key(0))).all()
+
+
+# ------------------------------------------------------------------ unstable drift: loud errors
+
+
+def unstable_drift():
+    """Eigenvalues -1 +- 1.3 = +0.3 and -2.3: negative diagonal, yet no stationary law."""
+    return LinearDrift.from_matrix(jnp.array([[-1.0, 1.3], [1.3, -1.0]]), jnp.array([0.5, 0.2]))
+
+
+def stack(*rows):
+    return jax.tree_util.tree_map(lambda *fields: jnp.stack(fields), *rows)
+
+
+def test_stationary_moments_of_an_unstable_drift_raise_a_clear_error():
+    drift = unstable_drift()
+    for call in (stationary_moments, stationary_mean):
+        with pytest.raises(UnstableDriftError) as raised:
+            call(drift, 1.0)
+        message = str(raised.value)
+        # The eigenvalue (+0.3 to float32 round-off, printed to 4 digits), why, and the fix.
+        for words in ("not stable", "real part is 0.3 >= 0", "no stationary law", "self-decay"):
+            assert words in message
+    assert issubclass(UnstableDriftError, ValueError)
+    # A knockout of either gene makes the matrix triangular (stable); the control row is not.
+    rows = stack(
+        from_targets(2, [0], "knockout", 0.0),
+        Intervention.identity(2),
+        from_targets(2, [1], "knockout", 0.0),
+    )
+    with pytest.raises(UnstableDriftError, match=r"intervened drift matrix \(batch index 1\)"):
+        stationary_moments(drift, 1.0, rows)
+    with pytest.raises(UnstableDriftError, match="no stationary law"):
+        sample_stationary(jax.random.key(0), drift, 1.0, num_samples=3)
+
+
+def test_check_stable_names_the_first_unstable_matrix_of_a_batch():
+    stable, unstable = np.diag([-1.0, -2.0]), np.array([[0.3, 0.0], [0.0, -1.0]])
+    batch = np.stack([[stable, stable], [stable, unstable], [unstable, stable]])
+    with pytest.raises(UnstableDriftError, match=r"batch index \(1, 1\), the first of 2"):
+        check_stable(batch)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_stable(np.array([[np.nan, 0.0], [0.0, -1.0]]))
+    with pytest.raises(ValueError, match="square"):
+        check_stable(np.zeros((2, 3)))
+
+
+def test_traced_stationary_moments_are_unchecked_and_unchanged():
+    sigma = jnp.array([0.7, 1.0])
+    eager = stationary_moments(chain_drift(), sigma)
+    jitted = jax.jit(stationary_moments)(chain_drift(), sigma)
+    for got, expected in zip(jitted, eager, strict=True):
+        # Same float32 arithmetic, compiled versus op by op: round-off only.
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # Traced values cannot be checked: no error, and the covariance is NaN as documented.
+    _, covariance = jax.jit(stationary_moments)(unstable_drift(), 1.0)
+    assert np.isnan(covariance).all()
+    # Gradients (eager grad of a stable drift) still flow through the check.
+    gradient = jax.grad(lambda d: stationary_moments(d, sigma)[1].sum())(chain_drift())
+    assert np.isfinite(gradient.log_decay).all()
+
+
+def test_linear_shapes_are_checked_before_any_solve():
+    drift = chain_drift()
+    with pytest.raises(ValueError, match=r"sigma has shape \(3,\)"):
+        stationary_moments(drift, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"drift.weights must be square \[2, 2\]"):
+        stationary_moments(LinearDrift(jnp.zeros(2), jnp.zeros((3, 3)), jnp.zeros(2)), 1.0)
+    with pytest.raises(ValueError, match=r"intervention.shift has shape \(3,\)"):
+        stationary_moments(drift, 1.0, Intervention.identity(3))
+    with pytest.raises(ValueError, match="drift has 2 genes but initial has 3"):
+        simulate_chains(jax.random.key(0), drift, 1.0, jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"intervention.shift has shape \(3, 2\)"):
+        simulate_chains(
+            jax.random.key(0),
+            drift,
+            1.0,
+            jnp.zeros((4, 2)),
+            intervention=stack(*[Intervention.identity(2)] * 3),
+        )
+
+
+def test_simulate_chains_rejects_an_unstable_linear_drift_before_simulating():
+    drift = unstable_drift()
+    with pytest.raises(UnstableDriftError, match=r"real part is 0\.3 >= 0"):
+        simulate_chains(jax.random.key(0), drift, 1.0, jnp.zeros((4, 2)))
+    # Chains 0-1 knock gene 0 out (stable); chain 2 is the first with the unstable control.
+    rows = stack(*[from_targets(2, [0], "knockout", 0.0)] * 2, *[Intervention.identity(2)] * 2)
+    with pytest.raises(UnstableDriftError, match="of chain 2, the first unstable one"):
+        simulate_chains(jax.random.key(0), drift, 1.0, jnp.zeros((4, 2)), intervention=rows)
+    # A traced drift cannot be checked and is not: the (meaningless) draws come back. (A drift
+    # closed over by the jitted function is concrete, so it is still checked, at trace time.)
+    jitted = jax.jit(lambda d: simulate_chains(jax.random.key(0), d, 1.0, jnp.zeros((4, 2))))
+    assert jitted(drift).shape == (4, 1, 2)
+    with pytest.raises(UnstableDriftError, match="no stationary law"):
+        jax.jit(lambda x: simulate_chains(jax.random.key(0), drift, 1.0, x))(jnp.zeros((4, 2)))
+
+
+class Explosive:
+    """``dx = x^2 dt``: from ``x = 1`` it reaches infinity at ``t = 1``, whatever the noise."""
+
+    decay = jnp.ones(1)
+
+    def __call__(self, x):
+        return x * x
+
+
+def test_simulate_chains_raises_when_the_chains_blow_up():
+    with pytest.raises(UnstableDriftError, match=r"diverged: chain 0 .* drift is unstable"):
+        simulate_chains(jax.random.key(0), Explosive(), 0.1, jnp.ones((3, 1)), burn_in=5.0)
+    # A stable drift with dt * decay = 3 > 2: Euler-Maruyama multiplies by |1 - 3| = 2 per
+    # step, 2^134 after 200 time units, past float32's range; the message blames dt alone.
+    drift = LinearDrift.from_matrix(jnp.array([[-2.0]]), jnp.zeros(1))
+    with pytest.raises(UnstableDriftError, match="drift is stable, so the step dt is too large"):
+        simulate_chains(jax.random.key(0), drift, 1.0, jnp.ones((3, 1)), dt=1.5, burn_in=200.0)

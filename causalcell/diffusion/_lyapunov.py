@@ -150,18 +150,48 @@ def solve_continuous_lyapunov(drift, noise):
 
 
 def spectral_abscissa(drift) -> np.ndarray:
-    """Largest real part of the eigenvalues of ``drift`` ``[..., n, n]`` (computed on the host)."""
+    """Largest real part of the eigenvalues of ``drift`` ``[..., n, n]`` (computed on the host).
+
+    numpy in float64 rather than ``jnp.linalg.eigvals``: this is a check on concrete values, and
+    batched LAPACK calls through jaxlib 0.10's CPU runtime can deadlock (:mod:`causalcell._linalg`).
+    """
     eigenvalues = np.linalg.eigvals(np.asarray(drift, dtype=np.float64))
     return eigenvalues.real.max(axis=-1)
+
+
+def unstable_drift_error(
+    abscissa: float, *, margin: float = 0.0, name: str = "drift", where: str = ""
+) -> UnstableDriftError:
+    """The :class:`UnstableDriftError` for a matrix whose spectral abscissa is ``abscissa``.
+
+    One wording for every caller (``check_stable``, ``stationary_moments``, ``simulate_chains``):
+    what is wrong (the eigenvalue), why it matters (no stationary law) and how to fix it.
+    ``where`` locates the matrix in a batch, e.g. ``" (batch index 2)"``.
+    """
+    bound = -margin + 0.0  # + 0.0 turns -0.0 into 0.0, so the message reads ">= 0", not ">= -0"
+    why = (
+        "so the diffusion has no stationary law (its states grow without bound)"
+        if margin == 0.0
+        else f"but the required margin {margin:.4g} needs every eigenvalue below {bound:.4g}"
+    )
+    return UnstableDriftError(
+        f"The {name} matrix{where} is not stable: its largest eigenvalue real part is "
+        f"{abscissa:.4g} >= {bound:.4g}, {why}. Make the drift stable: increase the self-decay "
+        "(a more negative diagonal) or shrink the off-diagonal weights, e.g. so that each row's "
+        "sum of |off-diagonal| is below its decay."
+    )
 
 
 def check_stable(drift, *, margin: float = 0.0, name: str = "drift") -> None:
     """Raise :class:`UnstableDriftError` unless every eigenvalue has real part below ``-margin``.
 
+    A linear diffusion ``dx = (A x + b) dt + S dW`` has a stationary law only if ``A`` is
+    Hurwitz; this is the host-side (numpy, float64) check for concrete matrices.
+
     Parameters
     ----------
     drift
-        Matrix ``[..., n, n]`` of a linear drift ``dx = A x dt``.
+        Matrix ``[..., n, n]`` of a linear drift ``dx = A x dt``; leading axes are batch axes.
     margin
         Required distance of the spectrum from the imaginary axis.
     name
@@ -169,17 +199,26 @@ def check_stable(drift, *, margin: float = 0.0, name: str = "drift") -> None:
 
     Raises
     ------
+    ValueError
+        If ``drift`` is not a square ``[..., n, n]`` array or holds NaN or infinite values.
     UnstableDriftError
-        Naming the spectral abscissa (and the batch index of the first unstable matrix).
+        Naming the spectral abscissa (and the batch index of the first unstable matrix, with
+        how many are unstable).
     """
-    computed = spectral_abscissa(drift)
-    abscissa = np.atleast_1d(computed)
-    bad = np.flatnonzero(abscissa >= -margin)
+    matrices = np.asarray(drift, dtype=np.float64)
+    if matrices.ndim < 2 or matrices.shape[-1] != matrices.shape[-2]:
+        raise ValueError(f"The {name} matrix must be square [..., n, n], got {matrices.shape}.")
+    if not np.isfinite(matrices).all():
+        raise ValueError(f"The {name} matrix holds NaN or infinite values.")
+    abscissa = spectral_abscissa(matrices)
+    bad = np.argwhere(np.atleast_1d(abscissa >= -margin))
     if bad.size:
-        where = "" if np.ndim(computed) == 0 else f" (batch index {int(bad[0])})"
-        raise UnstableDriftError(
-            f"The {name} matrix{where} is not stable: its largest eigenvalue real part is "
-            f"{abscissa[bad[0]]:.4g}, but a stationary law needs every eigenvalue below "
-            f"{-margin:.4g}. Increase the self-decay (diagonal) or shrink the off-diagonal "
-            "weights, e.g. so that each row's sum of |off-diagonal| is below its decay."
-        )
+        first = tuple(int(i) for i in bad[0])
+        if abscissa.ndim == 0:
+            where = ""
+        else:
+            index = first[0] if len(first) == 1 else first
+            others = f", the first of {len(bad)} unstable" if len(bad) > 1 else ""
+            where = f" (batch index {index}{others})"
+        value = float(abscissa[first] if abscissa.ndim else abscissa)
+        raise unstable_drift_error(value, margin=margin, name=name, where=where)

@@ -4,21 +4,93 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from causalcell._linalg import cholesky, solve
 from causalcell.diffusion._drift import LinearDrift, intervene_linear
-from causalcell.diffusion._lyapunov import solve_continuous_lyapunov
+from causalcell.diffusion._lyapunov import check_stable, solve_continuous_lyapunov
 from causalcell.interventions import Intervention
 
 __all__ = ["sample_stationary", "stationary_factor", "stationary_mean", "stationary_moments"]
+
+
+def check_linear_shapes(drift: LinearDrift, sigma, intervention: Intervention | None) -> int:
+    """Check that ``drift``, ``sigma`` and ``intervention`` agree on the number of genes ``d``.
+
+    Shapes are static, so this runs (and may raise) under ``jit`` too, at no cost to the traced
+    computation; it turns a broadcasting error deep inside the solver into a message naming the
+    argument. Returns ``d``.
+
+    Raises
+    ------
+    ValueError
+        If ``drift.weights`` is not ``[..., d, d]``, ``drift.log_decay`` not ``[..., d]``
+        (``d = drift.bias.shape[-1]``), ``sigma`` does not broadcast to ``drift.bias``, or an
+        ``intervention`` field's last axis is neither ``d`` nor 1.
+    """
+    bias_shape = np.shape(drift.bias)
+    if len(bias_shape) < 1:
+        raise ValueError(f"drift.bias must have shape [d], got {bias_shape}.")
+    genes = bias_shape[-1]
+    if np.shape(drift.weights)[-2:] != (genes, genes):
+        raise ValueError(
+            f"drift.weights must be square [{genes}, {genes}] to match drift.bias [{genes}], "
+            f"got shape {np.shape(drift.weights)}."
+        )
+    if np.shape(drift.log_decay)[-1:] != (genes,):
+        raise ValueError(
+            f"drift.log_decay must have shape [{genes}] to match drift.bias, "
+            f"got {np.shape(drift.log_decay)}."
+        )
+    if not _broadcasts_to(np.shape(sigma), bias_shape):
+        raise ValueError(
+            f"sigma has shape {np.shape(sigma)}; it must be a scalar or [{genes}] (one scale "
+            "per gene)."
+        )
+    if intervention is not None:
+        for field, value in zip(intervention._fields, intervention, strict=True):
+            if np.shape(value)[-1:] not in ((), (1,), (genes,)):
+                raise ValueError(
+                    f"intervention.{field} has shape {np.shape(value)} but the drift has "
+                    f"{genes} genes: its last axis must be {genes}."
+                )
+    return genes
+
+
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _check_stable_if_concrete(matrix, intervention: Intervention | None) -> None:
+    """:func:`check_stable` on the intervened drift matrix, only where it is concrete.
+
+    Under ``jit``/``vmap``/``grad`` the matrix is a tracer whose values cannot be read: the
+    check is skipped there (a Python ``isinstance``, so the traced computation gains no op)
+    and the results come back NaN as documented.
+    """
+    if not isinstance(matrix, jax.core.Tracer):
+        check_stable(matrix, name="drift" if intervention is None else "intervened drift")
 
 
 def stationary_mean(drift: LinearDrift, sigma, intervention: Intervention | None = None):
     """Mean ``-A^{-1} b`` of the stationary law of the (intervened) linear diffusion.
 
     One linear solve, no Lyapunov equation; batched interventions give ``[..., d]``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of ``drift``, ``sigma`` and ``intervention`` disagree.
+    UnstableDriftError
+        If the arguments are concrete (not traced) and the intervened drift matrix is not
+        Hurwitz: ``-A^{-1} b`` is then a fixed point, but no stationary law has it as its mean.
     """
+    check_linear_shapes(drift, sigma, intervention)
     matrix, bias, _ = intervene_linear(drift, sigma, intervention)
+    _check_stable_if_concrete(matrix, intervention)
     return _fixed_point(matrix, bias)
 
 
@@ -44,7 +116,21 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
     Returns
     -------
     mean, covariance
-        ``[..., d]`` and ``[..., d, d]``; NaN where the intervened drift is not stable.
+        ``[..., d]`` and ``[..., d, d]``. Under ``jit``/``vmap``/``grad`` (inside a model) the
+        covariance is NaN where the intervened drift is not stable, since traced values cannot
+        be checked.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of ``drift``, ``sigma`` and ``intervention`` disagree (checked under
+        tracing too: shapes are static).
+    UnstableDriftError
+        A :class:`ValueError`, if the arguments are concrete (an eager call) and an intervened
+        drift matrix has an eigenvalue with real part ``>= 0``: the diffusion has no stationary
+        law. The message gives the eigenvalue, the batch index of the first unstable matrix and
+        the fix (more self-decay or weaker regulation). Checked in float64 with numpy on the
+        host before the Lyapunov solve.
 
     Examples
     --------
@@ -57,7 +143,9 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
     >>> [round(float(v), 4) for v in mean]
     [2.0, 1.0]
     """
+    check_linear_shapes(drift, sigma, intervention)
     matrix, bias, sigma = intervene_linear(drift, sigma, intervention)
+    _check_stable_if_concrete(matrix, intervention)
     mean = _fixed_point(matrix, bias)
     noise = sigma[..., :, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
     covariance = solve_continuous_lyapunov(matrix, noise)
@@ -77,9 +165,12 @@ def sample_stationary(
 
     Raises
     ------
+    UnstableDriftError
+        If the intervened drift is not stable (from :func:`stationary_moments`); under ``jit``
+        the draws are NaN instead.
     ValueError
-        If the intervened drift is not stable (the covariance came back non-finite); under
-        ``jit`` the draws are NaN instead.
+        If the covariance is still not finite or not positive definite (e.g. a drift within
+        round-off of the imaginary axis).
     """
     mean, factor = stationary_factor(drift, sigma, intervention)
     # Outside jit, fail loudly; under jit the draws come back NaN, as the moments do.
