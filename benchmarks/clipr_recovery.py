@@ -16,7 +16,7 @@ intervals at several levels over all off-diagonal effects (true zeros included);
 pooled coverage with its binomial standard error (effects within a dataset are not
 independent, so the spread over datasets is printed too). With ``--refine`` every dataset is
 scored twice: the SVI posterior (rows ``svi``) and the same fit refined by NUTS on the globals
-with collapsed latents (rows ``nuts``, :func:`causalcell.clipr._refine.refine_lcd`), whose
+with collapsed latents (rows ``nuts``, :func:`causalcell.models.lcd._refine.refine_lcd`), whose
 time is reported in ``fit_s`` on top of the SVI fit's.
 """
 
@@ -28,10 +28,10 @@ import time
 import numpy as np
 
 from causalcell import metrics
-from causalcell.clipr._refine import refine_lcd
 from causalcell.datasets import ground_truth, simulate_screen
 from causalcell.graph import to_adjacency
 from causalcell.models.lcd import LCD
+from causalcell.models.lcd._refine import refine_lcd
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 

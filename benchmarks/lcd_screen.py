@@ -37,7 +37,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from causalcell import _metrics_distribution, evaluation, metrics
+from causalcell import evaluation, metrics
 from causalcell.datasets import simulate_screen
 from causalcell.models.baselines import shift_control_cells
 from causalcell.models.lcd import LCD
@@ -51,7 +51,7 @@ def noise_floor(expression, labels, held_out, num_predicted: int) -> dict[str, f
     scores = {"energy_distance": [], "pseudobulk_l2": [], "rmse_all": []}
     for label in held_out:
         observed = expression[labels == label]
-        within = _metrics_distribution._mean_within_distance(observed, unbiased=True)
+        within = metrics.mean_within_distance(observed, unbiased=True)
         inverse_sizes = 1.0 / num_predicted + 1.0 / observed.shape[0]
         scores["energy_distance"].append(within * inverse_sizes)
         noise = observed.var(axis=0, ddof=1) * inverse_sizes

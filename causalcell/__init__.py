@@ -1,15 +1,22 @@
-"""causalcell: causal generative models of single cells, written as NumPyro programs."""
+"""causalcell: causal generative models of single cells, written as NumPyro programs.
+
+Every capability is one hop from here: ``cc.LCD``, ``cc.fit``, ``cc.do``, ``cc.counterfactual``,
+``cc.clipr.direct_effects``, and every namespace (``cc.models``, ``cc.inference``, ...). The
+layers and their rule are in ``docs/design.md``.
+"""
 
 from causalcell import (
-    counterfactual,
+    clipr,
     data,
     datasets,
     diffusion,
     evaluation,
     graph,
     handlers,
+    inference,
     interventions,
     metrics,
+    models,
     noise,
     perturbations,
     preprocessing,
@@ -17,34 +24,51 @@ from causalcell import (
     results,
     scm,
 )
-from causalcell._warnings import CausalcellWarning
+from causalcell._core.errors import CausalcellWarning
+from causalcell._version import __version__
+from causalcell.clipr import DirectEffects
+from causalcell.data import Registry, register, to_arrays
 from causalcell.handlers import do, knockdown, knockout, noise_scale, shift
+from causalcell.inference import Posterior, fit, fit_nuts
+from causalcell.models import LCD
+from causalcell.queries import counterfactual, effect, interventional
 from causalcell.results import CausalResult
 
-__version__ = "0.1.0.dev0"
-
 __all__ = [
+    "LCD",
     "CausalResult",
     "CausalcellWarning",
+    "DirectEffects",
+    "Posterior",
+    "Registry",
     "__version__",
+    "clipr",
     "counterfactual",
     "data",
     "datasets",
     "diffusion",
     "do",
+    "effect",
     "evaluation",
+    "fit",
+    "fit_nuts",
     "graph",
     "handlers",
+    "inference",
+    "interventional",
     "interventions",
     "knockdown",
     "knockout",
     "metrics",
+    "models",
     "noise",
     "noise_scale",
     "perturbations",
     "preprocessing",
     "queries",
+    "register",
     "results",
     "scm",
     "shift",
+    "to_arrays",
 ]

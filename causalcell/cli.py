@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from causalcell import evaluation
+from causalcell.datasets import simulate_screen
+from causalcell.models.lcd import LCD
+
 __all__ = ["main"]
 
 
 def _demo(arguments) -> int:
-    from causalcell import evaluation
-    from causalcell.datasets import simulate_screen
-    from causalcell.models.lcd import LCD
-
     started = time.perf_counter()
     print(
         f"Simulating a knockout screen: {arguments.genes} genes, {arguments.cells} cells, "
@@ -101,8 +101,6 @@ def _plot_predicted_vs_observed(expression, labels, held_out, predictions, path)
 
 
 def _simulate(arguments) -> int:
-    from causalcell.datasets import simulate_screen
-
     adata = simulate_screen(
         num_genes=arguments.genes,
         num_cells=arguments.cells,

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from causalcell import _metrics_distribution, metrics
+from causalcell import metrics
 from causalcell.data import register, to_arrays
 from causalcell.models.baselines import Additive, LinearIndicators, NoChange, shift_control_cells
 from causalcell.preprocessing import normalize_log1p
@@ -174,8 +174,8 @@ def evaluate_predictions(
             raise ValueError(f"No observed cells of held-out condition {condition!r}.")
         observed_cells.append(observed)
         top_genes.append(metrics.top_de_genes(observed, control_cells, k=TOP_GENES))
-        observed_within.append(_metrics_distribution._mean_within_distance(observed))
-    control_within = _metrics_distribution._mean_within_distance(control_cells)
+        observed_within.append(metrics.mean_within_distance(observed))
+    control_within = metrics.mean_within_distance(control_cells)
     rows = []
     for model, means in predicted_means.items():
         means = np.asarray(means)
@@ -192,7 +192,7 @@ def evaluate_predictions(
             else:
                 cells = shift_control_cells(control_cells, control_mean, means[index])
                 cells_within = control_within
-            energy = _metrics_distribution._energy_distance(
+            energy = metrics.energy_distance(
                 cells, observed_cells[index], within_x=cells_within, within_y=observed_within[index]
             )
             scores["energy_distance"].append(energy)

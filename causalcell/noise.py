@@ -64,7 +64,7 @@ import numpyro
 import numpyro.distributions as dist
 import scipy.sparse
 
-from causalcell._counts import PROBLEM_FIXES, find_invalid_entries
+from causalcell._core.counts import PROBLEM_FIXES, find_invalid_entries
 from causalcell.preprocessing import DEFAULT_TARGET_SUM
 
 __all__ = [

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causalcell import _arviz
+from causalcell._core import arviz_adapter as _arviz
 
 __all__ = ["SUMMARY_STATISTICS", "CausalResult"]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from causalcell import _arviz
+from causalcell._core import arviz_adapter as _arviz
 from causalcell.results import SUMMARY_STATISTICS, CausalResult
 
 WORLDS = ["factual", "counterfactual"]

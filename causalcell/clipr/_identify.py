@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from causalcell._warnings import CausalcellWarning
+from causalcell._core.errors import CausalcellWarning
 from causalcell.clipr._inputs import Screen, parse_screen
 from causalcell.clipr._result import DirectEffects
 

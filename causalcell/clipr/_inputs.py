@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from causalcell._data_checks import did_you_mean
+from causalcell._core.names import did_you_mean
 
 __all__ = []
 

@@ -6,6 +6,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from causalcell.clipr._plot import plot_direct_effects
 from causalcell.graph import graph_from_drift, swap_orientation
 from causalcell.results import CausalResult
 
@@ -242,6 +243,4 @@ class DirectEffects:
 
     def plot(self, ax=None):
         """Heatmap of the mean effects; see :func:`causalcell.clipr.plot_direct_effects`."""
-        from causalcell.clipr._plot import plot_direct_effects
-
         return plot_direct_effects(self, ax=ax)

@@ -322,8 +322,8 @@ def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarr
     condition, in float64 with numpy and scipy (Bartels-Stewart).
 
     The simulator needs no derivatives, so it leaves JAX here: batched LAPACK calls of order
-    above :data:`causalcell._linalg.MAX_ORDER` can deadlock jaxlib 0.10's CPU runtime (see
-    :mod:`causalcell._linalg`), which hung ``simulate_screen`` at 200 genes, and float64 is
+    above :data:`causalcell._core.linalg.MAX_ORDER` can deadlock jaxlib 0.10's CPU runtime (see
+    :mod:`causalcell._core.linalg`), which hung ``simulate_screen`` at 200 genes, and float64 is
     exact to well below the simulated noise at any size. NaN where a condition is unstable.
     """
     matrices, biases, scales = (

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._linalg import cholesky, solve_triangular
+from causalcell._core.linalg import cholesky, solve_triangular
 from causalcell.diffusion._drift import LinearDrift
 from causalcell.diffusion._stationary import stationary_moments
 from causalcell.interventions import Intervention
@@ -117,7 +117,7 @@ def stationary_log_likelihood(
     Notes
     -----
     Uses the Cholesky factor of ``Sigma`` (log-determinant and triangular solves, from
-    :mod:`causalcell._linalg`, which avoids jaxlib 0.10's deadlocking batched LAPACK path on
+    :mod:`causalcell._core.linalg`, which avoids jaxlib 0.10's deadlocking batched LAPACK path on
     CPU), so each evaluation costs one Lyapunov solve and ``O(d^3)`` per group, whatever the
     number of points; gradients flow through
     :func:`causalcell.diffusion.solve_continuous_lyapunov`'s adjoint.

@@ -10,7 +10,7 @@ keeps ``A_k X + X A_k^T + Q_k = 0`` for the same ``X`` while ``A_k -> -I``, so
 ``X = Q_inf / 2``. ``c = |det A_k|^{-1/n}`` (determinant scaling) makes the first iterations
 fast when eigenvalues span several orders of magnitude. Each step is one inverse, so it
 runs on GPU (unlike a Schur-based Bartels-Stewart solver) and costs ``O(n^3)`` per step with
-quadratic convergence (typically 6-12 steps). The inverses come from :mod:`causalcell._linalg`
+quadratic convergence (typically 6-12 steps). The inverses come from :mod:`causalcell._core.linalg`
 (LAPACK LU, or Gauss-Jordan loops where jaxlib's batched CPU LAPACK calls can deadlock).
 
 Gradients use the adjoint identity: if ``G`` solves ``A^T G + G A + Xbar = 0`` then
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._linalg import inv, inv_and_log_abs_det
+from causalcell._core.linalg import inv, inv_and_log_abs_det
 
 __all__ = ["UnstableDriftError", "check_stable", "solve_continuous_lyapunov", "spectral_abscissa"]
 
@@ -153,7 +153,8 @@ def spectral_abscissa(drift) -> np.ndarray:
     """Largest real part of the eigenvalues of ``drift`` ``[..., n, n]`` (computed on the host).
 
     numpy in float64 rather than ``jnp.linalg.eigvals``: this is a check on concrete values, and
-    batched LAPACK calls through jaxlib 0.10's CPU runtime can deadlock (:mod:`causalcell._linalg`).
+    batched LAPACK calls through jaxlib 0.10's CPU runtime can deadlock
+    (:mod:`causalcell._core.linalg`).
     """
     eigenvalues = np.linalg.eigvals(np.asarray(drift, dtype=np.float64))
     return eigenvalues.real.max(axis=-1)

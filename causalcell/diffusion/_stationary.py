@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._linalg import cholesky, solve
+from causalcell._core.linalg import cholesky, solve
 from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import check_stable, solve_continuous_lyapunov
 from causalcell.interventions import Intervention

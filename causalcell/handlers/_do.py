@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.primitives import Messenger, apply_stack
 
-from causalcell._data_checks import DataKeyError, did_you_mean
+from causalcell._core.errors import DataKeyError
+from causalcell._core.names import did_you_mean
 from causalcell.handlers._ops import INTERVENTION_MESSAGE, InterventionSpec
 from causalcell.interventions import Intervention, compose, from_targets
 

@@ -24,7 +24,7 @@ from numpyro.primitives import Messenger
 from causalcell.inference._subsample import subsample
 from causalcell.inference._trace import abstract_trace, split_data
 
-__all__ = ["FULL_RANK_LIMIT", "AmortizedGuide", "default_encoder_inputs"]
+__all__ = ["FULL_RANK_LIMIT", "AmortizedGuide", "default_encoder_inputs", "encode_batch"]
 
 #: Most global dimensions for which ``global_guide="auto"`` picks the full-covariance guide: its
 #: scale matrix has ``D (D + 1) / 2`` parameters (180k at 600), cheap next to the encoder, and
@@ -349,3 +349,17 @@ class AmortizedGuide:
             return heads
         laws = self._laws(self.global_guide.median(params), data, index, heads)
         return {name: (law.mean, jnp.sqrt(law.variance)) for name, law in laws.items()}
+
+
+def encode_batch(guide, others, num_samples, num_cells, size, params, arrays, start, key):
+    """Encode the ``size`` cells from ``start`` (the last one repeated past the end) with an
+    :class:`AmortizedGuide`: per local site its mean and scale, and ``num_samples`` draws."""
+    index = jnp.minimum(start + jnp.arange(size), num_cells - 1)
+    heads = guide.encode(params, {**dict(others), **arrays}, index)
+    result = {}
+    for position, (name, (loc, scale)) in enumerate(heads.items()):
+        result[name] = {"mean": loc, "scale": scale}
+        if num_samples:
+            noise = jax.random.normal(jax.random.fold_in(key, position), (num_samples, *loc.shape))
+            result[name]["draws"] = jnp.moveaxis(loc + scale * noise, 0, 1)  # cells first
+    return result

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 import jax
 from numpyro.infer import MCMC, NUTS
 
-from causalcell._warnings import CausalcellWarning
-from causalcell.inference._posterior import Posterior, _as_key
+from causalcell._core.errors import CausalcellWarning
+from causalcell._core.keys import as_key
+from causalcell.inference._posterior import Posterior
 
 __all__ = ["fit_nuts"]
 
@@ -105,7 +106,7 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=progress_bar,
     )
-    mcmc.run(_as_key(key), **data, **model_kwargs, extra_fields=("diverging", "accept_prob"))
+    mcmc.run(as_key(key), **data, **model_kwargs, extra_fields=("diverging", "accept_prob"))
     # The sampler's position holds exactly the latent sample sites; get_samples() adds the
     # deterministic ones, which the Posterior does not keep.
     samples = {

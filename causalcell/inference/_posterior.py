@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
-from causalcell import _arviz
-from causalcell.inference._guides import AmortizedGuide
+from causalcell._core import arviz_adapter as _arviz
+from causalcell._core.keys import as_key
+from causalcell.inference._guides import AmortizedGuide, encode_batch
 from causalcell.inference._posterior_files import (
     describe_model,
     load_posterior_arguments,
@@ -28,24 +29,6 @@ from causalcell.inference._posterior_files import (
 from causalcell.inference._trace import split_data
 
 __all__ = ["Posterior"]
-
-
-def _as_key(key) -> jax.Array:
-    """An integer seed or a PRNG key as a PRNG key."""
-    return jax.random.PRNGKey(key) if isinstance(key, int) else key
-
-
-def _encode_batch(guide, others, num_samples, num_cells, size, params, arrays, start, key):
-    """Encode the ``size`` cells from ``start`` (the last one repeated past the end)."""
-    index = jnp.minimum(start + jnp.arange(size), num_cells - 1)
-    heads = guide.encode(params, {**dict(others), **arrays}, index)
-    result = {}
-    for position, (name, (loc, scale)) in enumerate(heads.items()):
-        result[name] = {"mean": loc, "scale": scale}
-        if num_samples:
-            noise = jax.random.normal(jax.random.fold_in(key, position), (num_samples, *loc.shape))
-            result[name]["draws"] = jnp.moveaxis(loc + scale * noise, 0, 1)  # cells first
-    return result
 
 
 class Posterior:
@@ -134,13 +117,15 @@ class Posterior:
             raise ValueError(f"{self.num_draws} draws do not split into {num_chains} chains.")
 
     # -- what the model holds -----------------------------------------------------------------
-    def _sites(self) -> tuple[dict, int | None]:
+    def describe(self) -> tuple[dict, int | None]:
+        """The model's sample sites (shape, plates, observed) and the size of its cell plate,
+        traced once abstractly and kept."""
         if self._description is None:
             self._description = describe_model(self.model, self.data, self.model_kwargs, self.plate)
         return self._description
 
     def _latent(self, local: bool) -> tuple[str, ...]:
-        sites = self._sites()[0]
+        sites = self.describe()[0]
         return tuple(
             name
             for name, site in sites.items()
@@ -160,7 +145,7 @@ class Posterior:
     @property
     def num_cells(self) -> int | None:
         """Size of the per-cell plate for :attr:`data` (``None`` if the model has no such plate)."""
-        return self._sites()[1]
+        return self.describe()[1]
 
     @property
     def num_draws(self) -> int:
@@ -168,7 +153,7 @@ class Posterior:
         return 0 if not self.samples else next(iter(self.samples.values())).shape[0]
 
     def __repr__(self) -> str:
-        sites = self._sites()[0]
+        sites = self.describe()[0]
         guide = "None" if self.guide is None else type(self.guide).__name__
         lines = [
             f"Posterior(method={self.method!r}, model={qualified_name(self.model)}, "
@@ -195,11 +180,18 @@ class Posterior:
                 f"Only {self.num_draws} NUTS draws are stored; ask for at most that many "
                 "(num_samples=None gives all) or run fit_nuts with more num_samples."
             )
-        chosen = jax.random.choice(_as_key(key), self.num_draws, (num_samples,), replace=False)
+        chosen = jax.random.choice(as_key(key), self.num_draws, (num_samples,), replace=False)
         return {name: self.samples[name][chosen] for name in names}
 
-    def _arguments(self, data: Mapping | None = None) -> dict:
+    def model_arguments(self, data: Mapping | None = None) -> dict:
+        """Keyword arguments of one call of :attr:`model` and :attr:`guide`: the data (this
+        posterior's, or ``data``) and the model's keyword arguments."""
         return {**(self.data if data is None else data), **self.model_kwargs}
+
+    def ready_guide(self) -> None:
+        """Let the guide set itself up (prototype trace, encoder) on one cell of the data, so
+        that its parameters can be read or its heads run outside a fit."""
+        ready_guide(self.guide, self.model_arguments(), self.plate)
 
     def sample(self, key, num_samples: int | None = 1000) -> dict[str, jax.Array]:
         """Draws of the global sites.
@@ -227,12 +219,12 @@ class Posterior:
             raise ValueError("An SVI posterior draws num_samples afresh: pass a number.")
         if not names:
             return {}
-        ready_guide(self.guide, self._arguments(), self.plate)
+        self.ready_guide()
         guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
         predictive = Predictive(
             guide, params=self.params, num_samples=num_samples, return_sites=list(names)
         )
-        draws = predictive(_as_key(key), **self._arguments())
+        draws = predictive(as_key(key), **self.model_arguments())
         return {name: draws[name] for name in names}
 
     def encode(
@@ -287,7 +279,7 @@ class Posterior:
                 f"predictive(key, return_sites={list(self.local_sites)}) instead."
             )
         data = self.data if data is None else dict(data)
-        arguments = self._arguments(data)
+        arguments = self.model_arguments(data)
         ready_guide(self.guide, arguments, self.plate)
         num_cells = (
             self.num_cells
@@ -300,10 +292,10 @@ class Posterior:
         arrays = {name: jnp.asarray(value) for name, value in arrays.items()}
         if self._encode_batch is None:
             self._encode_batch = jax.jit(
-                partial(_encode_batch, self.guide), static_argnums=(0, 1, 2, 3)
+                partial(encode_batch, self.guide), static_argnums=(0, 1, 2, 3)
             )
         static = (tuple(sorted(others.items())), num_samples, num_cells, min(batch_size, num_cells))
-        key = _as_key(0 if key is None else key)
+        key = as_key(0 if key is None else key)
         batches = [
             self._encode_batch(*static, self.params, arrays, start, jax.random.fold_in(key, start))
             for start in range(0, num_cells, static[-1])
@@ -346,21 +338,21 @@ class Posterior:
         dict
             ``{site: [num_samples, ...]}``.
         """
-        guide_key, model_key = jax.random.split(_as_key(key))
+        guide_key, model_key = jax.random.split(as_key(key))
         data = self.data if data is None else dict(data)
         latent = [*self.global_sites, *self.local_sites]
         if self.method == "nuts":
             samples = self._select_draws(guide_key, num_samples, latent)
         else:
-            ready_guide(self.guide, self._arguments(data), self.plate)
+            ready_guide(self.guide, self.model_arguments(data), self.plate)
             guide = Predictive(
                 self.guide, params=self.params, num_samples=num_samples, return_sites=latent
             )
-            samples = guide(guide_key, **self._arguments(data))
+            samples = guide(guide_key, **self.model_arguments(data))
         predictive = Predictive(
             self.model, posterior_samples=samples, params=self.params, return_sites=return_sites
         )
-        return predictive(model_key, **{**self._arguments(data), **data_overrides})
+        return predictive(model_key, **{**self.model_arguments(data), **data_overrides})
 
     def to_arviz(self, num_samples: int = 500, key=None):
         """The global sites as an ArviZ posterior (``InferenceData`` on 0.x, ``DataTree`` on 1.x).

@@ -197,7 +197,7 @@ _KIND = "causalcell.Posterior"
 
 def save_posterior(posterior, path) -> None:
     """Body of :meth:`Posterior.save`: parameters or draws plus the model's identity."""
-    sites, num_cells = posterior._sites()
+    sites, num_cells = posterior.describe()
     metadata = {
         "kind": _KIND,
         "method": posterior.method,

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalcell._version import __version__
+
 __all__ = [
     "FORMAT_VERSION",
     "load_tree",
@@ -94,8 +96,6 @@ def save_tree(path, tree, metadata: Mapping | None = None) -> None:
         if _is_key(leaf):
             entry["key_impl"] = str(jax.random.key_impl(leaf))
         table.append(entry)
-    from causalcell import __version__
-
     header = {
         "format_version": FORMAT_VERSION,
         "causalcell_version": __version__,

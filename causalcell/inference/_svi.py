@@ -17,7 +17,8 @@ from numpyro.infer import SVI, Trace_ELBO, init_to_median
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
 from tqdm.auto import tqdm
 
-from causalcell._warnings import CausalcellWarning
+from causalcell._core.errors import CausalcellWarning
+from causalcell._core.keys import as_key
 from causalcell.inference._guides import AmortizedGuide
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._serialization import load_tree, save_tree
@@ -226,7 +227,7 @@ def fit(
     checkpoint_every = max(chunk_size, checkpoint_every - checkpoint_every % chunk_size)
     model_kwargs = dict(model_kwargs or {})
     data = {name: jnp.asarray(value) for name, value in data.items()}  # on the device, once
-    key = jax.random.key(key) if isinstance(key, int) else key
+    key = as_key(key)
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
 
     def make_svi():

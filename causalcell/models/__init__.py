@@ -1,9 +1,8 @@
-"""Models of causalcell (DESIGN 3): the baselines, and LCD in ``causalcell.models.lcd``.
-
-The concept SCM model is to come. LCD is imported from its module, not here, so that importing the
-baselines does not also load the inference machinery.
+"""Models of causalcell: LCD (latent causal diffusion of screens, :mod:`.lcd`) and the
+baselines every benchmark compares against (:mod:`.baselines`). The concept model is to come.
 """
 
-from causalcell.models import baselines
+from causalcell.models import baselines, lcd
+from causalcell.models.lcd import LCD, lcd_model, lcd_neural_model
 
-__all__ = ["baselines"]
+__all__ = ["LCD", "baselines", "lcd", "lcd_model", "lcd_neural_model"]

@@ -1,0 +1,99 @@
+"""The drift families of LCD as a table: everything that differs between linear and neural
+drift, chosen once when a model is built (``LCD.backend``), instead of a string switch in each
+query.
+
+A :class:`DriftBackend` bundles the family's fit and its queries with one signature each, so
+:class:`LCD` calls ``self.backend.predict(...)`` whatever the drift. A new drift family is a new
+row of :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from causalcell.models.lcd import _linear, _neural
+from causalcell.models.lcd._fit import fit_linear
+from causalcell.models.lcd._neural_fit import fit_neural_screen
+
+__all__ = ["BACKENDS", "LINEAR", "NEURAL", "DriftBackend", "backend_named"]
+
+
+class DriftBackend(NamedTuple):
+    """One drift family of LCD.
+
+    Attributes
+    ----------
+    name
+        ``"linear"`` or ``"neural"`` (``LCD.drift_kind``).
+    fit
+        ``(screen: PreparedScreen, drift_options, guide_options, options) -> Posterior``.
+    drift
+        ``(model, draws, programs) -> [S, n, n]``: drift matrices (neural: Jacobians at the
+        control fixed point).
+    responses
+        ``(model, draws, columns) -> [S, n, k]``: CLIPR's responses to unit shifts of the
+        columns.
+    stationary
+        ``(model, row, *, key, num_samples, **simulation) -> (mean, covariance)``.
+    predict
+        ``(model, perturbations, num_cells, *, key, allow_prior_only, **simulation) -> AnnData``.
+    exact_worlds
+        Whether the family has the exact counterfactual worlds and the ``do``-able program of
+        :mod:`._worlds` (the path-wise Gaussian conditional needs linear drift).
+    takes_options
+        Whether ``LCD.fit`` accepts ``drift_options`` for it.
+    default_modelled_genes
+        ``modelled_genes`` when the user gives none (``"all"`` for a program with no decoder).
+    """
+
+    name: str
+    fit: Callable
+    drift: Callable
+    responses: Callable
+    stationary: Callable
+    predict: Callable
+    exact_worlds: bool
+    takes_options: bool
+    default_modelled_genes: str | None
+
+
+LINEAR = DriftBackend(
+    name="linear",
+    fit=fit_linear,
+    drift=_linear.linear_drifts,
+    responses=_linear.responses,
+    stationary=_linear.stationary_linear,
+    predict=_linear.predict_linear,
+    exact_worlds=True,
+    takes_options=False,
+    default_modelled_genes=None,
+)
+
+NEURAL = DriftBackend(
+    name="neural",
+    fit=fit_neural_screen,
+    drift=_neural.drift_matrices,
+    responses=_neural.responses,
+    stationary=_neural.stationary_neural,
+    predict=_neural.predict_neural,
+    exact_worlds=False,
+    takes_options=True,
+    default_modelled_genes="all",  # the neural program has no decoder
+)
+
+#: Every drift family by name.
+BACKENDS = {backend.name: backend for backend in (LINEAR, NEURAL)}
+
+
+def backend_named(name: str) -> DriftBackend:
+    """The backend of ``drift=name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (listing the known ones).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"drift must be one of {sorted(BACKENDS)}, got {name!r}.")
+    return BACKENDS[name]

@@ -1,0 +1,146 @@
+"""The plumbing of :meth:`LCD.fit` after registration: the program's data, where the guide
+starts, the encoder's inputs, and the SVI call of linear drift (neural drift: :mod:`._neural_fit`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalcell.inference import default_encoder_inputs, fit
+from causalcell.metrics import pseudobulk
+from causalcell.models.lcd._gene_space import DECODER_SITES
+from causalcell.models.lcd._guide import lcd_local_posterior
+from causalcell.models.lcd._program import lcd_model
+
+__all__ = [
+    "PreparedScreen",
+    "condition_encoder_inputs",
+    "condition_means",
+    "condition_rates",
+    "fit_linear",
+    "initial_values",
+    "prepare_screen",
+    "screen_data",
+]
+
+
+class PreparedScreen(NamedTuple):
+    """A registered screen ready for either drift's fit (:func:`prepare_screen`)."""
+
+    data: dict
+    arrays: object
+    space: object
+    encoder_inputs: object
+    intervention: str
+    start: dict
+    prior_mask: object
+
+
+def prepare_screen(arrays, space, registry, intervention: str, prior_mask) -> PreparedScreen:
+    """The program's data, the guide's start, the encoder's inputs and the prior mask in latent
+    coordinates, from the registered screen's ``arrays`` in ``space``'s gene order."""
+    data, start, prior_mask = screen_data(arrays, space, intervention, prior_mask)
+    encoder_inputs = condition_encoder_inputs(len(registry.conditions))
+    return PreparedScreen(data, arrays, space, encoder_inputs, intervention, start, prior_mask)
+
+
+def condition_means(values, arrays) -> np.ndarray:
+    """Mean of ``values`` [cells, d] over the cells of each condition, in registry order."""
+    bulk = pseudobulk(values, arrays.condition_index)
+    order = [bulk.index_of(str(condition)) for condition in range(len(arrays.condition_targets))]
+    return bulk.means[order].astype(np.float32)
+
+
+def condition_rates(arrays) -> np.ndarray:
+    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``."""
+    return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
+
+
+def initial_values(arrays, intervention: str) -> dict:
+    """Where the global guide starts: control baseline and per-target effects from pseudobulk.
+
+    Log mean fractions per condition give the control baseline and, for each target, the mean
+    change of its own level over the conditions that carry it (shift effect, knockout depth, or
+    the knockdown strength whose ``-softplus`` is that change).
+    """
+    levels = np.log(condition_rates(arrays) + 1e-6)
+    control = levels[0]
+    targets = arrays.condition_targets.astype(bool)
+    carried = np.maximum(targets.sum(axis=0), 1)
+    change = ((levels - control) * targets).sum(axis=0) / carried
+    values = {"baseline": control.astype(np.float32)}
+    if intervention == "shift":
+        values["intervention_effect"] = change
+    elif intervention == "knockout":
+        values["knockout_depth"] = np.minimum(change, -0.1)
+    else:
+        strength = np.maximum(-change, 0.05)
+        values["knockdown_strength"] = np.log(np.expm1(strength))
+    return {name: np.asarray(value, np.float32) for name, value in values.items()}
+
+
+def screen_data(arrays, space, intervention: str, prior_mask):
+    """The program's data (internal gene order, latent coordinates), where the global guide
+    starts, and the prior mask in latent coordinates (``None`` stays ``None``)."""
+    start = space.latent_values(initial_values(arrays, intervention), arrays)
+    data = {
+        "counts": arrays.counts,
+        "condition_index": arrays.condition_index,
+        "condition_targets": space.latent_targets(arrays.condition_targets).astype(np.float32),
+        "size_factors": arrays.size_factors,
+        "baseline_prior": start["baseline"],
+    }
+    if "decoder_offset" in start:
+        data["decoded_prior"] = start["decoder_offset"]
+    prior_mask = space.latent_mask(prior_mask)
+    if prior_mask is not None:
+        data["prior_mask"] = prior_mask
+    return data, start, prior_mask
+
+
+def condition_encoder_inputs(conditions: int):
+    """Encoder features: log1p-normalised counts and the cell's condition (one-hot)."""
+
+    def encoder_inputs(data, index):
+        condition = jax.nn.one_hot(data["condition_index"][index], conditions)
+        return jnp.concatenate([default_encoder_inputs(data, index), condition], axis=-1)
+
+    return encoder_inputs
+
+
+def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, options: dict):
+    """SVI of :func:`._program.lcd_model` with the amortized guide and the exact local
+    posterior (:func:`._guide.lcd_local_posterior`); ``options`` go to
+    :func:`causalcell.inference.fit`."""
+    del drift_options  # the linear program has none (LCD.fit rejects them)
+    data, arrays, space = screen.data, screen.arrays, screen.space
+    intervention, start = screen.intervention, screen.start
+    global_guide, rank = guide_options["global_guide"], guide_options["rank"]
+    point_estimates = ()
+    if not space.is_full and global_guide in ("auto", "normal"):
+        # Thousands of decoder globals: mean-field, the decoder by MAP (see
+        # _gene_space.DECODER_SITES).
+        global_guide, point_estimates = "normal", DECODER_SITES
+    return fit(
+        lcd_model,
+        data,
+        model_kwargs={"intervention": intervention, "programs": space.programs},
+        guide_kwargs={
+            "encoder_inputs": screen.encoder_inputs,
+            "local_posterior": lcd_local_posterior(
+                intervention,
+                condition_means(arrays.counts, arrays),
+                space.programs,
+                None if space.is_full else condition_rates(arrays),
+            ),
+            "init_values": start,
+            "global_guide": global_guide,
+            "rank": rank,
+            "point_estimates": point_estimates,
+        },
+        **options,
+    )

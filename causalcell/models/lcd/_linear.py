@@ -1,0 +1,126 @@
+"""Linear drift: the exact Gaussian stationary laws of a fitted LCD, its drift matrices, CLIPR
+responses and generated cells (one :class:`._backends.DriftBackend`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalcell._core.linalg import cholesky
+from causalcell.clipr import linear_responses
+from causalcell.models.lcd._cells import generated_cells
+from causalcell.models.lcd._gene_space import reduce_programs
+from causalcell.models.lcd._program import condition_laws, linear_drift_from_sites
+from causalcell.models.lcd._targets import perturbation_targets
+
+__all__ = [
+    "PREDICT_DRAWS",
+    "linear_drifts",
+    "predict_linear",
+    "responses",
+    "stationary_laws",
+    "stationary_linear",
+]
+
+
+def stationary_laws(model, draws: dict, rows):
+    """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
+    state under the multi-hot targets ``rows`` ``[K, m]``."""
+    targets = jnp.asarray(rows, jnp.float32)
+
+    def one(draw):
+        _, means, covariances = condition_laws(draw, targets, model.intervention, model.prior_mask)
+        return means, covariances
+
+    mean, covariance = jax.vmap(one)(draws)
+    return mean, covariance, cholesky(covariance)
+
+
+def linear_drifts(model, draws: dict, programs: bool) -> np.ndarray:
+    """Drift matrices of the draws: of the whole state, or reduced to the modelled genes."""
+    reduced = 0 if programs else model.space.programs
+
+    def one(draw):
+        matrix = linear_drift_from_sites(draw, model.prior_mask).matrix()
+        return reduce_programs(matrix, reduced)
+
+    return np.asarray(jax.vmap(one)(draws))
+
+
+def responses(model, draws: dict, columns) -> np.ndarray:
+    """Exact stationary responses ``-A^{-1} e_j`` of the modelled genes to unit shifts of the
+    ``columns``, per draw of the drift (CLIPR's input for :meth:`LCD.effects`)."""
+    return linear_responses(linear_drifts(model, draws, False), columns)
+
+
+def _no_simulation(simulation: dict) -> None:
+    if simulation:
+        raise TypeError(f"Simulation options {sorted(simulation)} need drift='neural'.")
+
+
+def stationary_linear(model, row, *, key, num_samples: int, **simulation):
+    """:meth:`LCD.stationary` of the multi-hot targets ``row`` ``[m]``: the exact per-draw
+    mean and covariance."""
+    _no_simulation(simulation)
+    mean, covariance, _ = stationary_laws(
+        model, model.posterior.sample(key, num_samples), row[None]
+    )
+    return np.asarray(mean[:, 0]), np.asarray(covariance[:, 0])
+
+
+#: Most posterior draws one prediction uses: cells ``c`` and ``c + PREDICT_DRAWS`` share a
+#: draw, so a prediction of thousands of cells solves at most this many Lyapunov equations
+#: per perturbation (16,000 draws of 50 genes took 3 minutes and 0.6 GB for the factors).
+PREDICT_DRAWS = 500
+
+
+def predict_linear(
+    model,
+    perturbations: Sequence[str],
+    num_cells: int,
+    *,
+    key,
+    allow_prior_only: bool,
+    **simulation,
+) -> anndata.AnnData:
+    """:meth:`LCD.predict` for linear drift: cell ``c`` of every perturbation uses posterior
+    draw ``c mod PREDICT_DRAWS`` (one Lyapunov solve per draw and perturbation, all in one
+    vectorised call); each cell is a draw of the posterior predictive law."""
+    _no_simulation(simulation)
+    requests = [perturbation_targets(model, label, allow_prior_only) for label in perturbations]
+    rows, flags, names = (list(column) for column in zip(*requests, strict=True))
+    draw_key, latent_key, size_key, count_key = jax.random.split(key, 4)
+    num_draws = min(num_cells, PREDICT_DRAWS)
+    repeats = -(-num_cells // num_draws)  # cells per draw, rounded up
+    draws = model.posterior.sample(draw_key, num_draws)
+    mean, _, factor = stationary_laws(model, draws, np.stack(rows))  # [S, K, m], [S, K, m, m]
+    noise = jax.random.normal(latent_key, (num_draws, repeats, *mean.shape[1:]))
+    latent = mean[:, None] + jnp.einsum("skij,srkj->srki", factor, noise)  # [S, R, K, m]
+    means = jnp.broadcast_to(mean[:, None], latent.shape)
+    log_rate = model.space.decode_draws(latent, means, draws)  # every gene, AnnData order
+
+    def perturbation_major(values):
+        """``[S, R, K, ...]`` -> ``[K * num_cells, ...]``: cell ``s R + r`` of each perturbation."""
+        values = jnp.moveaxis(values, 2, 0).reshape(len(rows), -1, *values.shape[3:])
+        return values[:, :num_cells].reshape(-1, *values.shape[2:])
+
+    concentration = model.space.in_gene_order(draws["noise_concentration"])  # [S, genes]
+    concentration = jnp.broadcast_to(
+        concentration[:, None, None], (num_draws, repeats, len(rows), concentration.shape[-1])
+    )
+    return generated_cells(
+        perturbation_major(latent),
+        perturbation_major(concentration),
+        model.library_sizes,
+        names,
+        flags,
+        num_cells,
+        model.genes,
+        size_key,
+        count_key,
+        log_rate=perturbation_major(log_rate),
+    )

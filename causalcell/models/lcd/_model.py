@@ -1,0 +1,418 @@
+"""The :class:`LCD` wrapper: fit a screen, then predict, query, refine and ask counterfactuals.
+
+What differs between drift families is in :mod:`._backends`; the maths in the modules named
+by :mod:`causalcell.models.lcd`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from causalcell._core.keys import as_key
+from causalcell.clipr import posterior_direct_effects
+from causalcell.data import register, to_arrays
+from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_named
+from causalcell.models.lcd._fit import prepare_screen
+from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
+from causalcell.models.lcd._refine import refine_lcd
+from causalcell.models.lcd._targets import effect_columns, perturbation_targets
+from causalcell.models.lcd._worlds import (
+    action_request,
+    counterfactual_result,
+    counterfactual_worlds,
+    lcd_program,
+    worlds_anndata,
+)
+from causalcell.queries import counterfactual as counterfactual_query
+
+__all__ = ["LCD"]
+
+
+class LCD:
+    """A fitted latent causal diffusion: ``LCD.fit(adata, ...)``, then predict and query.
+
+    Attributes
+    ----------
+    posterior
+        The :class:`causalcell.inference.Posterior` of the fit.
+    registry
+        The :class:`causalcell.data.Registry` of the training AnnData.
+    intervention
+        The screen's intervention kind.
+    space
+        The :class:`._gene_space.GeneSpace`: modelled genes and number of programs.
+    backend
+        The :class:`._backends.DriftBackend` of the drift family that was fitted.
+    library_sizes
+        Size factors of the training cells (generated cells draw theirs from these).
+    prior_mask
+        The prior mask of the drift in latent coordinates (``None``: every edge allowed).
+    """
+
+    def __init__(
+        self,
+        posterior,
+        registry,
+        intervention: str,
+        library_sizes: np.ndarray,
+        prior_mask=None,
+        space: GeneSpace | None = None,
+        drift: str = "linear",
+    ):
+        self.posterior = posterior
+        self.backend: DriftBackend = backend_named(drift)
+        self.registry = registry
+        self.intervention = intervention
+        self.library_sizes = library_sizes
+        # In latent coordinates (modelled genes, then programs); the gene mask in a full space.
+        self.prior_mask = None if prior_mask is None else jnp.asarray(prior_mask, jnp.float32)
+        genes = registry.genes
+        self.space = space or GeneSpace(genes, np.arange(len(genes)), 0)
+
+    @classmethod
+    def fit(
+        cls,
+        adata,
+        *,
+        perturbation_key: str = "perturbation",
+        control: str = "control",
+        layer: str | None = None,
+        size_factor_key: str | None = None,
+        intervention: str = "shift",
+        prior_mask=None,
+        num_steps: int = 3000,
+        batch_size: int | None = 512,
+        learning_rate: float = 0.01,
+        key: int = 0,
+        progress_bar: bool = True,
+        global_guide: str = "auto",
+        rank: int | None = None,
+        modelled_genes: str | int | Sequence[str] | None = None,
+        programs: int | None = None,
+        drift: str = "linear",
+        drift_options: dict | None = None,
+        **fit_kwargs,
+    ) -> LCD:
+        """Register ``adata`` and fit LCD by minibatch SVI with the amortized guide.
+
+        The encoder sees each cell's log1p-normalised counts and its condition (one-hot). The
+        step size decays tenfold over the fit. ``global_guide`` picks the posterior family of
+        the globals (drift, intervention and noise parameters): ``"full"`` (every correlation;
+        needed for credible intervals of the drift and of CLIPR's direct effects that cover),
+        ``"lowrank"`` (with ``rank``), ``"normal"`` (mean-field, cheapest, intervals 2-3x too
+        narrow) or ``"auto"``: ``"full"`` while the globals have at most
+        :data:`causalcell.inference.FULL_RANK_LIMIT` dimensions (about 20 genes), else
+        ``"normal"``. Other keyword arguments go to
+        :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
+
+        The gene space (:mod:`._gene_space`): ``modelled_genes`` are latent coordinates and
+        ``programs`` latent programs follow them; every other gene is decoded linearly from
+        that state. Perturbed genes are always modelled. ``modelled_genes=None`` models every
+        gene of a screen of at most 64 genes (the full model) and only the perturbed genes of
+        a larger one; ``"all"`` models every gene; a number ``n`` adds the ``n`` most
+        variable other genes (variance of log1p-normalised expression); a list adds those
+        genes. ``programs=None`` gives 0 when every gene is modelled, else 8. The cost of a
+        step grows with the cube of ``m = modelled + programs`` and linearly in the genes.
+
+        ``drift="neural"`` fits the neural-drift program (:func:`._neural_program.lcd_neural_model`,
+        KDS factor, per-condition Gaussian latent base) on every gene (``modelled_genes``
+        defaults to ``"all"``; a reduced space raises), with the amortized guide of
+        :func:`._neural_fit.fit_neural`; ``drift_options`` are that program's keyword
+        arguments (``hidden``, ``weight_scale``, ``kds_weight``, ``kds_statistic``). Its memory
+        grows as ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
+        """
+        backend = backend_named(drift)
+        if drift_options and not backend.takes_options:
+            takers = " or ".join(repr(b.name) for b in BACKENDS.values() if b.takes_options)
+            raise ValueError(f"drift_options are options of drift={takers} only.")
+        if modelled_genes is None:
+            modelled_genes = backend.default_modelled_genes
+        registry = register(
+            adata,
+            perturbation_key=perturbation_key,
+            control=control,
+            layer=layer,
+            size_factor_key=size_factor_key,
+        )
+        arrays = to_arrays(adata, registry)
+        space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
+        arrays = space.reorder(arrays)  # columns: modelled genes, then decoded genes
+        options = {
+            "optimizer": optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
+            "num_steps": num_steps,
+            "batch_size": batch_size,
+            "key": key,
+            "progress_bar": progress_bar,
+            **fit_kwargs,
+        }
+        guide_options = {"global_guide": global_guide, "rank": rank}
+        screen = prepare_screen(arrays, space, registry, intervention, prior_mask)
+        posterior = backend.fit(screen, drift_options, guide_options, options)
+        sizes = arrays.size_factors
+        return cls(posterior, registry, intervention, sizes, screen.prior_mask, space, drift)
+
+    @property
+    def drift_kind(self) -> str:
+        """``"linear"`` or ``"neural"``: the drift family that was fitted."""
+        return self.backend.name
+
+    @property
+    def genes(self) -> tuple[str, ...]:
+        """Every gene of the training AnnData (all of them are predicted)."""
+        return self.registry.genes
+
+    @property
+    def modelled_genes(self) -> tuple[str, ...]:
+        """Genes that are coordinates of the latent state (the genes of drift and effects)."""
+        return self.space.modelled_genes
+
+    @property
+    def coordinates(self) -> tuple[str, ...]:
+        """Names of the latent coordinates: modelled genes, then ``program1`` .. ``programk``."""
+        return self.space.coordinates
+
+    @property
+    def trained_targets(self) -> frozenset[str]:
+        """Genes perturbed (alone or in a combination) in the training cells."""
+        return frozenset(self.registry.targets)
+
+    def drift(self, key=0, num_samples: int = 200, *, programs: bool = False) -> np.ndarray:
+        """Posterior draws of the drift matrix among modelled genes ``[num_samples, n, n]``
+        (row = target; genes :attr:`modelled_genes`).
+
+        With latent programs, this is the drift of the modelled genes with the programs as
+        unmeasured mediators, the Schur complement ``A_MM - A_MP A_PP^{-1} A_PM``
+        (:func:`._gene_space.reduce_programs`): it has the same stationary responses of
+        modelled genes to their shifts as the whole system. ``programs=True`` returns the drift
+        of the whole latent state ``[num_samples, m, m]`` instead (coordinates
+        :attr:`coordinates`).
+
+        Neural drift has no matrix: this returns its Jacobians at the control fixed point
+        (``baseline``, where the noise-free control drift vanishes), the linear drift that
+        governs small perturbations of the control state (and the one :meth:`effects` uses).
+        """
+        draws = self.posterior.sample(as_key(key), num_samples)
+        return self.backend.drift(self, draws, programs)
+
+    def effects(
+        self,
+        *,
+        targets: Sequence[str] | None = None,
+        key=0,
+        num_samples: int = 200,
+        probability: float = 0.9,
+    ):
+        """Direct gene-to-gene effects by CLIPR on the fitted drift, with posterior uncertainty.
+
+        Each posterior draw of the drift gives the exact responses ``-A^{-1} e_j`` to unit
+        shifts of the ``targets`` (in-silico perturbations), and CLIPR turns them into direct
+        effects ``W_ij = A_ij / (-A_ii)`` (:func:`causalcell.clipr.posterior_direct_effects`).
+        Effects are among the modelled genes; with latent programs, CLIPR sees the responses of
+        modelled genes only, so it returns the direct effects of the reduced drift
+        (:meth:`drift`), in which regulation carried through a program counts as direct, as it
+        would for any unmeasured mediator. For neural drift the responses are those of the
+        drift linearised at the control fixed point (small in-silico shifts,
+        :func:`causalcell.clipr.linearized_responses`), so the effects are the Jacobian's
+        ``J_ij / (-J_ii)``; draws not stable there are left out with a warning.
+
+        Parameters
+        ----------
+        targets
+            Modelled genes to perturb in silico; by default the genes perturbed in training, so
+            that what is reported as identified is what the screen identifies. Naming other
+            genes extrapolates from the model (its prior and the covariance of unperturbed
+            genes).
+        key, num_samples
+            Seed and number of posterior draws.
+        probability
+            Mass of the equal-tailed credible intervals.
+
+        Returns
+        -------
+        causalcell.clipr.DirectEffects
+            Mean, intervals, sign probabilities and the identified mask (row = target gene).
+        """
+        targets, columns = effect_columns(self, targets)
+        draws = self.posterior.sample(as_key(key), num_samples)
+        responses = self.backend.responses(self, draws, columns)
+        return posterior_direct_effects(
+            responses, genes=list(self.modelled_genes), targets=targets, probability=probability
+        )
+
+    def stationary(
+        self,
+        perturbation: str,
+        *,
+        key=0,
+        num_samples: int = 200,
+        allow_prior_only: bool = False,
+        **simulation,
+    ):
+        """Posterior draws of the latent stationary law under ``perturbation``.
+
+        For neural drift the law has no closed form and is not Gaussian: the mean and
+        covariance of each draw are Monte Carlo estimates from simulated chains
+        (:func:`._neural.stationary_neural`; ``simulation`` takes its ``chains`` per
+        draw, default 100, ``dt`` and ``burn_in``); samples of the law itself are
+        :meth:`predict`'s ``obsm["latent"]``.
+
+        Returns
+        -------
+        mean, covariance
+            ``[num_samples, m]`` and ``[num_samples, m, m]`` over :attr:`coordinates`: the
+            modelled genes' log-expression, then the programs (every gene in a full space).
+        """
+        row, _, _ = perturbation_targets(self, perturbation, allow_prior_only)
+        return self.backend.stationary(
+            self, row, key=as_key(key), num_samples=num_samples, **simulation
+        )
+
+    def predict(
+        self,
+        perturbations: Sequence[str],
+        num_cells: int = 500,
+        *,
+        key=0,
+        allow_prior_only: bool = False,
+        **simulation,
+    ) -> anndata.AnnData:
+        """Generate cells under each perturbation (unseen combinations allowed).
+
+        Generated cell ``c`` of every perturbation uses posterior draw ``c`` (perturbations are
+        compared under the same parameter sets); each cell then draws its latent from the
+        intervened stationary law, a library size from the training cells, and counts from the
+        noise model. For neural drift the latent is the end of a simulated chain of the
+        intervened SDE, all chains in one diffrax solve
+        (:func:`._neural.predict_neural`; ``simulation`` may set ``dt`` and
+        ``burn_in``).
+
+        Returns
+        -------
+        anndata.AnnData
+            ``X``: counts of every gene of the training AnnData, in its order (CSR);
+            ``layers["log1p"]``: log1p of counts normalised by each cell's total (as observed
+            cells are evaluated); ``obsm["latent"]``: the latent state over
+            :attr:`coordinates`; ``obs["perturbation"]`` and ``obs["prior_only"]`` (True where
+            a target was never perturbed in training).
+        """
+        return self.backend.predict(
+            self,
+            perturbations,
+            num_cells,
+            key=as_key(key),
+            allow_prior_only=allow_prior_only,
+            **simulation,
+        )
+
+    @property
+    def program(self):
+        """The fitted model as a NumPyro program of generated cells, for :func:`causalcell.do`
+        and :mod:`causalcell.queries`: ``program(num_cells=100, *, perturbation="control",
+        size_factors=None)`` (:func:`._worlds.lcd_program`; sites ``latent`` and
+        ``counts``). It asks for the vectorised site ``"genes"`` over :attr:`coordinates`: a
+        request for the learned intervention (:meth:`actions`, e.g. ``knockout()`` on a
+        knockout screen) ORs the gene into the cells' targets with its learned parameter, so
+        with posterior draws of the globals the cells are :meth:`predict`'s in law; explicit
+        values (``shift(0.5)``, ``knockout(-2.0)``) compose on top. Linear drift only.
+
+        Examples
+        --------
+        >>> result = queries.interventional(  # doctest: +SKIP
+        ...     model.program, model.actions("GATA1"), key=jax.random.key(0),
+        ...     posterior_samples=model.posterior.sample(0, 200), model_kwargs={"num_cells": 1})
+        """
+        return lcd_program(self)
+
+    def actions(self, perturbation: str, *, allow_prior_only: bool = False) -> dict:
+        """The ``do`` request ``{"genes": {gene: spec}}`` for the learned intervention of every
+        target of ``perturbation`` (``knockout()``, or a NaN ``shift``/``knockdown``), for
+        :attr:`program`; raises :class:`UnseenTargetError` as :meth:`predict` does."""
+        return action_request(self, perturbation, allow_prior_only)
+
+    def refine(self, **options) -> LCD:
+        """A copy whose global posterior is drawn by NUTS with the latents integrated out
+        through the guide's Gaussian count messages (linear drift, every gene modelled).
+
+        Slower than the SVI fit it starts from, and better calibrated (interval coverage of
+        CLIPR's direct effects: ``benchmarks/clipr_recovery.py --refine``). ``options`` go to
+        :func:`causalcell.models.lcd._refine.refine_lcd`
+        (``num_warmup``, ``num_samples``, ``key``, NUTS settings).
+        """
+        return refine_lcd(self, **options)
+
+    def counterfactual(
+        self,
+        cells: anndata.AnnData,
+        perturbation: str,
+        *,
+        num_samples: int = 100,
+        key=0,
+        coupling: str = "quantile",
+        compose: bool = True,
+        probability: float = 0.9,
+        allow_prior_only: bool = False,
+    ) -> anndata.AnnData:
+        """These observed cells, had ``perturbation`` also (or instead) been applied.
+
+        Per posterior draw of the globals: abduction of each cell's latent from the fit's exact
+        local posterior under that draw, action, and prediction with the cell's Brownian path
+        shared by both worlds (exact for linear drift), then counts (:mod:`._worlds`).
+        Every draw: :func:`causalcell.queries.counterfactual` with this model.
+
+        Parameters
+        ----------
+        cells
+            Observed cells (training genes; each cell's own perturbation, a trained condition
+            or control, in ``obs[perturbation_key]``). Not modified.
+        perturbation
+            E.g. ``"GATA1"`` or ``"GATA1+CEBPA"`` (trained targets, or ``allow_prior_only``).
+        num_samples, key, probability
+            Posterior draws, seed, and mass of the equal-tailed credible intervals.
+        coupling
+            ``"quantile"`` (each count keeps its randomised quantile) or ``"resample"``.
+        compose
+            True: union of the cell's targets and ``perturbation``'s (a target the cell
+            carries is unchanged; ``"control"`` changes nothing); False: ``perturbation``
+            replaces the cell's own (``"control"``: had it been unperturbed).
+
+        Returns
+        -------
+        anndata.AnnData
+            Factual then counterfactual rows: ``obs["world"]``, ``obs["cell"]`` (source cell),
+            ``obs["perturbation"]`` (the world's condition); ``X`` counts (observed; draw 0 in
+            the counterfactual world), ``layers["log1p"]``, ``obsm["latent"]`` (draw 0),
+            ``obsm["latent_mean"]``; ``layers["shift_mean"|"shift_lower"|"shift_upper"]``:
+            posterior mean and interval of the counterfactual minus factual log-rate (zero in
+            factual rows); ``uns["counterfactual"]``: the settings.
+
+        Raises
+        ------
+        UnseenTargetError
+            Unknown or untrained targets, or cells of an untrained condition.
+        NotImplementedError
+            For neural drift.
+
+        References
+        ----------
+        Pearl, J. (2009). Causality, 2nd ed., ch. 7 (abduction, action, prediction).
+        """
+        settings = {"coupling": coupling, "compose": compose}
+        worlds = counterfactual_worlds(
+            self,
+            cells,
+            perturbation,
+            num_samples=num_samples,
+            key=as_key(key),
+            allow_prior_only=allow_prior_only,
+            **settings,
+        )
+        return worlds_anndata(self, worlds, probability=probability, settings=settings)
+
+
+# queries.counterfactual is a generic function: a fitted LCD answers with its exact abduction.
+counterfactual_query.register(LCD)(counterfactual_result)

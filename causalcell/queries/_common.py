@@ -1,0 +1,32 @@
+"""What the queries share: parameter draws (posterior or prior) and axis names of results."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from numpyro.infer import Predictive
+
+__all__ = ["global_draws", "site_dims"]
+
+
+def global_draws(model, traced, key, posterior_samples, num_samples, model_args, model_kwargs):
+    """Parameter draws ``{site: [S, ...]}``: the given posterior, or the prior's global sites."""
+    if posterior_samples is not None:
+        return {name: jnp.asarray(value) for name, value in posterior_samples.items()}
+    if num_samples is None:
+        raise ValueError("Give posterior_samples (from a fit) or num_samples (prior draws).")
+    names = [n for n, s in traced.items() if s["type"] == "sample" and not s["cond_indep_stack"]]
+    prior = Predictive(model, num_samples=num_samples, return_sites=names)
+    return prior(key, *model_args, **model_kwargs) if names else {}
+
+
+def site_dims(traced, names, leading=()) -> dict:
+    """Axis names after ``sample``: ``leading`` axes, then the plates, then event axes."""
+    dims = {}
+    for name in names:
+        site = traced[name]
+        plates = sorted(site.get("cond_indep_stack", []), key=lambda frame: frame.dim)
+        ndim = jnp.ndim(site["value"])
+        plate_names = [frame.name for frame in plates][-ndim:] if ndim else []
+        events = [f"{name}_dim_{k}" for k in range(ndim - len(plate_names))]
+        dims[name] = (*leading, *plate_names, *events)
+    return dims

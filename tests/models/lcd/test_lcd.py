@@ -1,0 +1,198 @@
+"""LCD with linear drift (work in progress for issue 5): the stable parametrisation and the
+program's latent law against closed forms."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.handlers import condition, seed, trace
+
+from causalcell.diffusion import spectral_abscissa, stationary_moments
+from causalcell.interventions import compose, from_targets
+from causalcell.models.lcd._program import condition_interventions, drift_from_sites, lcd_model
+
+
+@pytest.mark.parametrize("seed_value", range(5))
+def test_drift_is_stable_for_any_parameters_even_after_knockouts(seed_value):
+    rng = np.random.default_rng(seed_value)
+    genes = 12
+    raw = jnp.asarray(rng.normal(0.0, 3.0, (genes, genes)), jnp.float32)  # far outside the prior
+    drift = drift_from_sites(
+        raw,
+        jnp.asarray(rng.normal(0, 1, genes)),
+        jnp.asarray(rng.normal(0, 2, genes)),
+        jnp.zeros(genes),
+    )
+    assert spectral_abscissa(drift.matrix()) < 0
+    knockout = compose(
+        from_targets(genes, [0, 3], "knockout", 0.0), from_targets(genes, [5], "knockout", 1.0)
+    )
+    mean, covariance = stationary_moments(drift, 0.5, knockout)
+    assert np.isfinite(np.asarray(covariance)).all() and np.isfinite(np.asarray(mean)).all()
+
+
+def test_one_way_regulation_can_exceed_the_targets_decay():
+    # A two-gene chain with A[1, 0] = 3 (three times gene 1's decay) is reachable through the
+    # scaling: the raw weight 0.9 maps into dominance as W'[1, 0] = 0.9 * 0.95 / (0.95 + 0.9)
+    # and e^{s_1 - s_0} = 3 / W'[1, 0].
+    raw = jnp.array([[0.0, 0.0], [0.9, 0.0]])
+    dominated = 0.9 * 0.95 / (0.95 + 0.9)
+    drift = drift_from_sites(
+        raw, jnp.zeros(2), jnp.array([0.0, np.log(3.0 / dominated)]), jnp.array([1.0, 2.0])
+    )
+    matrix = np.asarray(drift.matrix())
+    assert matrix[1, 0] == pytest.approx(3.0, rel=1e-5)  # float32 exp and log of values ~3
+    # The bias makes the baseline the control stationary mean exactly.
+    np.testing.assert_allclose(np.asarray(stationary_moments(drift, 0.5)[0]), [1.0, 2.0], rtol=1e-5)
+
+
+def test_dominance_map_is_strictly_increasing_and_never_reaches_the_boundary():
+    """Raw rows map one to one into strict dominance: no raw direction is flat in the drift.
+
+    (A hard shrink to the boundary made every raw row beyond it give the same drift, and the
+    posterior piled up there.)"""
+    decay = jnp.array([0.5, 1.0, 2.0])
+    row = jnp.array([[0.0, 0.3, -0.2], [0.4, 0.0, 0.1], [-0.6, 0.5, 0.0]])
+    sums = []
+    for factor in (0.01, 0.1, 1.0, 10.0, 100.0, 1e4):
+        drift = drift_from_sites(row * factor, jnp.log(decay), jnp.zeros(3), jnp.zeros(3))
+        off_diagonal = np.abs(np.asarray(drift.weights)).sum(axis=1)
+        sums.append(off_diagonal / np.asarray(decay))
+    sums = np.array(sums)  # [factor, row] of sum_k |W'_jk| / d_j
+    assert np.all(sums < 0.95)  # strictly inside the dominance limit, however large the row
+    assert np.all(np.diff(sums, axis=0) > 0)  # and strictly increasing along every raw row
+    # Near zero the map is the identity to first order: 0.01 * row sums (0.005, 0.005, 0.011)
+    # over decays, up to the factor 1 / (1 + row sum / limit) ~ 0.99.
+    np.testing.assert_allclose(sums[0], [0.01, 0.005, 0.0055], rtol=0.02)
+
+
+def _three_gene_sites() -> dict:
+    """Global sites of a 3-gene chain g0 -> g1 -| g2 with unit decays and shift effects."""
+    return {
+        "drift_weights": jnp.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.4, 0.0]]),
+        "log_decay": jnp.zeros(3),
+        "log_scaling": jnp.zeros(3),
+        "baseline": jnp.array([-2.0, -1.0, -3.0]),
+        "log_sigma": jnp.full(3, jnp.log(0.5)),
+        "intervention_effect": jnp.array([1.0, -2.0, 0.5]),
+    }
+
+
+def test_cells_follow_the_intervened_stationary_law_of_their_condition():
+    genes = 3
+    targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1]], jnp.float32)
+    condition_index = jnp.array([0, 1, 2, 2])
+    fixed = _three_gene_sites()
+    model = condition(lcd_model, fixed)
+    sites = trace(seed(model, 0)).get_trace(
+        condition_index=condition_index,
+        condition_targets=targets,
+        size_factors=jnp.full(4, 1e4),
+        baseline_prior=jnp.zeros(genes),
+    )
+    drift = drift_from_sites(
+        fixed["drift_weights"], fixed["log_decay"], fixed["log_scaling"], fixed["baseline"]
+    )
+    interventions = condition_interventions(
+        targets, "shift", {"effect": fixed["intervention_effect"]}, drift
+    )
+    means, covariances = stationary_moments(drift, 0.5, interventions)
+    law = sites["latent"]["fn"]
+    # Each cell's latent law is exactly its condition's Gaussian stationary law.
+    np.testing.assert_allclose(law.loc, means[condition_index], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        law.covariance_matrix, covariances[condition_index], rtol=1e-4, atol=1e-6
+    )
+    # A shift of gene 0 by its learned effect moves gene 0 by exactly that effect (decay 1).
+    assert float(means[1, 0] - means[0, 0]) == pytest.approx(1.0, rel=1e-5)
+    assert sites["counts"]["value"].shape == (4, genes)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from causalcell.datasets import simulate_screen
+    from causalcell.models.lcd import LCD
+
+    adata = simulate_screen(
+        num_genes=6,
+        num_cells=800,
+        perturbed_genes=3,
+        double_perturbations=2,
+        intervention="knockout",
+        key=0,
+    )
+    return LCD.fit(
+        adata, intervention="knockout", num_steps=200, batch_size=256, progress_bar=False
+    )
+
+
+def test_fitted_lcd_answers_with_its_own_stationary_law(fitted):
+    import jax
+
+    # The control stationary mean is the baseline of each posterior draw, exactly (bias = -A b).
+    mean, covariance = fitted.stationary("control", key=jax.random.key(3), num_samples=20)
+    baseline = np.asarray(fitted.posterior.sample(jax.random.key(3), 20)["baseline"])
+    np.testing.assert_allclose(mean, baseline, rtol=1e-4, atol=1e-4)
+    assert covariance.shape == (20, 6, 6)
+    # A knockout pins its target at the learned level: the stationary mean of the target is
+    # baseline + depth in every draw.
+    target = sorted(fitted.trained_targets)[0]
+    position = list(fitted.genes).index(target)
+    draws = fitted.posterior.sample(jax.random.key(4), 20)
+    knocked, _ = fitted.stationary(target, key=jax.random.key(4), num_samples=20)
+    expected = np.asarray(draws["baseline"][:, position] + draws["knockout_depth"][:, position])
+    np.testing.assert_allclose(knocked[:, position], expected, rtol=1e-4, atol=1e-4)
+    generated = fitted.predict([target, "control"], num_cells=50, key=1)
+    assert generated.shape == (100, 6) and set(generated.obs["perturbation"]) == {target, "control"}
+
+
+def test_unseen_targets_raise_unless_prior_only_predictions_are_allowed(fitted):
+    from causalcell.models.lcd import UnseenTargetError
+
+    untouched = next(gene for gene in fitted.genes if gene not in fitted.trained_targets)
+    with pytest.raises(UnseenTargetError, match="no training cell carried"):
+        fitted.predict([untouched], num_cells=5)
+    flagged = fitted.predict([untouched], num_cells=5, allow_prior_only=True)
+    assert flagged.obs["prior_only"].all()
+    with pytest.raises(UnseenTargetError, match="not modelled"):
+        fitted.predict(["NOT_A_GENE"], num_cells=5)
+
+
+def test_guide_is_the_exact_gaussian_update_of_each_conditions_law():
+    import numpyro.distributions as dist
+
+    from causalcell.models.lcd._guide import lcd_local_posterior, message_mean, message_precision
+
+    values = {**_three_gene_sites(), "noise_concentration": jnp.array([5.0, 10.0, 2.0])}
+    targets = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.float32)
+    condition_counts = jnp.array([[20.0, 50.0, 3.0], [60.0, 40.0, 2.0]])
+    data = {
+        "condition_targets": targets,
+        "condition_index": jnp.array([0, 1]),
+        "counts": jnp.array([[15.0, 70.0, 0.0], [55.0, 30.0, 4.0]]),
+        "size_factors": jnp.array([200.0, 300.0]),
+    }
+    loc = jnp.array([[0.1, -0.2, 0.0], [0.0, 0.3, -0.1]])
+    law = lcd_local_posterior("shift", condition_counts)(
+        values, data, jnp.arange(2), {"latent": (loc, jnp.ones_like(loc))}
+    )["latent"]
+    drift = drift_from_sites(
+        values["drift_weights"], values["log_decay"], values["log_scaling"], values["baseline"]
+    )
+    interventions = condition_interventions(
+        targets, "shift", {"effect": values["intervention_effect"]}, drift
+    )
+    means, covariances = stationary_moments(drift, 0.5, interventions)
+    precision_of_counts = message_precision(condition_counts, values["noise_concentration"])
+    # By hand, in float64: N(mu_p, Sigma_p) times N(mode + loc, diag(1 / lambda_p)).
+    for cell, row in enumerate([0, 1]):
+        prior = np.linalg.inv(np.asarray(covariances[row], np.float64))
+        weights = np.asarray(precision_of_counts[row], np.float64)
+        covariance = np.linalg.inv(prior + np.diag(weights))
+        mode = np.asarray(message_mean(data["counts"], data["size_factors"])[cell] + loc[cell])
+        mean = covariance @ (prior @ np.asarray(means[row]) + weights * mode)
+        # float32 Lyapunov solve and Cholesky-based inverses: ~1e-5 relative.
+        np.testing.assert_allclose(law.mean[cell], mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(law.covariance_matrix[cell], covariance, rtol=1e-4, atol=1e-5)
+    assert isinstance(law, dist.MultivariateNormal)
+    # The NB curvature at the mode y / l: y theta / (y + theta), with the half pseudo-count.
+    np.testing.assert_allclose(message_precision(jnp.array([9.5]), 10.0), [10.0 * 10.0 / 20.0])
