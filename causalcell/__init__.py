@@ -28,7 +28,7 @@ from causalcell._core.errors import CausalcellWarning
 from causalcell._version import __version__
 from causalcell.clipr import DirectEffects
 from causalcell.data import Registry, register, to_arrays
-from causalcell.handlers import do, knockdown, knockout, noise_scale, shift
+from causalcell.handlers import do, knockdown, knockout, learned, noise_scale, shift
 from causalcell.inference import Posterior, fit, fit_nuts
 from causalcell.models import LCD
 from causalcell.queries import counterfactual, effect, interventional
@@ -59,6 +59,7 @@ __all__ = [
     "interventions",
     "knockdown",
     "knockout",
+    "learned",
     "metrics",
     "models",
     "noise",

@@ -11,7 +11,13 @@ from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import check_stable, solve_continuous_lyapunov
 from causalcell.interventions import Intervention
 
-__all__ = ["sample_stationary", "stationary_factor", "stationary_mean", "stationary_moments"]
+__all__ = [
+    "sample_stationary",
+    "stationary_factor",
+    "stationary_mean",
+    "stationary_moments",
+    "stationary_moments_of_shifts",
+]
 
 
 def check_linear_shapes(drift: LinearDrift, sigma, intervention: Intervention | None) -> int:
@@ -150,6 +156,66 @@ def stationary_moments(drift: LinearDrift, sigma, intervention: Intervention | N
     noise = sigma[..., :, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
     covariance = solve_continuous_lyapunov(matrix, noise)
     return mean, 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
+
+
+def stationary_moments_of_shifts(
+    drift: LinearDrift, sigma, shifts, intervention: Intervention | None = None
+):
+    """Stationary laws of conditions that differ only by shifts of the bias: one covariance.
+
+    Shift and knockdown interventions move the bias ``b`` only (a knockdown ``k_j`` is the
+    shift ``decay_j k_j``), so every such condition of a screen has the same drift matrix ``A``
+    and noise, hence the same stationary covariance: one Lyapunov solve serves them all, and
+    the means ``mu_p = -A^{-1} (b + s_p)`` come from one solve with ``P`` right-hand sides.
+    ``stationary_moments`` on the batch of interventions solves ``P`` Lyapunov equations.
+
+    Parameters
+    ----------
+    drift, sigma
+        The linear drift and ``[d]`` (or scalar) diffusion scales.
+    shifts
+        ``[P, d]`` additions to the bias, one row per condition.
+    intervention
+        An optional intervention ``[d]`` applied to every condition first (knockouts, noise
+        scales, shifts shared by all rows); a gene it knocks out ignores the shifts, as a
+        knockout composed with a shift does.
+
+    Returns
+    -------
+    means, covariance
+        ``[P, d]`` and the shared ``[d, d]``.
+
+    Raises
+    ------
+    ValueError, UnstableDriftError
+        As :func:`stationary_moments` (shapes; a drift that is not stable, on concrete inputs).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> drift = LinearDrift.from_matrix(jnp.array([[-1.0, 0.0], [0.5, -1.0]]), jnp.zeros(2))
+    >>> means, cov = stationary_moments_of_shifts(drift, 1.0, jnp.array([[0.0, 0.0], [1.0, 0.0]]))
+    >>> [round(float(v), 4) for v in means[1]]
+    [1.0, 0.5]
+    """
+    check_linear_shapes(drift, sigma, intervention)
+    shifts = jnp.asarray(shifts)
+    if shifts.ndim != 2 or shifts.shape[-1] != drift.num_genes:
+        raise ValueError(
+            f"shifts must be [conditions, {drift.num_genes}] (one row per condition), got "
+            f"{shifts.shape}."
+        )
+    if intervention is not None and jnp.ndim(intervention.shift) > 1:
+        raise ValueError("intervention must be one [d] intervention shared by every condition.")
+    matrix, bias, sigma = intervene_linear(drift, sigma, intervention)
+    _check_stable_if_concrete(matrix, intervention)
+    if intervention is not None:  # a knocked-out gene's bias is its pinned level, unshifted
+        shifts = jnp.where(intervention.knockout, 0.0, shifts)
+    biases = bias + shifts  # [P, d]
+    means = -solve(matrix, biases.T).T
+    noise = sigma[:, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
+    covariance = solve_continuous_lyapunov(matrix, noise)
+    return means, 0.5 * (covariance + covariance.T)
 
 
 def stationary_factor(drift: LinearDrift, sigma, intervention: Intervention | None = None):

@@ -10,6 +10,7 @@ from causalcell.handlers._ops import (
     intervention,
     knockdown,
     knockout,
+    learned,
     noise_scale,
     shift,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "intervention",
     "knockdown",
     "knockout",
+    "learned",
     "model_trace",
     "noise_scale",
     "predict_worlds",

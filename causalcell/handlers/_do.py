@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from numpyro.primitives import Messenger, apply_stack
 
 from causalcell._core.errors import DataKeyError
 from causalcell._core.names import did_you_mean
-from causalcell.handlers._ops import INTERVENTION_MESSAGE, InterventionSpec
-from causalcell.interventions import Intervention, compose, from_targets
+from causalcell.handlers._ops import INTERVENTION_MESSAGE, LEARNED, InterventionSpec
+from causalcell.interventions import INTERVENTION_KINDS, Intervention, compose, from_targets
 
 __all__ = ["UnknownSiteError", "do"]
 
@@ -21,7 +23,7 @@ class UnknownSiteError(DataKeyError):
 
 
 class do(Messenger):
-    """Intervene on a NumPyro program: ``do(model, {"x": 1.0, "genes": {"GATA1": knockout()}})``.
+    """Intervene on a NumPyro program: ``do(model, {"x": 1.0, "genes": {"GATA1": knockout(0.0)}})``.
 
     - A **named sample site** ``"x"`` takes the given value (an array broadcastable to the
       site's shape; it may be traced, e.g. a dose under ``vmap``). The site is recorded as a
@@ -30,8 +32,12 @@ class do(Messenger):
       ``condition`` handlers (e.g. posterior samples in ``Predictive``) cannot override it.
     - A **vectorised site** ``"genes"`` (a model calling
       :func:`causalcell.handlers.intervention`) takes a mapping from entry names to
-      :class:`InterventionSpec` (``shift``, ``knockdown``, ``knockout``, ``noise_scale``);
-      nested ``do`` handlers compose. On a named site the innermost ``do`` wins.
+      :class:`InterventionSpec` (``shift``, ``knockdown``, ``knockout``, ``noise_scale``, or
+      a list of them); nested ``do`` handlers compose. :func:`~causalcell.handlers.learned`
+      (or a spec without a value, ``knockout()``) asks for the model's own learned
+      intervention on the entry: ``do`` passes the request on as a mask, and only a model
+      whose site accepts learned requests honours it. On a named site the innermost ``do``
+      wins.
 
     Unlike ``numpyro.handlers.do``, a name the model never visits raises
     :class:`UnknownSiteError` when the model returns, and so does an unknown entry name.
@@ -48,7 +54,11 @@ class do(Messenger):
     UnknownSiteError
         For a site or entry name the model does not have (with close matches).
     ValueError
-        For a value whose shape does not broadcast to the site's shape.
+        For a value whose shape does not broadcast to the site's shape; on a vectorised site,
+        for a NaN value (ask for the learned intervention with ``learned()``), and for a
+        learned request the site does not accept (a model without learned interventions, or
+        a learned ``knockout()`` of a model that learned shifts). Concrete values are checked
+        when the model runs; traced values are not inspected.
 
     Examples
     --------
@@ -91,7 +101,12 @@ class do(Messenger):
             self._visited.add(site)
             if site in self.data:
                 current = msg["fn"]() if msg["value"] is None else msg["value"]
-                msg["value"] = compose(current, _resolve(site, msg["names"], self.data[site]))
+                explicit, asked = _resolve(
+                    site, msg["names"], self.data[site], msg.get("learned", False)
+                )
+                msg["value"] = compose(current, explicit)
+                previous = msg.get("learned_mask")
+                msg["learned_mask"] = asked if previous is None else np.asarray(previous) | asked
             return
         name = msg.get("name")
         if msg["type"] == "deterministic" and msg.get("infer", {}).get("intervened"):
@@ -137,11 +152,15 @@ def _check_shape(name, fn: dist.Distribution, value):
     return jnp.broadcast_to(value, shape).astype(jnp.result_type(value, jnp.float32))
 
 
-def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
+def _resolve(
+    site: str, names: tuple[str, ...], specs, accepts: bool | str
+) -> tuple[Intervention, np.ndarray]:
+    """The explicit intervention of ``specs`` and the mask of the entries asking for their
+    learned one (checked against what the site ``accepts``, see ``intervention(learned=)``)."""
     if not isinstance(specs, Mapping):
         raise TypeError(
             f"do() on the vectorised site {site!r} needs a mapping of entry names to "
-            f"interventions, e.g. {{{names[0]!r}: knockout()}}; got {type(specs).__name__}."
+            f"interventions, e.g. {{{names[0]!r}: knockout(0.0)}}; got {type(specs).__name__}."
         )
     index = {entry: position for position, entry in enumerate(names)}
     unknown = [str(entry) for entry in specs if str(entry) not in index]
@@ -151,6 +170,7 @@ def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
             f"{did_you_mean(unknown[0], names)}"
         )
     result = Intervention.identity(len(names))
+    asked = np.zeros(len(names), bool)
     for entry, spec in specs.items():
         specs_list = (
             spec
@@ -161,9 +181,67 @@ def _resolve(site: str, names: tuple[str, ...], specs) -> Intervention:
             if not isinstance(one, InterventionSpec):
                 raise TypeError(
                     f"Intervention on {entry!r} must be built with shift(), knockdown(), "
-                    f"knockout() or noise_scale(); got {one!r}."
+                    f"knockout(), noise_scale() or learned(); got {one!r}."
                 )
+            if one.kind not in (*INTERVENTION_KINDS, LEARNED):
+                raise ValueError(
+                    f"Intervention on {entry!r} has the unknown kind {one.kind!r}; build it "
+                    "with shift(), knockdown(), knockout(), noise_scale() or learned()."
+                )
+            if one.is_learned:
+                _check_learned(site, str(entry), one.kind, accepts)
+                asked[index[str(entry)]] = True
+                continue
+            _reject_nan(site, str(entry), one)
             result = compose(
                 result, from_targets(len(names), [index[str(entry)]], one.kind, one.value)
             )
-    return result
+    return result, asked
+
+
+#: An explicit value of each kind, for error messages.
+_EXAMPLES = {
+    "shift": "shift(0.5)",
+    "knockdown": "knockdown(0.5)",
+    "knockout": "knockout(0.0)",
+    "noise_scale": "noise_scale(2.0)",
+}
+
+
+def _check_learned(site: str, entry: str, kind: str, accepts: bool | str) -> None:
+    """Raise unless the site accepts a learned request of ``kind`` (``"learned"``: any)."""
+    if kind == LEARNED:
+        request = "learned()"
+    else:
+        request = f"{kind}() without a {'level' if kind == 'knockout' else 'value'}"
+    if not accepts:
+        raise ValueError(
+            f"do() asks for the model's learned intervention on {entry!r} ({request}), but the "
+            f"vectorised site {site!r} of this model has no learned interventions (no natural "
+            "off level, no learned shift); give values: knockout(0.0), shift(0.5)."
+        )
+    if accepts is not True and kind not in (LEARNED, accepts):
+        raise ValueError(
+            f"do() asks for the learned {kind} of {entry!r} ({request}), but the vectorised "
+            f"site {site!r} of this model learned {accepts!r} interventions only. Give the "
+            f"{kind} a value (e.g. {_EXAMPLES[kind]}), or ask for the model's learned "
+            f"{accepts} with learned()."
+        )
+
+
+def _reject_nan(site: str, entry: str, spec: InterventionSpec) -> None:
+    """NaN is not an intervention value (it used to ask for the learned one): raise where the
+    value is concrete; a traced value (a dose under ``jit``/``vmap``) is not inspected."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(spec.value)):
+        return
+    try:
+        values = np.asarray(spec.value, dtype=float)
+    except (TypeError, ValueError):
+        return  # from_targets names the problem
+    if np.isnan(values).any():
+        raise ValueError(
+            f"do() got NaN as the {spec.kind} value of {entry!r} on {site!r}. NaN is not an "
+            "intervention value: for the model's own learned intervention use learned(), "
+            f"e.g. {{{entry!r}: learned()}}; otherwise give a finite value "
+            f"(e.g. {_EXAMPLES[spec.kind]})."
+        )

@@ -199,8 +199,9 @@ class StructuralCausalModel:
         Raises
         ------
         ValueError
-            If ``data`` is not ``[num_units, d]``, the number of units is unknown, or a concrete
-            knockout has no level.
+            If ``data`` is not ``[num_units, d]`` or the number of units is unknown; ``do``
+            raises for ``knockout()`` without a level or ``learned()`` (an SCM has no learned
+            intervention).
         """
         data, num_units = check_vector_data(self._structure, data, num_units)
         applied = intervention(site, names=self.names)

@@ -59,8 +59,10 @@ class StructuralDistribution(dist.Distribution):
     Raises
     ------
     ValueError
-        If a knockout has a ``NaN`` level (``knockout()`` without a level) and the level is
-        concrete; under ``jit`` the samples are ``NaN`` there instead.
+        If a knockout has a ``NaN`` level and the level is concrete (under ``jit`` the samples
+        are ``NaN`` there instead). An SCM has no learned or natural off level: through
+        :class:`causalcell.handlers.do`, ``knockout()`` without a level and ``learned()`` are
+        rejected before the law is built.
 
     Examples
     --------
@@ -199,6 +201,7 @@ def _check_knockout_levels(intervention: Intervention) -> None:
         return
     if np.any(np.asarray(knocked_out) & np.isnan(np.asarray(level))):
         raise ValueError(
-            "A knockout has no level (knockout() without a value) and this SCM has no natural "
-            "off level; pass knockout(level=...), e.g. knockout(0.0)."
+            "A knockout has a NaN level, and this SCM has no natural off level to stand in for "
+            "it; pass a finite level, e.g. knockout(0.0) or from_targets(d, targets, "
+            "'knockout', 0.0)."
         )

@@ -16,6 +16,7 @@ from causalcell.handlers import (
     intervention,
     knockdown,
     knockout,
+    learned,
     noise_scale,
     shift,
 )
@@ -95,7 +96,79 @@ def test_intervention_primitive_defaults_to_identity_and_do_fills_it_by_name():
     np.testing.assert_allclose(filled.shift, [0.0, -1.0, 0.0])
     np.testing.assert_allclose(filled.knockdown, [0.0, 0.0, np.log(0.5)], rtol=1e-6)
     np.testing.assert_allclose(filled.noise_scale, [1.0, 1.0, 2.0])
-    assert np.isnan(do(vectorised, {"genes": {"SPI1": knockout()}})().knockout_level[2])
+
+
+def accepting(kind=True):
+    """A vectorised site that honours learned requests (of any kind, or of ``kind`` only)."""
+    return lambda: intervention("genes", names=["GATA1", "CEBPA", "SPI1"], learned=kind)
+
+
+def test_learned_requests_come_back_as_a_mask_not_as_values():
+    # Without a handler: the identity and an empty mask.
+    identity, mask = accepting()()
+    assert mask.dtype == bool and mask.tolist() == [False, False, False]
+    assert not np.any(identity.targets)
+    # learned() and a knockout without a level ask for the model's own intervention: they set
+    # the mask and leave the explicit arrays alone; explicit specs compose as before.
+    specs = {"GATA1": learned(), "CEBPA": [knockout(), shift(0.5)], "SPI1": knockout(-2.0)}
+    applied, mask = do(accepting(), {"genes": specs})()
+    assert isinstance(mask, np.ndarray) and mask.tolist() == [True, True, False]
+    np.testing.assert_array_equal(applied.knockout, [False, False, True])
+    np.testing.assert_allclose(applied.knockout_level, [0.0, 0.0, -2.0])
+    np.testing.assert_allclose(applied.shift, [0.0, 0.5, 0.0])
+    assert learned().kind == "learned" and learned().is_learned
+    assert knockout().value is None and knockout().is_learned and not knockout(0.0).is_learned
+
+
+def test_nested_do_ors_the_learned_masks():
+    inner = do(accepting(), {"genes": {"GATA1": learned(), "CEBPA": shift(1.0)}})
+    nested = do(inner, {"genes": {"SPI1": knockout(), "GATA1": learned()}})
+    applied, mask = nested()
+    assert mask.tolist() == [True, False, True]
+    np.testing.assert_allclose(applied.shift, [0.0, 1.0, 0.0])
+    # Under jit the mask is still concrete numpy (the specs are Python values).
+    masks = []
+
+    def traced(dose):
+        applied, mask = do(inner, {"genes": {"SPI1": shift(dose)}})()
+        masks.append(mask)
+        return applied.shift
+
+    np.testing.assert_allclose(jax.jit(traced)(0.25), [0.0, 1.0, 0.25])
+    assert isinstance(masks[0], np.ndarray) and masks[0].tolist() == [True, False, False]
+
+
+def test_learned_requests_are_rejected_where_the_site_has_none():
+    for spec in (learned(), knockout()):
+        with pytest.raises(ValueError, match="'genes' of this model has no learned interventions"):
+            do(vectorised, {"genes": {"SPI1": spec}})()
+    with pytest.raises(ValueError, match=r"knockout\(\) without a level"):
+        do(vectorised, {"genes": {"SPI1": knockout()}})()
+    # Under jit too: the request is a Python value, checked when the model runs.
+    with pytest.raises(ValueError, match="no learned interventions"):
+        jax.jit(lambda: do(vectorised, {"genes": {"SPI1": learned()}})().shift)()
+    # A site that learned one kind takes learned() and that kind without a value, not another.
+    shifts = accepting("shift")
+    assert do(shifts, {"genes": {"SPI1": shift(None), "GATA1": learned()}})()[1].tolist() == [
+        True,
+        False,
+        True,
+    ]
+    with pytest.raises(ValueError, match=r"learned knockout of 'SPI1'.*learned 'shift' inter"):
+        do(shifts, {"genes": {"SPI1": knockout()}})()
+    with pytest.raises(ValueError, match="learned must be"):
+        intervention("genes", names=["A"], learned="everything")
+
+
+def test_nan_is_no_longer_a_request_for_the_learned_value():
+    for spec in (knockout(float("nan")), shift(np.nan), knockdown(jnp.array([np.nan]))):
+        with pytest.raises(ValueError, match=r"NaN as the .* value of 'SPI1'.*use learned\(\)"):
+            do(accepting(), {"genes": {"SPI1": spec}})()
+    with pytest.raises(ValueError, match=r"use learned\(\)"):
+        do(vectorised, {"genes": {"SPI1": [shift(1.0), shift(float("nan"))]}})()
+    # A traced value is not inspected: a NaN dose under jit flows through as a value.
+    nan_shift = jax.jit(lambda d: do(vectorised, {"genes": {"SPI1": shift(d)}})().shift)
+    assert np.isnan(nan_shift(jnp.nan)[2])
 
 
 def test_nested_do_composes_and_values_can_be_traced():

@@ -12,7 +12,7 @@ from numpyro.handlers import seed, substitute, trace
 from numpyro.infer.util import log_density
 
 from causalcell.graph import CyclicGraphError, to_adjacency
-from causalcell.handlers import do, knockout, noise_scale, shift
+from causalcell.handlers import do, knockout, learned, noise_scale, shift
 from causalcell.interventions import from_targets
 from causalcell.scm import LinearSCM, NonlinearSCM, StructuralDistribution
 
@@ -235,11 +235,21 @@ def test_clear_errors():
         seed(SCM.vectorized, 0)()
     with pytest.raises(ValueError, match="broadcast"):
         LinearSCM(GRAPH, weight_prior=dist.Normal(jnp.zeros(2), 1.0))
-    off = do(SCM.vectorized, {"genes": {"X": knockout()}})
-    with pytest.raises(ValueError, match="no natural off level; pass knockout"):
-        seed(off, 0)(num_units=3)
-    values = jax.jit(lambda: seed(off, 0)(num_units=3))()  # traced: NaN, no error
-    assert np.isnan(values[:, 1:]).all() and np.isfinite(values[:, 0]).all()
+    # An SCM has no learned intervention: knockout() without a level and learned() are
+    # rejected when the model runs, under jit too (the request is a Python value).
+    for request in (knockout(), learned()):
+        off = do(SCM.vectorized, {"genes": {"X": request}})
+        with pytest.raises(ValueError, match=r"no learned interventions .*no natural off level"):
+            seed(off, 0)(num_units=3)
+        with pytest.raises(ValueError, match="no learned interventions"):
+            jax.jit(lambda off=off: seed(off, 0)(num_units=3))()
+    # A NaN level is not a request: do() rejects it, and so does the law built directly.
+    with pytest.raises(ValueError, match=r"use learned\(\)"):
+        seed(do(SCM.vectorized, {"genes": {"X": knockout(float("nan"))}}), 0)(num_units=3)
+    with pytest.raises(ValueError, match=r"NaN level.*no natural off level"):
+        StructuralDistribution(
+            lambda x: x, jnp.ones(3), from_targets(3, [0], "knockout", float("nan"))
+        )
 
 
 def test_dose_response_under_jit_and_vmap_is_linear_with_the_closed_form_slope():

@@ -315,9 +315,10 @@ class LCD:
         and :mod:`causalcell.queries`: ``program(num_cells=100, *, perturbation="control",
         size_factors=None)`` (:func:`._worlds.lcd_program`; sites ``latent`` and
         ``counts``). It asks for the vectorised site ``"genes"`` over :attr:`coordinates`: a
-        request for the learned intervention (:meth:`actions`, e.g. ``knockout()`` on a
-        knockout screen) ORs the gene into the cells' targets with its learned parameter, so
-        with posterior draws of the globals the cells are :meth:`predict`'s in law; explicit
+        request for the learned intervention (:meth:`actions`: ``learned()``, or the screen's
+        kind without a value, e.g. ``knockout()`` on a knockout screen) ORs the gene into the
+        cells' targets with its learned parameter, so with posterior draws of the globals the
+        cells are :meth:`predict`'s in law; explicit
         values (``shift(0.5)``, ``knockout(-2.0)``) compose on top. Linear drift only.
 
         Examples
@@ -330,8 +331,9 @@ class LCD:
 
     def actions(self, perturbation: str, *, allow_prior_only: bool = False) -> dict:
         """The ``do`` request ``{"genes": {gene: spec}}`` for the learned intervention of every
-        target of ``perturbation`` (``knockout()``, or a NaN ``shift``/``knockdown``), for
-        :attr:`program`; raises :class:`UnseenTargetError` as :meth:`predict` does."""
+        target of ``perturbation`` (``learned()``: the screen's kind, with its learned
+        parameter), for :attr:`program`; raises :class:`UnseenTargetError` as :meth:`predict`
+        does."""
         return action_request(self, perturbation, allow_prior_only)
 
     def refine(self, **options) -> LCD:

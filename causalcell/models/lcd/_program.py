@@ -45,7 +45,6 @@ __all__ = [
     "lcd_model",
     "linear_drift_from_sites",
     "sample_screen_sites",
-    "split_action",
 ]
 
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
@@ -127,7 +126,7 @@ def condition_laws(values, condition_targets, kind: str, prior_mask=None, explic
     condition, from the global sites ``values`` (a dict of one draw).
 
     ``explicit``: an optional :class:`~causalcell.interventions.Intervention` ``[d]`` composed
-    after every condition's own (an outside ``do`` with explicit values, :func:`split_action`).
+    after every condition's own (an outside ``do`` with explicit values, see :func:`lcd_model`).
     """
     drift = linear_drift_from_sites(values, prior_mask)
     parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
@@ -136,58 +135,6 @@ def condition_laws(values, condition_targets, kind: str, prior_mask=None, explic
         interventions = compose(interventions, explicit)
     means, covariances = stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
     return drift, means, covariances
-
-
-def split_action(action: Intervention, kind: str):
-    """Split an outside intervention ``[d]`` (from :class:`causalcell.handlers.do`) into the
-    coordinates that ask for the model's own learned intervention and the explicit rest.
-
-    An entry of the screen's ``kind`` whose value is NaN (``knockout()`` without a level, or
-    ``shift(nan)`` / ``knockdown(nan)``) asks for what the screen learned: it is OR-ed into each
-    condition's targets, so it gets the learned per-target parameter exactly as a trained
-    perturbation does (and composing a target with itself changes nothing). Every other entry
-    is an explicit intervention (``shift(0.5)``, ``knockout(-2.0)``, ...) composed on top.
-
-    Returns
-    -------
-    own, explicit
-        ``[d]`` bool mask and the :class:`~causalcell.interventions.Intervention` without the
-        own entries.
-
-    Raises
-    ------
-    ValueError
-        (Concrete values only.) For a NaN value of another kind than the screen's, which has no
-        learned parameter (e.g. ``knockout()`` on a shift screen).
-    """
-    fields = {"shift": action.shift, "knockdown": action.knockdown}
-    fields["knockout"] = jnp.where(action.knockout, action.knockout_level, 0.0)
-    own = jnp.isnan(fields[kind])
-    others = [name for name, value in fields.items() if name != kind and _has_nan(value)]
-    if others:
-        raise ValueError(
-            f"do() asks for the learned {others[0]} of a gene (a NaN value, e.g. knockout() "
-            f"without a level), but this LCD learned {kind!r} interventions only. Give the "
-            f"value explicitly (e.g. knockout(level)), or ask for the learned {kind} with a NaN "
-            f"{kind} (LCD.actions(perturbation) builds that request)."
-        )
-    identity = Intervention.identity(action.num_genes)
-    explicit = action._replace(
-        shift=jnp.where(own, identity.shift, action.shift) if kind == "shift" else action.shift,
-        knockdown=(
-            jnp.where(own, identity.knockdown, action.knockdown)
-            if kind == "knockdown"
-            else action.knockdown
-        ),
-        knockout=action.knockout & ~own if kind == "knockout" else action.knockout,
-        knockout_level=jnp.where(own, identity.knockout_level, action.knockout_level),
-    )
-    return own, explicit
-
-
-def _has_nan(value) -> bool:
-    """Whether a concrete array holds a NaN (False for traced values, which cannot be read)."""
-    return not isinstance(value, jax.core.Tracer) and bool(jnp.isnan(value).any())
 
 
 def lcd_model(
@@ -252,11 +199,16 @@ def lcd_model(
 
     Interventions
     -------------
-    The program asks for ``intervention("genes", names=coordinates)``
+    The program asks for ``intervention("genes", names=coordinates, learned=intervention)``
     (:func:`causalcell.handlers.intervention`), so ``do(lcd_model, {"genes": {...}})`` acts on
-    every cell (:func:`split_action`): a learned request (``knockout()`` on a knockout screen)
-    is OR-ed into each condition's targets, explicit values compose on top. Without a handler
-    it is the identity and the program is unchanged.
+    every cell. A request for the learned intervention (:func:`causalcell.handlers.learned`,
+    or the screen's kind without a value, e.g. ``knockout()`` on a knockout screen) ORs the
+    gene into each condition's targets, so it gets its learned per-target parameter exactly
+    as a trained perturbation does (a target composed with itself changes nothing); a
+    valueless request of another kind (``knockout()`` on a shift screen) raises, since the
+    screen learned no such parameter. Explicit values (``shift(0.5)``, ``knockout(-2.0)``)
+    compose on top of every condition's own. Without a handler it is the identity and the
+    program is unchanged.
 
     Sample sites
     ------------
@@ -284,7 +236,7 @@ def lcd_model(
         **sample_screen_sites(size, baseline_prior, intervention),
     }
     names = coordinates or [f"coordinate{index}" for index in range(size)]
-    own, explicit = split_action(intervention_request("genes", names=names), intervention)
+    explicit, own = intervention_request("genes", names=names, learned=intervention)
     targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
     drift, means, covariances = condition_laws(values, targets, intervention, mask, explicit)
     numpyro.deterministic("drift", drift.matrix())

@@ -2,7 +2,7 @@
 
 - :func:`lcd_program`: the fitted model as a NumPyro program of generated cells, so that
   :class:`causalcell.handlers.do` and :func:`causalcell.queries.interventional` act on it.
-  ``do(program, {"genes": {"GATA1": knockout()}})`` (built by :func:`action_request`) ORs
+  ``do(program, {"genes": {"GATA1": learned()}})`` (built by :func:`action_request`) ORs
   GATA1 into the cells' targets with its learned parameter: with the same posterior draws it
   is :meth:`LCD.predict` ``("GATA1")`` in law.
 - :func:`counterfactual_worlds`: "these observed cells, had ``perturbation`` also (or
@@ -45,7 +45,7 @@ import pandas as pd
 from causalcell._core.coupling import COUPLINGS
 from causalcell._core.keys import as_key
 from causalcell.data import to_arrays
-from causalcell.handlers import WORLDS, knockdown, knockout, shift
+from causalcell.handlers import WORLDS, InterventionSpec, learned
 from causalcell.models.lcd._cells import cells_anndata
 from causalcell.models.lcd._counterfactual import counterfactual_counts, counterfactual_latents
 from causalcell.models.lcd._gene_space import decode, decoder_from_sites
@@ -61,14 +61,6 @@ __all__ = [
     "lcd_program",
     "worlds_anndata",
 ]
-
-#: The "learned" request of each intervention kind: a NaN value (see
-#: :func:`._program.split_action`).
-_LEARNED = {
-    "knockout": lambda: knockout(),
-    "shift": lambda: shift(float("nan")),
-    "knockdown": lambda: knockdown(float("nan")),
-}
 
 
 def _linear_only(model, query: str) -> None:
@@ -122,12 +114,12 @@ def lcd_program(model):
 
 
 def action_request(model, perturbation: str, allow_prior_only: bool = False) -> dict:
-    """``{"genes": {gene: spec}}`` asking ``do`` for the learned intervention of every target
-    of ``perturbation`` (``knockout()`` on a knockout screen, a NaN shift or knockdown
-    otherwise); raises :class:`UnseenTargetError` as :meth:`LCD.predict` does."""
+    """``{"genes": {gene: learned()}}`` asking ``do`` for the learned intervention (the
+    screen's kind) of every target of ``perturbation``; raises :class:`UnseenTargetError` as
+    :meth:`LCD.predict` does."""
     row, _, _ = perturbation_targets(model, perturbation, allow_prior_only)
     genes = [gene for gene, hit in zip(model.coordinates, row, strict=False) if hit]
-    return {"genes": {gene: _LEARNED[model.intervention]() for gene in genes}}
+    return {"genes": {gene: learned() for gene in genes}}
 
 
 def _observed_arrays(model, cells):
@@ -387,13 +379,15 @@ def counterfactual_result(
 
 
 def _learned_label(model, actions: Mapping) -> str:
-    """The perturbation label of ``{"genes": {gene: learned request}}`` (``LCD.actions``)."""
+    """The perturbation label of ``{"genes": {gene: learned request}}`` (``LCD.actions``): each
+    spec ``learned()`` or the screen's kind without a value (e.g. ``knockout()``)."""
     unknown = sorted(set(actions) - {"genes"})
     explicit = [
         gene
         for gene, spec in actions.get("genes", {}).items()
-        if not bool(np.isnan(np.asarray(getattr(spec, "value", 0.0), float)).all())
-        or getattr(spec, "kind", None) != model.intervention
+        if not isinstance(spec, InterventionSpec)
+        or not spec.is_learned
+        or spec.kind not in ("learned", model.intervention)
     ]
     if unknown or explicit:
         raise ValueError(

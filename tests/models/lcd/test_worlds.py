@@ -2,16 +2,21 @@
 ``LCD.program`` against ``predict``/``stationary``, and ``LCD.counterfactual`` against the
 exact properties of path-wise counterfactuals, all on one tiny fit."""
 
+import types
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse
 from numpyro.handlers import seed, substitute, trace
 
-from causalcell import do, knockout, queries, shift
+from causalcell import do, knockdown, knockout, learned, queries, shift
 from causalcell.datasets import simulate_screen
 from causalcell.handlers import UnknownSiteError
 from causalcell.models.lcd import LCD, UnseenTargetError
+from causalcell.models.lcd._program import lcd_model
+from causalcell.models.lcd._worlds import _learned_label
 
 GENES = 4
 #: Cells and posterior draws of every counterfactual query here: one shape, one compilation.
@@ -134,7 +139,16 @@ def test_counterfactual_latents_of_control_cells_follow_the_intervened_law(fitte
 def test_do_on_the_program_is_predict_in_law(fitted):
     model, _, _ = fitted
     target = sorted(model.trained_targets)[0]
+    assert model.actions(target) == {"genes": {target: learned()}}
     draws = model.posterior.sample(jax.random.key(5), 1)
+    # On this knockout screen, knockout() without a level is the same request as learned().
+    draw = {name: value[0] for name, value in draws.items()}
+    laws = []
+    for spec in (learned(), knockout()):
+        program = seed(substitute(do(model.program, {"genes": {target: spec}}), draw), 0)
+        laws.append(trace(program).get_trace(1)["latent"]["fn"])
+    np.testing.assert_array_equal(laws[0].loc, laws[1].loc)
+    np.testing.assert_array_equal(laws[0].scale_tril, laws[1].scale_tril)
     mean, covariance = model.stationary(target, key=jax.random.key(5), num_samples=1)
     for index in range(1):
         draw = {name: value[index] for name, value in draws.items()}
@@ -169,6 +183,56 @@ def test_explicit_do_values_compose_on_the_condition(fitted):
     # g3 has no regulators or targets: a bias shift of 0.7 moves its mean by 0.7 / d_3.
     decay = float(np.exp(draw["log_decay"][3]))
     assert float(law.loc[0, 3] - plain.loc[0, 3]) == pytest.approx(0.7 / decay, rel=1e-4)
+
+
+def _program_law(kind, targets, genes=None):
+    """The latent law of ``lcd_model`` (one prior draw, condition ``targets``) under ``do``."""
+    names = ["a", "b", "c", "d"]
+    data = {
+        "condition_index": jnp.zeros(2, jnp.int32),
+        "condition_targets": jnp.asarray([targets], jnp.float32),
+        "size_factors": jnp.ones(2),
+        "baseline_prior": jnp.zeros(4),
+        "intervention": kind,
+        "coordinates": names,
+    }
+    model = seed(lcd_model, 0) if genes is None else seed(do(lcd_model, {"genes": genes}), 0)
+    return trace(model).get_trace(None, **data)["latent"]["fn"]
+
+
+@pytest.mark.parametrize("kind", ["shift", "knockdown", "knockout"])
+def test_a_learned_request_is_or_ed_into_the_condition_targets(kind):
+    # learned() on "b" and "d" of the control condition is exactly the condition that
+    # targets them (same draw: the seed is the same and do() adds no sample site) ...
+    requested = _program_law(kind, [0, 0, 0, 0], {"b": learned(), "d": learned()})
+    trained = _program_law(kind, [0, 1, 0, 1])
+    np.testing.assert_array_equal(requested.loc, trained.loc)
+    np.testing.assert_array_equal(requested.scale_tril, trained.scale_tril)
+    # ... the screen's kind without a value is the same request, and a target composed with
+    # itself changes nothing.
+    same_kind = {"shift": shift(None), "knockdown": knockdown(None), "knockout": knockout()}[kind]
+    again = _program_law(kind, [0, 1, 0, 0], {"b": same_kind, "d": learned()})
+    np.testing.assert_array_equal(again.loc, trained.loc)
+    # A valueless request of another kind has no learned parameter; NaN is not a request.
+    other = "knockout" if kind != "knockout" else "shift"
+    other_spec = knockout() if other == "knockout" else shift(None)
+    with pytest.raises(ValueError, match=f"learned {other} of 'b'.*learned '{kind}' inter"):
+        _program_law(kind, [0, 0, 0, 0], {"b": other_spec})
+    nan_spec = {"shift": shift, "knockdown": knockdown, "knockout": knockout}[kind](np.nan)
+    with pytest.raises(ValueError, match=r"NaN as the .*use learned\(\)"):
+        _program_law(kind, [0, 0, 0, 0], {"b": nan_spec})
+
+
+def test_counterfactual_actions_are_learned_requests_by_kind():
+    model = types.SimpleNamespace(
+        intervention="knockout",
+        registry=types.SimpleNamespace(separator="+", control=("control",)),
+    )
+    assert _learned_label(model, {"genes": {"g0": learned(), "g1": knockout()}}) == "g0+g1"
+    assert _learned_label(model, {"genes": {}}) == "control"
+    for spec in (knockout(0.0), shift(None), shift(0.5), [learned()]):
+        with pytest.raises(ValueError, match="learned knockout interventions"):
+            _learned_label(model, {"genes": {"g0": spec}})
 
 
 def test_errors_name_the_problem(fitted):
