@@ -103,11 +103,11 @@ def lcd_local_posterior(
         condition_rates = jnp.maximum(jnp.asarray(condition_rates), _RATE_FLOOR)
 
     def local_posterior(values, data, index, heads):
-        _, means, covariances = condition_laws(
+        laws = condition_laws(
             values, data["condition_targets"], intervention, data.get("prior_mask")
         )
-        eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), covariances.shape)
-        prior_precision = cho_solve((cholesky(covariances), True), eye)
+        means, prior_precision = laws.means, laws.precisions()
+        eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), prior_precision.shape)
         modelled = means.shape[-1] - programs
         # Per-gene message precisions [P, genes]: the curvature at the mode or, linearised, the
         # Fisher information at the condition's mean count.

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._core.linalg import cholesky
 from causalcell.clipr import linear_responses
 from causalcell.models.lcd._cells import generated_cells
 from causalcell.models.lcd._gene_space import reduce_programs
@@ -33,11 +32,10 @@ def stationary_laws(model, draws: dict, rows):
     targets = jnp.asarray(rows, jnp.float32)
 
     def one(draw):
-        _, means, covariances = condition_laws(draw, targets, model.intervention, model.prior_mask)
-        return means, covariances
+        laws = condition_laws(draw, targets, model.intervention, model.prior_mask)
+        return laws.means, laws.covariances, laws.factors()
 
-    mean, covariance = jax.vmap(one)(draws)
-    return mean, covariance, cholesky(covariance)
+    return jax.vmap(one)(draws)
 
 
 def linear_drifts(model, draws: dict, programs: bool) -> np.ndarray:

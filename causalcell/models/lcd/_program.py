@@ -22,24 +22,29 @@ the choice and its cost). With every gene modelled and no programs it is the ful
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
 from causalcell._core.gaussian import MultivariateNormal
-from causalcell._core.linalg import cholesky
-from causalcell.diffusion import LinearDrift, stationary_moments
+from causalcell._core.linalg import cho_solve, cholesky
+from causalcell.diffusion import LinearDrift, stationary_moments, stationary_moments_of_shifts
 from causalcell.handlers import intervention as intervention_request
 from causalcell.interventions import Intervention, compose
 from causalcell.models.lcd._gene_space import decode, sample_decoder
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
+    "BIAS_KINDS",
     "INTERVENTION_KINDS",
     "PARAMETER_SITE",
+    "ConditionLaws",
     "condition_interventions",
     "condition_laws",
+    "condition_shifts",
     "drift_from_sites",
     "intervention_parameters",
     "lcd_model",
@@ -47,6 +52,9 @@ __all__ = [
     "sample_screen_sites",
 ]
 
+#: Intervention kinds that move only the bias: the conditions of such a screen share one
+#: stationary covariance (:func:`condition_laws`).
+BIAS_KINDS = ("shift", "knockdown")
 #: Screen-wide intervention kinds LCD learns per-target parameters for.
 INTERVENTION_KINDS = ("shift", "knockdown", "knockout")
 #: The sample site of each kind's per-gene intervention parameter.
@@ -121,20 +129,81 @@ def sample_screen_sites(genes: int, baseline_prior, intervention: str) -> dict:
     }
 
 
-def condition_laws(values, condition_targets, kind: str, prior_mask=None, explicit=None):
-    """Drift and the Gaussian stationary law ``(means [P, d], covariances [P, d, d])`` of every
-    condition, from the global sites ``values`` (a dict of one draw).
+class ConditionLaws(NamedTuple):
+    """The drift and the Gaussian stationary law of every condition of a screen (one draw).
+
+    ``covariance`` is ``[m, m]`` when every condition shares it (shift and knockdown screens,
+    :data:`BIAS_KINDS`) and ``[P, m, m]`` otherwise; the methods factorise a shared covariance
+    once and broadcast the result over conditions.
+    """
+
+    drift: LinearDrift
+    means: jax.Array  # [P, m]
+    covariance: jax.Array  # [m, m] shared, or [P, m, m]
+
+    @property
+    def shared(self) -> bool:
+        """Whether one covariance serves every condition."""
+        return self.covariance.ndim == 2
+
+    def _per_condition(self, matrix):
+        return jnp.broadcast_to(matrix, (*self.means.shape, self.means.shape[-1]))
+
+    @property
+    def covariances(self) -> jax.Array:
+        """``[P, m, m]``."""
+        return self._per_condition(self.covariance)
+
+    def factors(self) -> jax.Array:
+        """Lower Cholesky factors ``[P, m, m]`` (one factorisation when shared)."""
+        return self._per_condition(cholesky(self.covariance))
+
+    def precisions(self) -> jax.Array:
+        """Inverse covariances ``[P, m, m]`` (one factorisation when shared)."""
+        factor = cholesky(self.covariance)
+        eye = jnp.broadcast_to(jnp.eye(factor.shape[-1], dtype=factor.dtype), factor.shape)
+        return self._per_condition(cho_solve((factor, True), eye))
+
+
+def condition_laws(
+    values, condition_targets, kind: str, prior_mask=None, explicit=None
+) -> ConditionLaws:
+    """Drift and the Gaussian stationary law of every condition (:class:`ConditionLaws`), from
+    the global sites ``values`` (a dict of one draw).
 
     ``explicit``: an optional :class:`~causalcell.interventions.Intervention` ``[d]`` composed
     after every condition's own (an outside ``do`` with explicit values, see :func:`lcd_model`).
+
+    Shift and knockdown screens (:data:`BIAS_KINDS`) move only the bias, so their conditions
+    share one covariance: it is solved once (one Lyapunov equation per draw instead of one per
+    condition) and broadcast to ``[P, d, d]``, and the means come from one solve with ``P``
+    right-hand sides. Knockouts change rows of the drift: one solve per condition.
+    Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised
+    once too.
     """
     drift = linear_drift_from_sites(values, prior_mask)
     parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
+    sigma = jnp.exp(values["log_sigma"])
+    if kind in BIAS_KINDS:
+        # Every condition has the same drift matrix and noise: one Lyapunov solve for all.
+        shifts = condition_shifts(condition_targets, kind, parameters, drift)
+        means, covariance = stationary_moments_of_shifts(drift, sigma, shifts, explicit)
+        return ConditionLaws(drift, means, covariance)
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
     if explicit is not None:
         interventions = compose(interventions, explicit)
-    means, covariances = stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
-    return drift, means, covariances
+    means, covariances = stationary_moments(drift, sigma, interventions)
+    return ConditionLaws(drift, means, covariances)
+
+
+def condition_shifts(condition_targets, kind: str, parameters: dict, drift: LinearDrift):
+    """What a shift or knockdown screen's conditions add to the bias ``[P, d]``: ``decay_j``
+    times the learned effect (shift) or log-fraction (knockdown) of each target, the bias
+    change of :func:`condition_interventions` under :func:`causalcell.diffusion.intervene_linear`.
+    """
+    targets = jnp.asarray(condition_targets, bool)
+    value = parameters["effect"] if kind == "shift" else parameters["log_fraction"]
+    return jnp.where(targets, drift.decay * value, 0.0)
 
 
 def lcd_model(
@@ -238,13 +307,14 @@ def lcd_model(
     names = coordinates or [f"coordinate{index}" for index in range(size)]
     explicit, own = intervention_request("genes", names=names, learned=intervention)
     targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
-    drift, means, covariances = condition_laws(values, targets, intervention, mask, explicit)
+    laws = condition_laws(values, targets, intervention, mask, explicit)
+    drift, means = laws.drift, laws.means
     numpyro.deterministic("drift", drift.matrix())
     modelled = size - programs
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
     noise_parameters = noise.sample_parameters(modelled + decoded)
     decoder = sample_decoder(decoded_prior, modelled, size, loading_scale) if decoded else None
-    factors = cholesky(covariances)
+    factors = laws.factors()
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
         condition = condition_index[index]

@@ -176,7 +176,8 @@ def collapsed_lcd_model(
         )
     values = {name: site["value"] for name, site in trace.items() if site["type"] == "sample"}
     concentration = values.get(noise.site_name("concentration"))
-    _, means, covariances = condition_laws(values, condition_targets, intervention, prior_mask)
+    laws = condition_laws(values, condition_targets, intervention, prior_mask)
+    means, covariances = laws.means, laws.covariances
     precision = message_precision(condition_counts, concentration)  # [P, d]
     # The likelihood at each message's mode: mean count y + 0.5 whatever the size factor.
     parameters = {} if concentration is None else {"concentration": concentration[count_genes]}

@@ -176,8 +176,8 @@ def _one_draw(draw, key, data, heads, action_rows, prior_mask, *, guide, kind, m
         pair_index=condition,
         latent_scale_tril=law.scale_tril,
     )
-    _, means, _ = condition_laws(draw, factual_rows, kind, prior_mask)
-    _, means_cf, _ = condition_laws(draw, action_rows, kind, prior_mask)
+    means = condition_laws(draw, factual_rows, kind, prior_mask).means
+    means_cf = condition_laws(draw, action_rows, kind, prior_mask).means
     decoder = decoder_from_sites(draw)
     rate = decode(x, means[condition], draw["baseline"], decoder, modelled)
     rate_cf = decode(x_cf, means_cf[condition], draw["baseline"], decoder, modelled)

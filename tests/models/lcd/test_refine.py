@@ -48,7 +48,8 @@ def _collapsed_factor(rows) -> float:
 
 def _quadrature(rows) -> float:
     """``sum_c log int NB(y_c | l_c e^x, theta) N(x; mu_p, Sigma_p) dx`` on a fine grid."""
-    _, means, covariances = condition_laws(VALUES, TARGETS, "shift")
+    laws = condition_laws(VALUES, TARGETS, "shift")
+    means, covariances = laws.means, laws.covariances
     grid = np.linspace(-12.0, 4.0, 200_001)
     total = 0.0
     for cell in np.arange(len(COUNTS))[rows]:
