@@ -39,6 +39,7 @@ __all__ = [
     "PURE_ON_CPU",
     "cho_solve",
     "cholesky",
+    "covariance_factor",
     "inv",
     "inv_and_log_abs_det",
     "solve",
@@ -262,6 +263,21 @@ def cho_solve(factor_and_lower, rhs):
 
 
 # Inverse ---------------------------------------------------------------------------------------
+
+
+def covariance_factor(precision):
+    """A lower-triangular ``T`` with ``T T^T = precision^{-1}``, from one Cholesky factorisation.
+
+    With ``J`` the order reversal and ``J P J = L L^T``, ``T = J L^{-T} J`` is lower triangular
+    and ``T T^T = J L^{-T} L^{-1} J = P^{-1}``: a Cholesky factor, a triangular inverse, no
+    full inverse and no second Cholesky (the route through the covariance costs about twice as
+    much, and squares the condition number before its second factorisation).
+    """
+    precision = _as_real(precision)
+    reversed_factor = cholesky(precision[..., ::-1, ::-1])
+    eye = jnp.broadcast_to(jnp.eye(precision.shape[-1], dtype=precision.dtype), precision.shape)
+    inverse = solve_triangular(reversed_factor, eye, lower=True)
+    return jnp.swapaxes(inverse, -1, -2)[..., ::-1, ::-1]
 
 
 def _swap_rows(matrix, first, second):

@@ -232,3 +232,18 @@ def test_previously_hanging_pattern_completes():
     )
     assert result.returncode == 0, result.stderr
     assert "completed" in result.stdout
+
+
+def test_covariance_factor_is_a_lower_cholesky_factor_of_the_inverse_precision():
+    rng = np.random.default_rng(5)
+    root = rng.normal(size=(3, 6, 6))
+    precision = root @ np.swapaxes(root, -1, -2) + 6.0 * np.eye(6)
+    factor = np.asarray(_linalg.covariance_factor(jnp.asarray(precision, jnp.float32)))
+    # Lower triangular with a positive diagonal, and T T^T = P^{-1} to float32 rounding of the
+    # O(0.1) covariance entries (1e-6 relative, 1e-6 absolute).
+    np.testing.assert_array_equal(factor, np.tril(factor))
+    assert np.all(np.diagonal(factor, axis1=-2, axis2=-1) > 0)
+    expected = np.linalg.inv(precision)
+    np.testing.assert_allclose(factor @ np.swapaxes(factor, -1, -2), expected, atol=1e-6)
+    # It is *the* Cholesky factor of the covariance (unique with a positive diagonal).
+    np.testing.assert_allclose(factor, np.linalg.cholesky(expected), atol=1e-6)

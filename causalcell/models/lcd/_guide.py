@@ -34,7 +34,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from causalcell._core.gaussian import MultivariateNormal
-from causalcell._core.linalg import cho_solve, cholesky
+from causalcell._core.linalg import covariance_factor
 from causalcell.models.lcd._gene_space import decoded_offsets, decoder_from_sites
 from causalcell.models.lcd._program import condition_laws
 
@@ -124,7 +124,7 @@ def lcd_local_posterior(
                 raise ValueError("Decoded genes need condition_rates (see lcd_local_posterior).")
             loadings, decoded = decoder["loadings"], weights[:, modelled:]
             precision = precision + jnp.einsum("gi,pg,gj->pij", loadings, decoded, loadings)
-        posterior_covariance = cho_solve((cholesky(precision), True), eye)
+        factor = covariance_factor(precision)  # T T^T: the posterior covariance
         prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
         condition = data["condition_index"][index]
         loc, _ = heads["latent"]
@@ -140,9 +140,9 @@ def lcd_local_posterior(
             offsets = decoded_offsets(means, values["baseline"], decoder, modelled)  # [P, decoded]
             residual = messages[:, modelled:] - offsets[condition] + loc @ loadings.T
             information = information + (decoded[condition] * residual) @ loadings
-        mean = jnp.einsum("cij,cj->ci", posterior_covariance[condition], information)
-        factor = cholesky(posterior_covariance)
-        return {"latent": MultivariateNormal(mean, scale_tril=factor[condition])}
+        factor = factor[condition]
+        mean = jnp.einsum("cij,ckj,ck->ci", factor, factor, information)
+        return {"latent": MultivariateNormal(mean, scale_tril=factor)}
 
     return local_posterior
 
