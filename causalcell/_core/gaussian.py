@@ -60,7 +60,7 @@ class MultivariateNormal(dist.MultivariateNormal):
     @validate_sample
     def log_prob(self, value):
         order = self.event_shape[-1]
-        if not uses_pure(order):
+        if not uses_pure():
             return super().log_prob(value)
         centered = value - self.loc
         whitened = solve_triangular(self.scale_tril, centered[..., None], lower=True)[..., 0]

@@ -10,12 +10,16 @@ no thread is free to run, and the process hangs at 0% CPU. Open-source jaxlib bu
 the parallel path in 0.11.1.
 
 This module gives the few factorisations causalcell needs inside a fit. On the affected
-runtime (CPU backend, ``0.10.0 <= jaxlib < 0.11.1``) and for matrices of order at most
-``MAX_ORDER`` they are plain JAX loops (``lax.fori_loop`` over columns, each step a vectorised
-update of the whole batch), which XLA compiles to ordinary fused kernels with no custom call;
-elsewhere they are the ``jnp.linalg`` / ``jax.scipy.linalg`` functions. The choice cannot
-depend on the batch shape: under ``vmap`` a function sees one matrix while the primitive it
-emits is batched, so the pure path is taken for single matrices too.
+runtime (CPU backend, ``0.10.0 <= jaxlib < 0.11.1``), at every order, they are plain JAX loops
+(``lax.fori_loop`` over columns, each step a vectorised update of the whole batch), which XLA
+compiles to ordinary fused kernels with no custom call; elsewhere they are the ``jnp.linalg`` /
+``jax.scipy.linalg`` functions. The choice cannot depend on the batch shape: under ``vmap`` a
+function sees one matrix while the primitive it emits is batched, so the pure path is taken for
+single matrices too. Nor does it depend on the order: the loops run one step per column (``n``
+sequential steps of ``O(batch n^2)`` work), so past about 128 columns they are slower than
+LAPACK's blocked kernels (a single inverse of order 150 took 36 ms against 0.5 ms on 2 cores),
+but with a cap at 128 an LCD fit of 150 coordinates took the batched LAPACK path and hung;
+slow is better than a hang.
 
 Every function supports ``jit``, ``vmap`` and forward- and reverse-mode autodiff; derivatives
 come from the closed-form rules of each factorisation (custom JVPs), not from differentiating
@@ -35,7 +39,6 @@ import jaxlib.version
 from jax import lax
 
 __all__ = [
-    "MAX_ORDER",
     "PURE_ON_CPU",
     "cho_solve",
     "cholesky",
@@ -46,11 +49,6 @@ __all__ = [
     "solve_triangular",
     "uses_pure",
 ]
-
-#: Largest matrix order handled by the pure loops: each loop runs one step per column with
-#: ``O(batch n^2)`` work, so beyond ~128 columns the sequential steps cost more than LAPACK's
-#: blocked kernels; causalcell's fits stay far below (at most 64 genes plus 8 programs).
-MAX_ORDER = 128
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -70,9 +68,10 @@ def _pure_on_cpu() -> bool:
 PURE_ON_CPU = _pure_on_cpu()
 
 
-def uses_pure(order: int) -> bool:
-    """Whether matrices of ``order`` go through the pure-JAX loops in the current setting."""
-    return PURE_ON_CPU and order <= MAX_ORDER and jax.default_backend() == "cpu"
+def uses_pure() -> bool:
+    """Whether factorisations go through the pure-JAX loops in the current setting (the
+    affected jaxlib on the CPU backend, or ``CAUSALCELL_PURE_LINALG=1``)."""
+    return PURE_ON_CPU and jax.default_backend() == "cpu"
 
 
 def _as_real(array):
@@ -163,7 +162,7 @@ def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False
     rhs = _as_real(rhs)
     dtype = jnp.result_type(matrix, rhs)
     matrix, rhs = matrix.astype(dtype), rhs.astype(dtype)
-    if not uses_pure(matrix.shape[-1]):
+    if not uses_pure():
         batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
         return jsl.solve_triangular(
             jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
@@ -249,7 +248,7 @@ def cholesky(matrix):
            [1., 2.]], dtype=float32)
     """
     matrix = _as_real(matrix)
-    if not uses_pure(matrix.shape[-1]):
+    if not uses_pure():
         return jnp.linalg.cholesky(matrix)
     return _pure_cholesky_jit(0.5 * (matrix + jnp.swapaxes(matrix, -1, -2)))
 
@@ -347,7 +346,7 @@ def inv(matrix):
            [0.5 , 0.  ]], dtype=float32)
     """
     matrix = _as_real(matrix)
-    if not uses_pure(matrix.shape[-1]):
+    if not uses_pure():
         return jnp.linalg.inv(matrix)
     return _pure_inv_jit(matrix)
 
@@ -360,7 +359,7 @@ def inv_and_log_abs_det(matrix):
     :func:`inv` where derivatives are needed.
     """
     matrix = _as_real(matrix)
-    if not uses_pure(matrix.shape[-1]):
+    if not uses_pure():
         return jnp.linalg.inv(matrix), jnp.linalg.slogdet(matrix)[1]
     return _gauss_jordan_jit(matrix)
 
@@ -373,7 +372,7 @@ def solve(matrix, rhs):
     """
     matrix = _as_real(matrix)
     rhs = _as_real(rhs)
-    if not uses_pure(matrix.shape[-1]):
+    if not uses_pure():
         batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
         return jnp.linalg.solve(
             jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),

@@ -321,9 +321,9 @@ def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarr
     """Stationary means ``[P, d]`` and covariance Cholesky factors ``[P, d, d]`` of every
     condition, in float64 with numpy and scipy (Bartels-Stewart).
 
-    The simulator needs no derivatives, so it leaves JAX here: batched LAPACK calls of order
-    above :data:`causalcell._core.linalg.MAX_ORDER` can deadlock jaxlib 0.10's CPU runtime (see
-    :mod:`causalcell._core.linalg`), which hung ``simulate_screen`` at 200 genes, and float64 is
+    The simulator needs no derivatives, so it leaves JAX here: batched LAPACK calls can
+    deadlock jaxlib 0.10's CPU runtime (see :mod:`causalcell._core.linalg`), which hung
+    ``simulate_screen`` at 200 genes, JAX's pure loops are slow at such orders, and float64 is
     exact to well below the simulated noise at any size. NaN where a condition is unstable.
     """
     matrices, biases, scales = (

@@ -247,3 +247,17 @@ def test_covariance_factor_is_a_lower_cholesky_factor_of_the_inverse_precision()
     np.testing.assert_allclose(factor @ np.swapaxes(factor, -1, -2), expected, atol=1e-6)
     # It is *the* Cholesky factor of the covariance (unique with a positive diagonal).
     np.testing.assert_allclose(factor, np.linalg.cholesky(expected), atol=1e-6)
+
+
+@pytest.mark.skipif(not _linalg.uses_pure(), reason="the pure loops run on jaxlib 0.10's CPU")
+def test_the_pure_loops_serve_orders_past_128_so_batched_factorisations_cannot_hang():
+    # A batch of order-150 matrices: with the old cap at 128 this went to batched LAPACK, where
+    # an LCD fit of 150 coordinates hung at 0% CPU; the loops give LAPACK's answer.
+    rng = np.random.default_rng(7)
+    root = rng.normal(size=(3, 150, 150)) / np.sqrt(150)
+    matrix = root @ np.swapaxes(root, -1, -2) + np.eye(150)
+    matrix32 = jnp.asarray(matrix, jnp.float32)
+    assert "custom_call" not in jax.jit(_linalg.cholesky).lower(matrix32).as_text()
+    factor = np.asarray(_linalg.cholesky(matrix32))
+    # float32 Cholesky of well-conditioned order-150 matrices: entries O(1), rounding ~1e-5.
+    np.testing.assert_allclose(factor, np.linalg.cholesky(matrix), atol=1e-4)
