@@ -13,6 +13,7 @@ import scipy.linalg
 import scipy.sparse
 
 from causalcell import noise as noise_models
+from causalcell._core.keys import as_key
 from causalcell.datasets._regulatory import (
     random_adjacency,
     random_linear_drift,
@@ -144,7 +145,10 @@ def simulate_screen(
     ((200, 8), 5)
     """
     _check_options(drift, intervention, noise, num_genes, num_cells, control_fraction)
-    seed = key if isinstance(key, int) else int(jax.random.randint(key, (), 0, 2**31 - 1))
+    if isinstance(key, int | np.integer) and not isinstance(key, bool | np.bool_):
+        seed = int(key)  # a numpy integer seeds as the same Python int does
+    else:
+        seed = int(jax.random.randint(as_key(key), (), 0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     keys = jax.random.split(jax.random.key(seed), 3)
     genes = [f"G{index:0{len(str(num_genes - 1))}d}" for index in range(num_genes)]

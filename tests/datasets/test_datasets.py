@@ -31,6 +31,8 @@ def test_same_key_same_screen_and_different_key_different_screen(screen):
     np.testing.assert_array_equal(screen.layers["latent"], again.layers["latent"])
     other = simulate_screen(**SMALL, key=1)
     assert (screen.X != other.X).nnz > 0
+    # A numpy integer is the same seed as the Python int.
+    assert (simulate_screen(**SMALL, key=np.int64(1)).X != other.X).nnz == 0
 
 
 def test_layout_and_counts(screen):

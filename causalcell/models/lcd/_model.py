@@ -20,7 +20,7 @@ from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_name
 from causalcell.models.lcd._fit import prepare_screen
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
 from causalcell.models.lcd._refine import refine_lcd
-from causalcell.models.lcd._targets import effect_columns, perturbation_targets
+from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
 from causalcell.models.lcd._worlds import (
     action_request,
     counterfactual_result,
@@ -274,7 +274,7 @@ class LCD:
 
     def predict(
         self,
-        perturbations: Sequence[str],
+        perturbations: str | Sequence[str],
         num_cells: int = 500,
         *,
         key=0,
@@ -302,7 +302,7 @@ class LCD:
         """
         return self.backend.predict(
             self,
-            perturbations,
+            perturbation_labels(perturbations),
             num_cells,
             key=as_key(key),
             allow_prior_only=allow_prior_only,

@@ -10,7 +10,7 @@ import numpy as np
 
 from causalcell.perturbations import canonical_label, parse_perturbation
 
-__all__ = ["UnseenTargetError", "effect_columns", "perturbation_targets"]
+__all__ = ["UnseenTargetError", "effect_columns", "perturbation_labels", "perturbation_targets"]
 
 
 class UnseenTargetError(ValueError):
@@ -75,3 +75,10 @@ def effect_columns(model, targets) -> tuple[list[str], list[int]]:
     if unknown:
         raise ValueError(f"effects(targets=...) names genes that are not modelled: {unknown}.")
     return list(targets), [genes.index(gene) for gene in targets]
+
+
+def perturbation_labels(perturbations) -> list[str]:
+    """The labels a query asks for: one label (``"GATA1"``, not its characters) or several."""
+    if isinstance(perturbations, str):
+        return [perturbations]
+    return list(perturbations)

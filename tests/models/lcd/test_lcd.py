@@ -143,6 +143,11 @@ def test_fitted_lcd_answers_with_its_own_stationary_law(fitted):
     np.testing.assert_allclose(knocked[:, position], expected, rtol=1e-4, atol=1e-4)
     generated = fitted.predict([target, "control"], num_cells=50, key=1)
     assert generated.shape == (100, 6) and set(generated.obs["perturbation"]) == {target, "control"}
+    # One label is one perturbation (not its characters), and a numpy integer is a seed.
+    single = fitted.predict(target, num_cells=50, key=np.int64(1))
+    np.testing.assert_array_equal(
+        single.X.toarray(), fitted.predict([target], 50, key=1).X.toarray()
+    )
 
 
 def test_unseen_targets_raise_unless_prior_only_predictions_are_allowed(fitted):
