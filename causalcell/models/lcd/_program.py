@@ -158,6 +158,12 @@ class ConditionLaws(NamedTuple):
         """Lower Cholesky factors ``[P, m, m]`` (one factorisation when shared)."""
         return self._per_condition(cholesky(self.covariance))
 
+    def factor_of(self, condition) -> jax.Array:
+        """The factor of each cell's condition ``[cells, m, m]``, or the one shared ``[m, m]``
+        (which broadcasts against the cells' means without a per-cell copy)."""
+        factor = cholesky(self.covariance)
+        return factor if self.shared else factor[condition]
+
     def precisions(self) -> jax.Array:
         """Inverse covariances ``[P, m, m]`` (one factorisation when shared)."""
         factor = cholesky(self.covariance)
@@ -314,12 +320,11 @@ def lcd_model(
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
     noise_parameters = noise.sample_parameters(modelled + decoded)
     decoder = sample_decoder(decoded_prior, modelled, size, loading_scale) if decoded else None
-    factors = laws.factors()
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
         condition = condition_index[index]
         latent = numpyro.sample(
-            "latent", MultivariateNormal(means[condition], scale_tril=factors[condition])
+            "latent", MultivariateNormal(means[condition], scale_tril=laws.factor_of(condition))
         )
         observed = None if counts is None else counts[index]
         log_rate = decode(latent, means[condition], values["baseline"], decoder, modelled)

@@ -97,10 +97,12 @@ def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     )
     means, covariances = stationary_moments(drift, 0.5, interventions)
     law = sites["latent"]["fn"]
-    # Each cell's latent law is exactly its condition's Gaussian stationary law.
+    # Each cell's latent law is exactly its condition's Gaussian stationary law (the conditions
+    # of a shift screen share one covariance, which the law broadcasts over the cells).
     np.testing.assert_allclose(law.loc, means[condition_index], rtol=1e-5, atol=1e-6)
+    expected = covariances[condition_index]
     np.testing.assert_allclose(
-        law.covariance_matrix, covariances[condition_index], rtol=1e-4, atol=1e-6
+        np.broadcast_to(law.covariance_matrix, expected.shape), expected, rtol=1e-4, atol=1e-6
     )
     # A shift of gene 0 by its learned effect moves gene 0 by exactly that effect (decay 1).
     assert float(means[1, 0] - means[0, 0]) == pytest.approx(1.0, rel=1e-5)
