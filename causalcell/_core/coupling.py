@@ -127,8 +127,8 @@ def _equal_aux(left, right) -> bool:
     """Static (non-array) parts of two flattened laws: shapes, flags, event dimensions."""
     try:
         return bool(left == right)
-    except (TypeError, ValueError):  # an array among them: compare what can be compared
-        return len(left) == len(right)
+    except (TypeError, ValueError):  # an array among them: not provably the same law
+        return False
 
 
 def _cdf(fn: dist.Distribution, value):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
-from causalcell.diffusion._drift import LinearDrift, intervene
+from causalcell._core.tracing import is_concrete
+from causalcell.diffusion._drift import LinearDrift, intervene, intervene_linear
 from causalcell.diffusion._lyapunov import (
     UnstableDriftError,
     spectral_abscissa,
@@ -25,12 +26,6 @@ __all__ = ["simulate_chains"]
 #: reach ~1e6, log-expression ~20) yet below where float32 squares overflow (~1.8e19), so the
 #: draws could not even be summarised.
 BLOWUP_LIMIT = 1e12
-
-
-def _is_concrete(*trees) -> bool:
-    """Whether no leaf is a tracer (an eager call): only then can values be checked."""
-    leaves = jax.tree_util.tree_leaves(trees)
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
 
 
 def _check_shapes(drift, sigma, initial, intervention: Intervention | None) -> None:
@@ -61,14 +56,12 @@ def _check_shapes(drift, sigma, initial, intervention: Intervention | None) -> N
 def _check_linear_stable(drift: LinearDrift, intervention: Intervention | None, chains: int):
     """Hurwitz check of a concrete linear drift under each chain's knockouts, before simulating.
 
-    Only knockouts change the drift matrix (they pin a row to ``-decay_j e_j``), so the check
-    runs once per distinct knockout pattern, not once per chain. Host numpy in float64: no JAX
-    op, so nothing is added even where this runs while a ``jit`` is being traced.
+    Only knockouts change the drift matrix, so the check runs once per distinct knockout
+    pattern (the matrices of :func:`intervene_linear`, evaluated at once), not once per chain;
+    eigenvalues in host numpy, float64. Nothing is added even where this runs while a ``jit``
+    is being traced.
     """
-    decay = np.exp(np.asarray(drift.log_decay, np.float64))
-    weights = np.asarray(drift.weights, np.float64)
-    genes = decay.shape[-1]
-    matrix = weights * (1.0 - np.eye(genes)) - np.diag(decay)
+    genes = drift.num_genes
     if intervention is None:
         patterns, first_chain = np.zeros((1, genes), bool), np.zeros(1, int)
     else:
@@ -76,7 +69,9 @@ def _check_linear_stable(drift: LinearDrift, intervention: Intervention | None, 
         patterns, first_chain = np.unique(knockout, axis=0, return_index=True)
         order = np.argsort(first_chain)
         patterns, first_chain = patterns[order], first_chain[order]
-    matrices = np.where(patterns[:, :, None], -np.diag(decay), matrix)
+    with jax.ensure_compile_time_eval():  # concrete even while a jit is traced: no ops added
+        pinned = Intervention.identity(genes, (len(patterns),))._replace(knockout=patterns)
+        matrices, _, _ = intervene_linear(drift, 1.0, pinned)
     abscissa = spectral_abscissa(matrices)
     bad = np.flatnonzero(abscissa >= 0.0)
     if bad.size:
@@ -192,7 +187,7 @@ def simulate_chains(
     checked = (
         isinstance(drift, LinearDrift)
         and np.ndim(drift.log_decay) == 1  # one drift; a batched one is simulated unchecked
-        and _is_concrete(drift, knockout)
+        and is_concrete(drift, knockout)
     )
     if checked:
         _check_linear_stable(drift, intervention, initial.shape[0])
@@ -222,6 +217,6 @@ def simulate_chains(
         adjoint=diffrax.ForwardMode(),
     )
     draws = jnp.swapaxes(solution.ys, 0, 1)
-    if not isinstance(draws, jax.core.Tracer):
+    if is_concrete(draws):
         _check_finite(draws, drift, dt, times, stable=checked)
     return draws

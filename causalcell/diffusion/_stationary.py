@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalcell._core.linalg import cholesky, solve
+from causalcell._core.tracing import is_concrete
 from causalcell.diffusion._drift import LinearDrift, intervene_linear
 from causalcell.diffusion._lyapunov import check_stable, solve_continuous_lyapunov
 from causalcell.interventions import Intervention
@@ -77,7 +78,7 @@ def _check_stable_if_concrete(matrix, intervention: Intervention | None) -> None
     check is skipped there (a Python ``isinstance``, so the traced computation gains no op)
     and the results come back NaN as documented.
     """
-    if not isinstance(matrix, jax.core.Tracer):
+    if is_concrete(matrix):
         check_stable(matrix, name="drift" if intervention is None else "intervened drift")
 
 
@@ -198,20 +199,23 @@ def stationary_moments_of_shifts(
     >>> [round(float(v), 4) for v in means[1]]
     [1.0, 0.5]
     """
-    check_linear_shapes(drift, sigma, intervention)
     shifts = jnp.asarray(shifts)
     if shifts.ndim != 2 or shifts.shape[-1] != drift.num_genes:
         raise ValueError(
             f"shifts must be [conditions, {drift.num_genes}] (one row per condition), got "
             f"{shifts.shape}."
         )
-    if intervention is not None and jnp.ndim(intervention.shift) > 1:
+    if intervention is None:
+        intervention = Intervention.identity(drift.num_genes)
+    if any(jnp.ndim(field) > 1 for field in intervention):
         raise ValueError("intervention must be one [d] intervention shared by every condition.")
-    matrix, bias, sigma = intervene_linear(drift, sigma, intervention)
+    check_linear_shapes(drift, sigma, intervention)
+    # The shifts join the shared intervention's own: intervene_linear then gives one matrix
+    # (knockouts are shared), the biases [P, d] (a knocked-out gene keeps its pinned level) and
+    # one sigma.
+    shifted = intervention._replace(shift=intervention.shift + shifts)
+    matrix, biases, sigma = intervene_linear(drift, sigma, shifted)
     _check_stable_if_concrete(matrix, intervention)
-    if intervention is not None:  # a knocked-out gene's bias is its pinned level, unshifted
-        shifts = jnp.where(intervention.knockout, 0.0, shifts)
-    biases = bias + shifts  # [P, d]
     means = -solve(matrix, biases.T).T
     noise = sigma[:, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
     covariance = solve_continuous_lyapunov(matrix, noise)

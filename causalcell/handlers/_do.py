@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
@@ -12,6 +11,7 @@ from numpyro.primitives import Messenger, apply_stack
 
 from causalcell._core.errors import DataKeyError
 from causalcell._core.names import did_you_mean
+from causalcell._core.tracing import is_concrete
 from causalcell.handlers._ops import INTERVENTION_MESSAGE, LEARNED, InterventionSpec
 from causalcell.interventions import INTERVENTION_KINDS, Intervention, compose, from_targets
 
@@ -101,12 +101,9 @@ class do(Messenger):
             self._visited.add(site)
             if site in self.data:
                 current = msg["fn"]() if msg["value"] is None else msg["value"]
-                explicit, asked = _resolve(
-                    site, msg["names"], self.data[site], msg.get("learned", False)
-                )
+                explicit, asked = _resolve(site, msg["names"], self.data[site], msg["learned"])
                 msg["value"] = compose(current, explicit)
-                previous = msg.get("learned_mask")
-                msg["learned_mask"] = asked if previous is None else np.asarray(previous) | asked
+                msg["learned_mask"] = msg["learned_mask"] | asked
             return
         name = msg.get("name")
         if msg["type"] == "deterministic" and msg.get("infer", {}).get("intervened"):
@@ -232,7 +229,7 @@ def _check_learned(site: str, entry: str, kind: str, accepts: bool | str) -> Non
 def _reject_nan(site: str, entry: str, spec: InterventionSpec) -> None:
     """NaN is not an intervention value (it used to ask for the learned one): raise where the
     value is concrete; a traced value (a dose under ``jit``/``vmap``) is not inspected."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(spec.value)):
+    if not is_concrete(spec.value):
         return
     try:
         values = np.asarray(spec.value, dtype=float)

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from numpyro.infer import MCMC, NUTS
 
 from causalcell._core.errors import CausalcellWarning
@@ -120,7 +121,7 @@ def fit_nuts(
         "num_samples": num_samples,
         "num_chains": num_chains,
         "chain_method": chain_method,
-        "key": key if isinstance(key, int) else None,
+        "key": int(key) if isinstance(key, int | np.integer) else None,  # a seed, for the record
         "nuts": {name: _json_or_repr(value) for name, value in nuts_kwargs.items()},
         "model_kwargs": {name: repr(value) for name, value in model_kwargs.items()},
         "divergences": divergences,

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 
+from causalcell._core.keys import as_key
 from causalcell.handlers import (
     WORLDS,
     abduce,
@@ -88,7 +89,7 @@ def counterfactual(
     traced = model_trace(model, model_args, model_kwargs)
     names = list(sites) if sites is not None else unit_sites(traced)
     check_site_names("sites", names, traced)  # before the abduction, which may run NUTS
-    abduction_key, prediction_key = jax.random.split(key)
+    abduction_key, prediction_key = jax.random.split(as_key(key))
     draws = abduce(
         model,
         evidence,

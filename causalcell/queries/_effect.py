@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
+from causalcell._core.keys import as_key
 from causalcell.handlers import abduce, check_site_names, do, model_trace, predict_worlds
 from causalcell.queries._common import global_draws, site_dims
 from causalcell.results import CausalResult
@@ -88,7 +89,7 @@ def effect(
     model_kwargs = dict(model_kwargs or {})
     traced = model_trace(model, model_args, model_kwargs)
     check_site_names("effect", [treatment, outcome], traced)
-    parameter_key, noise_key = jax.random.split(key)
+    parameter_key, noise_key = jax.random.split(as_key(key))
     parameters = global_draws(
         model, traced, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
     )

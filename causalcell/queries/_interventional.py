@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from numpyro.infer import Predictive
 
+from causalcell._core.keys import as_key
 from causalcell.handlers import check_site_names, do, model_trace, unit_sites
 from causalcell.queries._common import site_dims
 from causalcell.results import CausalResult
@@ -69,7 +70,7 @@ def interventional(
         num_samples=None if posterior_samples is not None else num_samples,
         return_sites=names,
     )
-    draws = predictive(key, *model_args, **model_kwargs)
+    draws = predictive(as_key(key), *model_args, **model_kwargs)
     return CausalResult(
         draws, dims=site_dims(traced, names), attrs={"actions": repr(dict(actions))}
     )

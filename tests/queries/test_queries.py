@@ -42,6 +42,10 @@ def test_interventional_mean_and_variance_are_exact():
     assert y.mean() == pytest.approx(2 * B, abs=5 * np.sqrt(variance / 4000))
     assert y.var() == pytest.approx(variance, abs=5 * variance * np.sqrt(2 / 4000))
     np.testing.assert_array_equal(result["x"], 2.0)
+    # A seed (an int or a numpy integer) is the key it names: the same draws, bit for bit.
+    for seed in (0, np.int64(0)):
+        again = interventional(model, {"x": 2.0}, key=seed, posterior_samples=FIXED)
+        np.testing.assert_array_equal(again["y"], result["y"])
 
 
 def test_ate_with_known_parameters_is_exact_per_draw():
@@ -57,6 +61,16 @@ def test_ate_with_known_parameters_is_exact_per_draw():
     )
     # Common random numbers in both arms: every individual effect is exactly 2 b.
     np.testing.assert_allclose(result["effect"], 2.0 * parameters["b"], rtol=1e-5)
+    seeded = effect(
+        model,
+        treatment="x",
+        values=(0.0, 2.0),
+        outcome="y",
+        key=1,
+        posterior_samples=parameters,
+        num_noise_samples=50,
+    )
+    np.testing.assert_array_equal(seeded["individual_effect"], result["individual_effect"])
     np.testing.assert_allclose(
         result["individual_effect"][:, :, 0],
         np.repeat(2.0 * parameters["b"][:, None], 50, 1),
