@@ -17,9 +17,9 @@ compiles to ordinary fused kernels with no custom call; elsewhere they are the `
 function sees one matrix while the primitive it emits is batched, so the pure path is taken for
 single matrices too. Nor does it depend on the order: the loops run one step per column (``n``
 sequential steps of ``O(batch n^2)`` work), so past about 128 columns they are slower than
-LAPACK's blocked kernels (a single inverse of order 150 took 36 ms against 0.5 ms on 2 cores),
-but with a cap at 128 an LCD fit of 150 coordinates took the batched LAPACK path and hung;
-slow is better than a hang.
+LAPACK's blocked kernels (by one to two orders of magnitude at order 150), but with a cap at
+128 an LCD fit of 150 coordinates took the batched LAPACK path and hung; slow is better than a
+hang.
 
 Every function supports ``jit``, ``vmap`` and forward- and reverse-mode autodiff; derivatives
 come from the closed-form rules of each factorisation (custom JVPs), not from differentiating
