@@ -8,7 +8,7 @@ from causalcell.inference._guides import (
 )
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
-from causalcell.inference._subsample import subsample
+from causalcell.inference._subsample import Strata, batch_strata, subsample
 from causalcell.inference._svi import EarlyStopping, FitDivergedError, fit
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "EarlyStopping",
     "FitDivergedError",
     "Posterior",
+    "Strata",
+    "batch_strata",
     "default_encoder_inputs",
     "fit",
     "fit_nuts",

@@ -22,7 +22,7 @@ from causalcell._core.keys import as_key
 from causalcell.inference._guides import AmortizedGuide
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._serialization import load_tree, save_tree
-from causalcell.inference._subsample import subsample
+from causalcell.inference._subsample import Strata, subsample
 
 __all__ = ["EarlyStopping", "FitDivergedError", "fit"]
 
@@ -155,6 +155,7 @@ def fit(
     on_divergence: str = "raise",
     progress_bar: bool = True,
     guide_kwargs: Mapping | None = None,
+    strata: Strata | None = None,
 ) -> Posterior:
     """Fit a NumPyro model by (minibatch) stochastic variational inference.
 
@@ -199,6 +200,11 @@ def fit(
         Show a tqdm bar with the running loss.
     guide_kwargs
         Extra arguments of the guide constructor (e.g. ``encoder_inputs``, ``hidden``).
+    strata
+        Optional :class:`causalcell.inference.Strata` of the plate's elements: each batch is
+        drawn stratum by stratum (still unbiased), its size replaces ``batch_size``, and a
+        model that asks :func:`causalcell.inference.batch_strata` does per-stratum work only
+        for the batch's strata (LCD: one stationary law per condition of the batch).
 
     Returns
     -------
@@ -226,6 +232,8 @@ def fit(
     chunk_size = min(chunk_size, num_steps)
     checkpoint_every = max(chunk_size, checkpoint_every - checkpoint_every % chunk_size)
     model_kwargs = dict(model_kwargs or {})
+    if strata is not None:
+        batch_size = strata.batch_size
     data = {name: jnp.asarray(value) for name, value in data.items()}  # on the device, once
     key = as_key(key)
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
@@ -233,8 +241,8 @@ def fit(
     def make_svi():
         guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
         svi = SVI(
-            subsample(model, plate, batch_size),
-            subsample(guide_object, plate, batch_size),
+            subsample(model, plate, batch_size, strata),
+            subsample(guide_object, plate, batch_size, strata),
             optimizer,
             loss if loss is not None else Trace_ELBO(),
         )
@@ -247,6 +255,7 @@ def fit(
         "optimizer": repr(optimizer),
         "num_steps": num_steps,
         "batch_size": batch_size,
+        "strata_per_batch": None if strata is None else strata.groups,
         "chunk_size": chunk_size,
         "plate": plate,
         "model_kwargs": {name: repr(value) for name, value in model_kwargs.items()},
@@ -323,7 +332,8 @@ def fit(
 def _checkpoint_metadata(config: Mapping, step: int) -> dict:
     # The optimiser has no comparable form (optax closures); its state is checked leaf by leaf
     # (structure, shapes, dtypes) when the checkpoint is loaded into the fresh state.
-    names = ("guide", "num_steps", "batch_size", "chunk_size", "plate", "model_kwargs")
+    names = ("guide", "num_steps", "batch_size", "strata_per_batch", "chunk_size", "plate")
+    names = (*names, "model_kwargs")
     fixed = {name: config[name] for name in names}
     return {"kind": "causalcell.fit checkpoint", "step": step, "config": fixed}
 

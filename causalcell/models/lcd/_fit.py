@@ -9,8 +9,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from causalcell.inference import default_encoder_inputs, fit
+from causalcell.inference import Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._gene_space import DECODER_SITES
 from causalcell.models.lcd._guide import lcd_local_posterior
@@ -21,7 +22,9 @@ __all__ = [
     "condition_encoder_inputs",
     "condition_means",
     "condition_rates",
+    "condition_strata",
     "fit_linear",
+    "fit_options",
     "initial_values",
     "prepare_screen",
     "screen_data",
@@ -46,6 +49,47 @@ def prepare_screen(arrays, space, registry, intervention: str, prior_mask) -> Pr
     data, start, prior_mask = screen_data(arrays, space, intervention, prior_mask)
     encoder_inputs = condition_encoder_inputs(len(registry.conditions))
     return PreparedScreen(data, arrays, space, encoder_inputs, intervention, start, prior_mask)
+
+
+#: ``condition_batch="auto"``: conditions per minibatch on screens of more than
+#: :data:`AUTO_CONDITIONS` conditions (uniform minibatches below).
+AUTO_CONDITION_BATCH = 16
+AUTO_CONDITIONS = 64
+
+
+def condition_strata(arrays, condition_batch, batch_size) -> Strata | None:
+    """The condition-by-condition minibatches of ``LCD.fit(condition_batch=...)``, or None.
+
+    A step then touches ``condition_batch`` conditions, so its cost no longer grows with the
+    screen's conditions: the linear program and guide compute stationary laws and
+    factorisations only for the batch's conditions (:func:`causalcell.inference.batch_strata`),
+    a knockout screen's Lyapunov solves included. The draw stays unbiased
+    (:class:`causalcell.inference.Strata`: conditions with probability proportional to their
+    cells), at the price of more gradient noise from cells of one condition being alike.
+    """
+    if condition_batch == "auto":
+        many = len(arrays.condition_targets) > AUTO_CONDITIONS
+        condition_batch = AUTO_CONDITION_BATCH if many and batch_size is not None else None
+    if condition_batch is None:
+        return None
+    if isinstance(condition_batch, bool) or not isinstance(condition_batch, int | np.integer):
+        raise ValueError(
+            f"condition_batch must be a positive integer, None or 'auto', got {condition_batch!r}."
+        )
+    if batch_size is None:
+        raise ValueError("condition_batch needs a batch_size (cells per step); got None.")
+    return Strata(arrays.condition_index, int(condition_batch), batch_size)
+
+
+def fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch) -> dict:
+    """The options of :func:`causalcell.inference.fit` that ``LCD.fit`` sets: Adam whose step
+    size decays tenfold over the fit, and the (condition-by-condition) minibatches."""
+    return {
+        "optimizer": optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
+        "num_steps": num_steps,
+        "batch_size": batch_size,
+        "strata": condition_strata(arrays, condition_batch, batch_size),
+    }
 
 
 def condition_means(values, arrays) -> np.ndarray:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import covariance_factor
+from causalcell.inference import batch_strata
 from causalcell.models.lcd._gene_space import decoded_offsets, decoder_from_sites
 from causalcell.models.lcd._program import condition_laws
 
@@ -74,7 +75,10 @@ def linearised_mean(counts, size_factors, rates):
 
 
 def lcd_local_posterior(
-    intervention: str, condition_counts, programs: int = 0, condition_rates=None
+    intervention: str,
+    condition_counts,
+    programs: int = 0,
+    condition_rates=None,
 ):
     """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
 
@@ -95,6 +99,9 @@ def lcd_local_posterior(
     overconfident (precision about 0.5 against a Fisher information of the mean count): at
     1,000 genes it pulled knocked-out cells toward the control state and halved the learned
     knockout depths. Without them (the full model), the mode messages.
+
+    Under a fit's condition-by-condition minibatches (:func:`causalcell.inference.batch_strata`)
+    only the batch's conditions get laws and factorisations.
     """
     condition_counts = jnp.asarray(condition_counts)
     linearised = condition_rates is not None
@@ -103,16 +110,16 @@ def lcd_local_posterior(
         condition_rates = jnp.maximum(jnp.asarray(condition_rates), _RATE_FLOOR)
 
     def local_posterior(values, data, index, heads):
-        laws = condition_laws(
-            values, data["condition_targets"], intervention, data.get("prior_mask")
-        )
+        targets = data["condition_targets"]
+        conditions, condition, _ = batch_strata(data["condition_index"][index], targets.shape[0])
+        laws = condition_laws(values, targets[conditions], intervention, data.get("prior_mask"))
         means, prior_precision = laws.means, laws.precisions()
         eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), prior_precision.shape)
         modelled = means.shape[-1] - programs
-        # Per-gene message precisions [P, genes]: the curvature at the mode or, linearised, the
-        # Fisher information at the condition's mean count.
+        # Per-gene message precisions [K, genes] of the batch's conditions: the curvature at the
+        # mode or, linearised, the Fisher information at the condition's mean count.
         weights = message_precision(
-            condition_counts,
+            condition_counts[conditions],
             values.get("noise_concentration"),
             pseudo_count=0.0 if linearised else PSEUDO_COUNT,
         )
@@ -126,18 +133,17 @@ def lcd_local_posterior(
             precision = precision + jnp.einsum("gi,pg,gj->pij", loadings, decoded, loadings)
         factor = covariance_factor(precision)  # T T^T: the posterior covariance
         prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
-        condition = data["condition_index"][index]
         loc, _ = heads["latent"]
         counts, size_factors = data["counts"][index], data["size_factors"][index]
         if linearised:
-            messages = linearised_mean(counts, size_factors, condition_rates[condition])
+            messages = linearised_mean(counts, size_factors, condition_rates[conditions[condition]])
         else:
             messages = message_mean(counts, size_factors)
         information = prior_information[condition] + own[condition] * (
             _pad(messages[:, :modelled], programs) + loc
         )
         if decoder is not None:
-            offsets = decoded_offsets(means, values["baseline"], decoder, modelled)  # [P, decoded]
+            offsets = decoded_offsets(means, values["baseline"], decoder, modelled)  # [K, decoded]
             residual = messages[:, modelled:] - offsets[condition] + loc @ loadings.T
             information = information + (decoded[condition] * residual) @ loadings
         factor = factor[condition]

@@ -11,13 +11,12 @@ from collections.abc import Sequence
 import anndata
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from causalcell._core.keys import as_key
 from causalcell.clipr import posterior_direct_effects
 from causalcell.data import register, to_arrays
 from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_named
-from causalcell.models.lcd._fit import prepare_screen
+from causalcell.models.lcd._fit import fit_options, prepare_screen
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
 from causalcell.models.lcd._refine import refine_lcd
 from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
@@ -87,6 +86,7 @@ class LCD:
         prior_mask=None,
         num_steps: int = 3000,
         batch_size: int | None = 512,
+        condition_batch: int | str | None = "auto",
         learning_rate: float = 0.01,
         key: int = 0,
         progress_bar: bool = True,
@@ -109,6 +109,11 @@ class LCD:
         :data:`causalcell.inference.FULL_RANK_LIMIT` dimensions (about 20 genes), else
         ``"normal"``. Other keyword arguments go to
         :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
+
+        ``condition_batch`` conditions per minibatch (:func:`._fit.condition_strata`): each
+        step draws ``batch_size`` cells from that many conditions and computes only their
+        stationary laws; ``None`` draws cells uniformly (every condition's law every step);
+        ``"auto"``: 16 on screens of more than 64 conditions, else ``None``.
 
         The gene space (:mod:`._gene_space`): ``modelled_genes`` are latent coordinates and
         ``programs`` latent programs follow them; every other gene is decoded linearly from
@@ -142,14 +147,8 @@ class LCD:
         arrays = to_arrays(adata, registry)
         space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
         arrays = space.reorder(arrays)  # columns: modelled genes, then decoded genes
-        options = {
-            "optimizer": optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
-            "num_steps": num_steps,
-            "batch_size": batch_size,
-            "key": key,
-            "progress_bar": progress_bar,
-            **fit_kwargs,
-        }
+        options = fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch)
+        options.update(key=key, progress_bar=progress_bar, **fit_kwargs)
         guide_options = {"global_guide": global_guide, "rank": rank}
         screen = prepare_screen(arrays, space, registry, intervention, prior_mask)
         posterior = backend.fit(screen, drift_options, guide_options, options)

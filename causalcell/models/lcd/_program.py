@@ -33,6 +33,7 @@ from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import cho_solve, cholesky
 from causalcell.diffusion import LinearDrift, stationary_moments, stationary_moments_of_shifts
 from causalcell.handlers import intervention as intervention_request
+from causalcell.inference import batch_strata
 from causalcell.interventions import Intervention, compose
 from causalcell.models.lcd._gene_space import decode, sample_decoder
 from causalcell.noise import NegativeBinomial, NoiseModel
@@ -313,21 +314,24 @@ def lcd_model(
     names = coordinates or [f"coordinate{index}" for index in range(size)]
     explicit, own = intervention_request("genes", names=names, learned=intervention)
     targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
-    laws = condition_laws(values, targets, intervention, mask, explicit)
-    drift, means = laws.drift, laws.means
-    numpyro.deterministic("drift", drift.matrix())
+    numpyro.deterministic("drift", linear_drift_from_sites(values, mask).matrix())
     modelled = size - programs
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
     noise_parameters = noise.sample_parameters(modelled + decoded)
     decoder = sample_decoder(decoded_prior, modelled, size, loading_scale) if decoded else None
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
-        condition = condition_index[index]
+        # Under a fit's condition-by-condition minibatch, only that batch's conditions.
+        conditions, slot, covered = batch_strata(condition_index[index], targets.shape[0])
+        laws = condition_laws(values, targets[conditions], intervention, mask, explicit)
+        means = laws.means[slot]
+        if covered is not None:  # a batch not drawn condition by condition: fail loudly
+            means = jnp.where(covered[:, None], means, jnp.nan)
         latent = numpyro.sample(
-            "latent", MultivariateNormal(means[condition], scale_tril=laws.factor_of(condition))
+            "latent", MultivariateNormal(means, scale_tril=laws.factor_of(slot))
         )
         observed = None if counts is None else counts[index]
-        log_rate = decode(latent, means[condition], values["baseline"], decoder, modelled)
+        log_rate = decode(latent, means, values["baseline"], decoder, modelled)
         numpyro.sample(
             "counts",
             noise.distribution(log_rate, size_factors[index], **noise_parameters).to_event(1),
