@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.sparse
 
 from causalcell import noise as noise_models
 from causalcell._core.keys import as_key
+from causalcell.datasets._laws import fixed_points, stationary_laws
 from causalcell.datasets._regulatory import (
     random_adjacency,
     random_linear_drift,
@@ -316,51 +316,10 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
     return np.repeat(np.arange(num_conditions, dtype=np.int32), [controls, *per_condition])
 
 
-def _fixed_points(matrices, biases) -> np.ndarray:
-    """Fixed points ``-A^{-1} b`` ``[..., d]`` of linear drifts ``[..., d, d]``, ``[..., d]``."""
-    return -np.linalg.solve(matrices, biases[..., None])[..., 0]
-
-
-def _stationary_laws(drift: LinearDrift, sigma, interventions) -> tuple[np.ndarray, np.ndarray]:
-    """Stationary means ``[P, d]`` and covariance Cholesky factors ``[P, d, d]`` of every
-    condition, in float64 with numpy and scipy (Bartels-Stewart).
-
-    The simulator needs no derivatives, so it leaves JAX here: batched LAPACK calls can
-    deadlock jaxlib 0.10's CPU runtime (see :mod:`causalcell._core.linalg`), which hung
-    ``simulate_screen`` at 200 genes, JAX's pure loops are slow at such orders, and float64 is
-    exact to well below the simulated noise at any size. NaN where a condition is unstable.
-    Conditions that move only the bias (shifts, knockdowns) share one covariance, solved once.
-    """
-    matrices, biases, scales = (
-        np.asarray(value, np.float64) for value in intervene_linear(drift, sigma, interventions)
-    )
-    means = np.full(biases.shape, np.nan)
-    factors = np.full(matrices.shape, np.nan)
-    solved = {}  # conditions with the same drift matrix and noise share their covariance
-    for index, (matrix, bias, scale) in enumerate(zip(matrices, biases, scales, strict=True)):
-        law = matrix.tobytes() + scale.tobytes()
-        if law not in solved:
-            solved[law] = _covariance_factor(matrix, scale)
-        if solved[law] is not None:
-            means[index] = _fixed_points(matrix, bias)
-            factors[index] = solved[law]
-    return means, factors
-
-
-def _covariance_factor(matrix, scale):
-    """Cholesky factor of the stationary covariance of ``dx = A x dt + diag(scale) dW``, or
-    None when ``A`` is not stable."""
-    if np.linalg.eigvals(matrix).real.max() >= 0.0:
-        return None
-    covariance = scipy.linalg.solve_continuous_lyapunov(matrix, -np.diag(scale**2))
-    covariance = 0.5 * (covariance + covariance.T)
-    return np.linalg.cholesky(covariance + 1e-12 * np.eye(matrix.shape[-1]))
-
-
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
     """Exact Gaussian draws: ``mean_p + L_p z`` with one standard normal ``z`` per cell."""
     standard = np.asarray(jax.random.normal(key, (cell_condition.size, drift.num_genes)))
-    means, factors = _stationary_laws(drift, sigma, interventions)
+    means, factors = stationary_laws(drift, sigma, interventions)
     if not np.isfinite(factors).all():
         raise ValueError(
             "A simulated condition has no stationary law (unstable drift); please report this "
@@ -381,7 +340,7 @@ def _neural_latents(key, drift, sigma, interventions, cell_condition, dt, burn_i
     # the chain's intervention, plus independent noise of the right scale.
     linear = drift.linearize(drift.center)
     matrices, biases, _ = intervene_linear(linear, sigma, interventions)
-    start_means = _fixed_points(np.asarray(matrices, np.float64), np.asarray(biases, np.float64))
+    start_means = fixed_points(np.asarray(matrices, np.float64), np.asarray(biases, np.float64))
     spread = sigma / np.sqrt(2.0 * decay)
     run = jax.jit(
         lambda k, initial, member: simulate_chains(

@@ -332,8 +332,15 @@ def fit(
 def _checkpoint_metadata(config: Mapping, step: int) -> dict:
     # The optimiser has no comparable form (optax closures); its state is checked leaf by leaf
     # (structure, shapes, dtypes) when the checkpoint is loaded into the fresh state.
-    names = ("guide", "num_steps", "batch_size", "strata_per_batch", "chunk_size", "plate")
-    names = (*names, "model_kwargs")
+    names = (
+        "guide",
+        "num_steps",
+        "batch_size",
+        "strata_per_batch",
+        "chunk_size",
+        "plate",
+        "model_kwargs",
+    )
     fixed = {name: config[name] for name in names}
     return {"kind": "causalcell.fit checkpoint", "step": step, "config": fixed}
 

@@ -75,10 +75,7 @@ def linearised_mean(counts, size_factors, rates):
 
 
 def lcd_local_posterior(
-    intervention: str,
-    condition_counts,
-    programs: int = 0,
-    condition_rates=None,
+    intervention: str, condition_counts, programs: int = 0, condition_rates=None
 ):
     """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
 
