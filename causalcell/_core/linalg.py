@@ -222,7 +222,12 @@ def _right_looking_cholesky(matrix):
         return complement, lax.dynamic_update_index_in_dim(factor, column, index, axis=-1)
 
     _, factor = lax.fori_loop(0, order, step, (matrix, jnp.zeros_like(matrix)))
-    # As jnp.linalg.cholesky: a matrix that is not positive definite gives all NaN.
+    return _nan_unless_definite(factor)
+
+
+def _nan_unless_definite(factor):
+    """As ``jnp.linalg.cholesky``: the factor of a matrix that is not positive definite (a
+    non-positive or NaN pivot) is all NaN."""
     diagonal = jnp.diagonal(factor, axis1=-2, axis2=-1)
     definite = jnp.all(diagonal > 0, axis=-1)[..., None, None]
     return jnp.where(definite, factor, jnp.nan)
@@ -250,10 +255,7 @@ def _blocked_cholesky(matrix):
             )
         )
         complement = complement[..., size:, size:] - panel @ jnp.swapaxes(panel, -1, -2)
-    factor = jnp.concatenate(columns, axis=-1)
-    diagonal = jnp.diagonal(factor, axis1=-2, axis2=-1)
-    definite = jnp.all(diagonal > 0, axis=-1)[..., None, None]
-    return jnp.where(definite, factor, jnp.nan)
+    return _nan_unless_definite(jnp.concatenate(columns, axis=-1))
 
 
 @jax.custom_jvp

@@ -37,10 +37,10 @@ class UnstableDriftError(ValueError):
     """The drift matrix is not Hurwitz, so the diffusion has no stationary law."""
 
 
-def _doubling(stein, forcing, dtype):
+def _doubling(stein, forcing):
     """``X = sum_k S^k T S^kT`` by repeated squaring: ``X <- X + S X S^T``, ``S <- S^2``."""
     # Stop once ||S||_F < sqrt(eps): what is left of the series is then below eps ||X||.
-    threshold = float(np.sqrt(np.finfo(dtype).eps))
+    threshold = float(np.sqrt(np.finfo(stein.dtype).eps))
 
     def keep_going(state):
         power, _, step = state
@@ -73,7 +73,7 @@ def _stein(drift, noise, shift, resolvent):
     """Solve the Lyapunov equation as the Stein equation ``X = S X S^T + T`` of its Cayley
     transform ``S = (p I - A)^{-1} (p I + A)``, ``T = 2 p (p I - A)^{-1} Q (p I - A)^{-T}``."""
     stein = resolvent @ (shift * jnp.eye(drift.shape[-1], dtype=drift.dtype) + drift)
-    return _doubling(stein, 2.0 * shift * resolvent @ noise @ resolvent.T, drift.dtype)
+    return _doubling(stein, 2.0 * shift * resolvent @ noise @ resolvent.T)
 
 
 def _as_float(drift, noise):
@@ -81,14 +81,9 @@ def _as_float(drift, noise):
     return drift.astype(dtype), noise.astype(dtype)
 
 
-def _solve(drift, noise):
-    drift, noise = _as_float(drift, noise)
-    return _stein(drift, noise, *_cayley(drift))
-
-
 @jax.custom_vjp
 def _lyapunov(drift, noise):
-    return _solve(drift, noise)
+    return _lyapunov_forward(drift, noise)[0]
 
 
 def _lyapunov_forward(drift, noise):

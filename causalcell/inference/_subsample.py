@@ -52,8 +52,7 @@ class Strata:
             raise ValueError(
                 f"groups and batch_size must be positive, got {groups} and {batch_size}."
             )
-        counts = np.bincount(labels - labels.min())
-        self.offset = int(labels.min())
+        _, counts = np.unique(labels, return_counts=True)  # the strata present, in label order
         self.groups = int(groups)
         self.per_group = -(-int(batch_size) // self.groups)
         self.batch_size = self.groups * self.per_group
@@ -120,7 +119,7 @@ class subsample(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
-        if msg["type"] == STRATA_MESSAGE and msg["plate"] == self.name and self.strata:
+        if msg["type"] == STRATA_MESSAGE and msg["plate"] == self.name and self.strata is not None:
             msg["value"] = self.strata.groups
             return
         if msg["type"] != "plate" or msg["name"] != self.name or self.size is None:

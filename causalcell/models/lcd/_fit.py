@@ -19,6 +19,7 @@ from causalcell.models.lcd._program import lcd_model
 
 __all__ = [
     "PreparedScreen",
+    "check_condition_batch",
     "condition_encoder_inputs",
     "condition_means",
     "condition_rates",
@@ -67,18 +68,30 @@ def condition_strata(arrays, condition_batch, batch_size) -> Strata | None:
     (:class:`causalcell.inference.Strata`: conditions with probability proportional to their
     cells), at the price of more gradient noise from cells of one condition being alike.
     """
+    check_condition_batch(condition_batch, batch_size)
     if condition_batch == "auto":
         many = len(arrays.condition_targets) > AUTO_CONDITIONS
         condition_batch = AUTO_CONDITION_BATCH if many and batch_size is not None else None
     if condition_batch is None:
         return None
-    if isinstance(condition_batch, bool) or not isinstance(condition_batch, int | np.integer):
+    return Strata(arrays.condition_index, int(condition_batch), batch_size)
+
+
+def check_condition_batch(condition_batch, batch_size) -> None:
+    """Raise for a ``condition_batch`` that is not ``"auto"``, ``None`` or a positive integer,
+    or one without a ``batch_size`` (``LCD.fit`` calls it before registering the data)."""
+    if condition_batch in ("auto", None):
+        return
+    if (
+        isinstance(condition_batch, bool)
+        or not isinstance(condition_batch, int | np.integer)
+        or condition_batch < 1
+    ):
         raise ValueError(
             f"condition_batch must be a positive integer, None or 'auto', got {condition_batch!r}."
         )
     if batch_size is None:
         raise ValueError("condition_batch needs a batch_size (cells per step); got None.")
-    return Strata(arrays.condition_index, int(condition_batch), batch_size)
 
 
 def fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch) -> dict:

@@ -16,7 +16,7 @@ from causalcell._core.keys import as_key
 from causalcell.clipr import posterior_direct_effects
 from causalcell.data import register, to_arrays
 from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_named
-from causalcell.models.lcd._fit import fit_options, prepare_screen
+from causalcell.models.lcd._fit import check_condition_batch, fit_options, prepare_screen
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
 from causalcell.models.lcd._refine import refine_lcd
 from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
@@ -132,6 +132,7 @@ class LCD:
         grows as ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
         """
         backend = backend_named(drift)
+        check_condition_batch(condition_batch, batch_size)  # before registering the data
         if drift_options and not backend.takes_options:
             takers = " or ".join(repr(b.name) for b in BACKENDS.values() if b.takes_options)
             raise ValueError(f"drift_options are options of drift={takers} only.")

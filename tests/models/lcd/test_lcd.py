@@ -1,6 +1,7 @@
 """LCD with linear drift (work in progress for issue 5): the stable parametrisation and the
 program's latent law against closed forms."""
 
+import anndata
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -203,3 +204,15 @@ def test_guide_is_the_exact_gaussian_update_of_each_conditions_law():
     assert isinstance(law, dist.MultivariateNormal)
     # The NB curvature at the mode y / l: y theta / (y + theta), with the half pseudo-count.
     np.testing.assert_allclose(message_precision(jnp.array([9.5]), 10.0), [10.0 * 10.0 / 20.0])
+
+
+@pytest.mark.parametrize("condition_batch", [0, 2.5, "all"])
+def test_a_bad_condition_batch_raises_before_the_data_are_read(condition_batch):
+    from causalcell.models.lcd import LCD
+
+    # An AnnData without a perturbation column: registration would raise, so the message
+    # proves that the argument is checked first.
+    with pytest.raises(ValueError, match="condition_batch must be a positive integer"):
+        LCD.fit(anndata.AnnData(np.zeros((3, 2))), condition_batch=condition_batch)
+    with pytest.raises(ValueError, match="needs a batch_size"):
+        LCD.fit(anndata.AnnData(np.zeros((3, 2))), condition_batch=4, batch_size=None)
