@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
 
+from causalcell.inference._devices import DataParallel
+
 __all__ = ["STRATA_MESSAGE", "Strata", "batch_strata", "subsample"]
 
 #: Message type of :func:`batch_strata`'s question to the :class:`subsample` handler.
@@ -98,6 +100,10 @@ class subsample(Messenger):
         Subsample size; ``None`` leaves the plate whole. Ignored with ``strata``, which fix it.
     strata
         Optional :class:`Strata`: draw each batch stratum by stratum (unbiased, see there).
+    parallel
+        Optional shardings of a fit on several devices (see ``fit(devices=...)``): each
+        batch's indices are split evenly over the devices, so every device does its share of
+        the per-cell work.
 
     Examples
     --------
@@ -111,11 +117,17 @@ class subsample(Messenger):
     """
 
     def __init__(
-        self, fn=None, name: str = "cells", size: int | None = None, strata: Strata | None = None
+        self,
+        fn=None,
+        name: str = "cells",
+        size: int | None = None,
+        strata: Strata | None = None,
+        parallel: DataParallel | None = None,
     ):
         self.name = name
         self.size = strata.batch_size if strata is not None else size
         self.strata = strata
+        self.parallel = parallel
         super().__init__(fn)
 
     def process_message(self, msg):
@@ -132,6 +144,10 @@ class subsample(Messenger):
         elif self.size < total:
             msg["args"] = (total, self.size)
             msg["value"] = None  # let the plate draw the indices (seeded by the stack)
+
+    def postprocess_message(self, msg):
+        if msg["type"] == "plate" and msg["name"] == self.name and self.parallel is not None:
+            msg["value"] = self.parallel.constrain(msg["value"], self.name)
 
 
 def batch_strata(labels, num_strata: int, plate: str = "cells"):

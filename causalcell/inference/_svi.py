@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from causalcell._core.errors import CausalcellWarning
 from causalcell._core.keys import as_key
+from causalcell.inference._devices import data_parallel, gather
 from causalcell.inference._guides import AmortizedGuide
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._serialization import load_tree, save_tree
@@ -156,6 +157,7 @@ def fit(
     progress_bar: bool = True,
     guide_kwargs: Mapping | None = None,
     strata: Strata | None = None,
+    devices: int | Sequence | None = None,
 ) -> Posterior:
     """Fit a NumPyro model by (minibatch) stochastic variational inference.
 
@@ -205,6 +207,11 @@ def fit(
         drawn stratum by stratum (still unbiased), its size replaces ``batch_size``, and a
         model that asks :func:`causalcell.inference.batch_strata` does per-stratum work only
         for the batch's strata (LCD: one stationary law per condition of the batch).
+    devices
+        Data-parallel fit on several devices: a count of ``jax.devices()`` or the devices
+        themselves. Data and state are replicated, each batch's cells are split evenly over
+        the devices (``batch_size`` must be a multiple of their number), and the answer is the
+        single-device one up to float rounding. ``None`` (default): JAX's default device.
 
     Returns
     -------
@@ -234,15 +241,17 @@ def fit(
     model_kwargs = dict(model_kwargs or {})
     if strata is not None:
         batch_size = strata.batch_size
+    parallel = data_parallel(devices)
     data = {name: jnp.asarray(value) for name, value in data.items()}  # on the device, once
+    step_data = data if parallel is None else jax.device_put(data, parallel.replicated)
     key = as_key(key)
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
 
     def make_svi():
         guide_object = _make_guide(guide, model, plate, dict(guide_kwargs or {}))
         svi = SVI(
-            subsample(model, plate, batch_size, strata),
-            subsample(guide_object, plate, batch_size, strata),
+            subsample(model, plate, batch_size, strata, parallel),
+            subsample(guide_object, plate, batch_size, strata, parallel),
             optimizer,
             loss if loss is not None else Trace_ELBO(),
         )
@@ -256,6 +265,7 @@ def fit(
         "num_steps": num_steps,
         "batch_size": batch_size,
         "strata_per_batch": None if strata is None else strata.groups,
+        "devices": 1 if parallel is None else parallel.count,
         "chunk_size": chunk_size,
         "plate": plate,
         "model_kwargs": {name: repr(value) for name, value in model_kwargs.items()},
@@ -264,6 +274,8 @@ def fit(
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
         state, losses, step = _resume(checkpoint, state, config)
+    if parallel is not None:
+        state = jax.device_put(state, parallel.replicated)
     runner = _chunk_runner(svi, chunk_size, model_kwargs)
     chunk_seconds: list[float] = []
     best, stale = None, 0
@@ -273,7 +285,9 @@ def fit(
         while step < num_steps:
             length = min(chunk_size, num_steps - step)
             started = time.perf_counter()
-            state, chunk_losses, diverged_at = runner(state, data, jnp.asarray(length, jnp.int32))
+            state, chunk_losses, diverged_at = runner(
+                state, step_data, jnp.asarray(length, jnp.int32)
+            )
             chunk_losses = np.asarray(chunk_losses)[:length]  # waits for the chunk to finish
             chunk_seconds.append(time.perf_counter() - started)
             diverged_at = int(diverged_at)
@@ -311,7 +325,7 @@ def fit(
         data=data,
         model_kwargs=model_kwargs,
         guide=guide_object,
-        params=svi.get_params(state),
+        params=svi.get_params(state if parallel is None else gather(state)),
         losses=history,
         config=config,
         plate=plate,
