@@ -13,7 +13,7 @@ import optax
 
 from causalcell.inference import Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
-from causalcell.models.lcd._gene_space import DECODER_SITES
+from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._guide import lcd_local_posterior
 from causalcell.models.lcd._program import lcd_model
 
@@ -153,6 +153,7 @@ def screen_data(arrays, space, intervention: str, prior_mask):
     }
     if "decoder_offset" in start:
         data["decoded_prior"] = start["decoder_offset"]
+        data["response_scales"] = start.pop("response_scales")
     prior_mask = space.latent_mask(prior_mask)
     if prior_mask is not None:
         data["prior_mask"] = prior_mask

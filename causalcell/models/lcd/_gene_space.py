@@ -61,45 +61,24 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 
 from causalcell._core.linalg import solve
+from causalcell.models.lcd._decoder import decode, decoder_from_sites, initial_decoder
 from causalcell.preprocessing import normalize_log1p
 
 __all__ = [
-    "DECODER_SITES",
     "DEFAULT_PROGRAMS",
     "FULL_GENE_LIMIT",
     "GeneSpace",
     "choose_gene_space",
-    "decode",
-    "decoded_offsets",
-    "decoder_from_sites",
     "reduce_programs",
-    "sample_decoder",
 ]
 
 #: Screens with at most this many genes model every gene (the full model) by default.
 FULL_GENE_LIMIT = 64
 #: Programs of a reduced gene space when ``programs`` is not given.
 DEFAULT_PROGRAMS = 8
-#: Initial stationary standard deviation of a program: an uncoupled coordinate at the prior
-#: medians of its decay (1) and noise scale (0.5) has variance ``0.5**2 / 2``.
-_PROGRAM_SCALE = 0.5 / np.sqrt(2.0)
-#: Cells used to initialise the program loadings (a subsample keeps it cheap on any screen).
-_INIT_CELLS = 4000
-#: The decoder's sample sites, estimated by MAP (``point_estimates`` of the guide). A
-#: response's posterior spread ``s`` multiplies the condition's mean shift (3 nats under a
-#: knockout) in every decoded gene, and the mean-field ELBO pays ``lambda s^2 shift^2 / 2`` per
-#: gene and cell for it: summed over hundreds of decoded genes that outweighs the knocked-out
-#: gene's own counts (a few at most), and the fit shrank knockout depths (by 0.2-0.4 nats at
-#: 1,000 genes, in-sample, with scales started at 1e-3; by half with scales started at 0.1). With
-#: thousands of cells per condition the decoder's posterior is narrow anyway, and a VAE's
-#: decoder weights are point estimates for the same reason.
-DECODER_SITES = ("decoder_offset", "decoder_responses", "decoder_loadings")
 
 
 class GeneSpace(NamedTuple):
@@ -205,10 +184,11 @@ class GeneSpace(NamedTuple):
             name: np.concatenate([value[:modelled], np.zeros(self.programs, np.float32)])
             for name, value in values.items()
         }
-        responses, loadings = _initial_decoder(arrays, modelled, self.programs)
+        responses, loadings, scales = initial_decoder(arrays, modelled, self.programs)
         latent["decoder_offset"] = values["baseline"][modelled:]
         latent["decoder_responses"] = responses
         latent["decoder_loadings"] = loadings
+        latent["response_scales"] = scales  # the responses' prior (data, not a site)
         return latent
 
     def in_gene_order(self, values):
@@ -295,49 +275,6 @@ def choose_gene_space(
     return GeneSpace(genes, modelled, int(programs))
 
 
-def sample_decoder(decoded_prior, modelled: int, latent_size: int, loading_scale: float) -> dict:
-    """Sample the decoder sites: ``decoder_offset`` ``[decoded]`` around ``decoded_prior`` (the
-    decoded genes' control log-rates, scale 1.5 as the baseline's), ``decoder_responses``
-    ``[decoded, modelled]`` and ``decoder_loadings`` ``[decoded, m]``, independent
-    ``Normal(0, loading_scale)``."""
-    decoded = decoded_prior.shape[-1]
-    offset = numpyro.sample("decoder_offset", dist.Normal(decoded_prior, 1.5).to_event(1))
-    prior = dist.Normal(0.0, loading_scale)
-    responses = numpyro.sample("decoder_responses", prior.expand([decoded, modelled]).to_event(2))
-    loadings = numpyro.sample("decoder_loadings", prior.expand([decoded, latent_size]).to_event(2))
-    return {"offset": offset, "responses": responses, "loadings": loadings}
-
-
-def decoder_from_sites(values) -> dict | None:
-    """The decoder of a draw of the globals (``None`` when every gene is modelled)."""
-    if "decoder_loadings" not in values:
-        return None
-    return {
-        "offset": values["decoder_offset"],
-        "responses": values["decoder_responses"],
-        "loadings": values["decoder_loadings"],
-    }
-
-
-def decoded_offsets(means, baseline, decoder: dict, modelled: int):
-    """Per-condition part ``c + R (mu - baseline)_M - F mu`` ``[..., decoded]`` of the decoded
-    log-rates, for stationary means ``mu`` ``[..., m]``: the log-rates are this plus ``F z``."""
-    shift = (means[..., :modelled] - baseline[..., :modelled]) @ decoder["responses"].T
-    return decoder["offset"] + shift - means @ decoder["loadings"].T
-
-
-def decode(latent, means, baseline, decoder: dict | None, modelled: int):
-    """Log-rates ``[..., G]`` (internal order) of latents ``[..., m]`` whose conditions have
-    stationary means ``means`` ``[..., m]``: the modelled genes' own coordinates, then
-    ``c + R (mu - baseline)_M + F (z - mu)`` for the decoded genes."""
-    own = latent if latent.shape[-1] == modelled else latent[..., :modelled]
-    if decoder is None:
-        return own
-    decoded = decoded_offsets(means, baseline, decoder, modelled)
-    decoded = decoded + latent @ decoder["loadings"].T
-    return jnp.concatenate([own, decoded], axis=-1)
-
-
 def reduce_programs(matrix, programs: int):
     """The drift among modelled genes with programs as unmeasured mediators.
 
@@ -353,62 +290,3 @@ def reduce_programs(matrix, programs: int):
     top, bottom = matrix[..., :modelled, :], matrix[..., modelled:, :]
     through = solve(bottom[..., modelled:], bottom[..., :modelled])
     return top[..., :modelled] - top[..., modelled:] @ through
-
-
-def _initial_decoder(arrays, modelled: int, programs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Initial ``decoder_responses`` ``[decoded, modelled]`` and ``decoder_loadings``
-    ``[decoded, m]`` from the screen (see :meth:`GeneSpace.latent_values`)."""
-    counts, sizes = arrays.counts, arrays.size_factors
-    conditions = arrays.condition_targets.shape[0]
-    one_hot = np.eye(conditions, dtype=np.float32)[arrays.condition_index]
-    totals = one_hot.T @ counts  # [P, G] summed counts of each condition
-    levels = np.log((totals + 0.5) / (one_hot.T @ sizes)[:, None])
-    changes = levels[1:] - levels[:1]  # condition mean changes from the control (row 0)
-    inputs, outputs = changes[:, :modelled], changes[:, modelled:]
-    gram = inputs.T @ inputs
-    # Ridge at 5% of the mean input energy: the loadings of modelled genes that few conditions
-    # move (or that move together) shrink instead of fitting pseudobulk noise.
-    ridge = 0.05 * np.trace(gram) / max(modelled, 1) + 1e-6
-    own = np.linalg.solve(gram + ridge * np.eye(modelled), inputs.T @ outputs).T
-    own = own.astype(np.float32)
-    if not programs:
-        return own, own
-    rng = np.random.default_rng(0)
-    cells = rng.permutation(counts.shape[0])[:_INIT_CELLS]
-    log_levels = np.log((counts[cells, modelled:] + 0.5) / sizes[cells, None])
-    index = arrays.condition_index[cells]
-    means = np.zeros((conditions, log_levels.shape[1]), np.float64)
-    np.add.at(means, index, log_levels)
-    means /= np.maximum(np.bincount(index, minlength=conditions), 1)[:, None]
-    residuals = log_levels - means[index]
-    factors = _principal_axis_factors(residuals, programs)
-    return own, np.concatenate([own, factors / _PROGRAM_SCALE], axis=1).astype(np.float32)
-
-
-def _principal_axis_factors(residuals, rank: int, rounds: int = 5, power: int = 8) -> np.ndarray:
-    """Loadings ``[genes, rank]`` of a factor model ``cov = L L^T + diag(psi)`` of centred
-    ``residuals`` ``[cells, genes]`` by principal axis factoring (the top eigenvectors of the
-    covariance with its diagonal replaced by common variances), with the eigenvectors found by
-    subspace iteration on the residuals, so the ``genes x genes`` covariance is never formed.
-    Measurement noise is independent across genes given the latent, so it stays in ``psi``
-    instead of pulling the factors toward the noisiest genes."""
-    residuals = np.asarray(residuals, np.float64)
-    cells, genes = residuals.shape
-    rank = min(rank, genes)
-    variance = (residuals**2).sum(axis=0) / cells
-    unique = 0.5 * variance
-    basis = np.linalg.qr(np.random.default_rng(1).normal(size=(genes, rank)))[0]
-
-    def reduced(vectors, shift=0.0):  # (cov - diag(unique) + shift I) @ vectors
-        common = residuals.T @ (residuals @ vectors) / cells
-        return common - (unique - shift)[:, None] * vectors
-
-    for _ in range(rounds):
-        # The shift makes the iterated matrix positive semi-definite, so the iteration finds
-        # its largest eigenvalues, not the negative ones of largest magnitude.
-        for _ in range(power):
-            basis = np.linalg.qr(reduced(basis, unique.max()))[0]
-        eigenvalues, rotation = np.linalg.eigh(basis.T @ reduced(basis))
-        loadings = basis @ rotation * np.sqrt(np.maximum(eigenvalues, 0.0))
-        unique = np.maximum(variance - (loadings**2).sum(axis=1), 1e-3 * variance)
-    return loadings[:, ::-1]

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import covariance_factor
 from causalcell.inference import batch_strata
-from causalcell.models.lcd._gene_space import decoded_offsets, decoder_from_sites
+from causalcell.models.lcd._decoder import decoded_offsets, decoder_from_sites
 from causalcell.models.lcd._program import condition_laws
 
 __all__ = ["lcd_local_posterior", "linearised_mean", "message_mean", "message_precision"]

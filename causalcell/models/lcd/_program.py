@@ -35,7 +35,7 @@ from causalcell.diffusion import LinearDrift, stationary_moments, stationary_mom
 from causalcell.handlers import intervention as intervention_request
 from causalcell.inference import batch_strata
 from causalcell.interventions import Intervention, compose
-from causalcell.models.lcd._gene_space import decode, sample_decoder
+from causalcell.models.lcd._decoder import decode, sample_decoder
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
@@ -222,6 +222,7 @@ def lcd_model(
     baseline_prior,
     prior_mask=None,
     decoded_prior=None,
+    response_scales=None,
     intervention: str = "shift",
     noise: NoiseModel | None = None,
     weight_scale: float = 0.3,
@@ -234,7 +235,7 @@ def lcd_model(
     The latent state has ``m`` coordinates: ``m - programs`` modelled genes, then ``programs``
     latent programs. Count columns are the modelled genes (each reads its own coordinate as
     log-rate) followed by the decoded genes (``decoded_prior`` gives how many), whose log-rates
-    are linear in the state (:func:`._gene_space.decode`). With no programs and no decoded
+    are linear in the state (:func:`._decoder.decode`). With no programs and no decoded
     genes (the defaults) every gene is a coordinate: the full model of DESIGN 3.1.
 
     Parameters
@@ -258,6 +259,9 @@ def lcd_model(
     decoded_prior
         Optional ``[decoded]`` prior mean of the decoded genes' control log-rates; None when
         every gene is modelled.
+    response_scales
+        ``[m - programs]`` scales of the decoder responses' Laplace prior, one per modelled
+        gene (with ``decoded_prior``; :func:`._decoder.initial_decoder` estimates them).
     intervention
         ``"shift"`` (learned own-level change per target), ``"knockdown"`` (learned log
         fraction) or ``"knockout"`` (learned pinned level).
@@ -268,7 +272,7 @@ def lcd_model(
     programs
         Number of latent programs (the last coordinates of the state).
     loading_scale
-        Scale of the Normal prior on the decoder's responses and loadings.
+        Scale of the Normal prior on the decoder's loadings.
     coordinates
         Names of the latent coordinates (``LCD.coordinates``), the entries of the vectorised
         intervention site ``"genes"``; ``coordinate0`` .. by default.
@@ -290,10 +294,10 @@ def lcd_model(
     ------------
     Globals: ``drift_weights`` [m, m], ``log_decay``, ``log_scaling``, ``baseline``,
     ``log_sigma`` [m], the intervention parameter [m], the noise parameters [genes], and with
-    decoded genes ``decoder_offset`` [decoded], ``decoder_responses`` [decoded, m - programs]
-    and ``decoder_loadings`` [decoded, m]. Per cell
-    (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then programs),
-    ``counts`` [genes].
+    decoded genes ``decoder_offset`` [decoded], ``decoder_responses``
+    [decoded, m - programs] and ``decoder_loadings`` [decoded, m]. Per
+    cell (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then
+    programs), ``counts`` [genes].
     """
     if intervention not in INTERVENTION_KINDS:
         raise ValueError(f"intervention must be one of {INTERVENTION_KINDS}, got {intervention!r}.")
@@ -318,7 +322,9 @@ def lcd_model(
     modelled = size - programs
     decoded = 0 if decoded_prior is None else decoded_prior.shape[-1]
     noise_parameters = noise.sample_parameters(modelled + decoded)
-    decoder = sample_decoder(decoded_prior, modelled, size, loading_scale) if decoded else None
+    decoder = None
+    if decoded:
+        decoder = sample_decoder(decoded_prior, response_scales, modelled, size, loading_scale)
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
         # Under a fit's condition-by-condition minibatch, only that batch's conditions.

@@ -48,7 +48,7 @@ from causalcell.data import to_arrays
 from causalcell.handlers import WORLDS, InterventionSpec, learned
 from causalcell.models.lcd._cells import cells_anndata
 from causalcell.models.lcd._counterfactual import counterfactual_counts, counterfactual_latents
-from causalcell.models.lcd._gene_space import decode, decoder_from_sites
+from causalcell.models.lcd._decoder import decode, decoder_from_sites
 from causalcell.models.lcd._program import condition_laws, lcd_model
 from causalcell.models.lcd._targets import UnseenTargetError, perturbation_targets
 from causalcell.perturbations import canonical_label, parse_perturbation
@@ -90,7 +90,7 @@ def lcd_program(model):
     data = model.posterior.data
     fixed = {
         name: data[name]
-        for name in ("baseline_prior", "prior_mask", "decoded_prior")
+        for name in ("baseline_prior", "prior_mask", "decoded_prior", "response_scales")
         if name in data
     }
     settings = dict(model.posterior.model_kwargs)

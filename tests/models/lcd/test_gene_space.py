@@ -138,6 +138,7 @@ def test_decoded_genes_read_condition_means_through_responses_and_cells_through_
         "size_factors": jnp.array([300.0, 200.0]),
         "baseline_prior": jnp.zeros(size),
         "decoded_prior": jnp.full(decoded, -4.0),
+        "response_scales": jnp.full(modelled, 0.5),
     }
 
     @jax.jit
