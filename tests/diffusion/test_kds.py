@@ -405,6 +405,7 @@ def test_v_statistic_weights_and_gradient():
     with jax.enable_x64(True):
         points = jnp.asarray(x, jnp.float64)
 
+        @jax.jit  # one compilation for the gradient's 18 evaluations (eager: one per op)
         def loss(matrix):
             return kds(linear_field(matrix, 0.0), SIGMA, points, bandwidth=0.9, statistic="v")
 
