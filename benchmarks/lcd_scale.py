@@ -19,9 +19,11 @@ Half of the doubles are held out (``evaluation.split_combinations``); LCD is fit
 rest with ``LCD.fit``'s defaults (modelled genes: the targets; 8 programs; the other genes
 decoded; ``condition_batch="auto"``), with the simulator's true library sizes (``true``) or
 total counts as a user would (``total``). The table scores 300 generated cells per held-out
-double against the additive, linear and no-change baselines (``causalcell.evaluation``), with
-the noise floor: the expected energy distance and pseudobulk L2 of a model with the true law
-that generates as many cells (``lcd_screen.noise_floor``).
+double against the additive, linear and no-change baselines (``causalcell.evaluation``; each
+baseline's cells are the same 300 control cells shifted to its predicted means, so every
+model's energy distance carries the same bias), with the noise floor: the expected energy
+distance and pseudobulk L2 of a model with the true law that generates as many cells
+(``lcd_screen.noise_floor``).
 ``--genes`` and ``--cells`` override the screen's size: the time per step does not grow with
 the cells (a step sees ``batch_size`` of them), so a smaller screen measures it where the
 simulator's memory (about 16 GB at 100,000 cells of 1,000 genes) or time (one Lyapunov
@@ -44,6 +46,7 @@ from lcd_screen import noise_floor  # the expected scores of a model with the tr
 
 from causalcell import evaluation
 from causalcell.datasets import simulate_screen
+from causalcell.models.baselines import shift_control_cells
 from causalcell.models.lcd import LCD
 
 SCREENS = {
@@ -88,6 +91,21 @@ def screen(name: str, seed: int, cache: Path | None, **overrides) -> anndata.Ann
         path.parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(path)
     return adata
+
+
+def baseline_cells(expression, labels, means, seed: int) -> dict[str, list[np.ndarray]]:
+    """Cells of each mean-only baseline: the same :data:`PREDICTED_CELLS` control cells (drawn
+    once) shifted to each predicted mean, so that every model's energy distance carries the
+    same ``1 / n`` bias of :data:`PREDICTED_CELLS` predicted cells as LCD's and the noise
+    floor's (scored on every control cell, a baseline's distance carried the smaller bias
+    ``E|X - X'| / n_control`` instead, an advantage over any model that generates cells)."""
+    control = expression[labels == "control"]
+    chosen = np.random.default_rng(seed).choice(len(control), PREDICTED_CELLS, replace=False)
+    centre = control.mean(axis=0)
+    return {
+        name: [shift_control_cells(control[chosen], centre, mean) for mean in predictions]
+        for name, predictions in means.items()
+    }
 
 
 def main() -> None:
@@ -155,10 +173,9 @@ def main() -> None:
     expression, labels = evaluation.observed_expression(adata)
     labels = np.asarray(labels)
     means = evaluation.baseline_predictions(expression, labels, split)
-    means["lcd"], lcd_cells = evaluation.generated_predictions(predicted, split.held_out)
-    table = evaluation.evaluate_predictions(
-        expression, labels, split.held_out, means, {"lcd": lcd_cells}
-    )
+    cells = baseline_cells(expression, labels, means, arguments.seed)
+    means["lcd"], cells["lcd"] = evaluation.generated_predictions(predicted, split.held_out)
+    table = evaluation.evaluate_predictions(expression, labels, split.held_out, means, cells)
     wide = table.pivot(index="model", columns="metric", values="value")
     wide = wide.loc[["lcd", "additive", "linear", "no_change"]]
     floor = noise_floor(expression, labels, split.held_out, PREDICTED_CELLS)
