@@ -32,6 +32,16 @@ def cells_anndata(counts, obs: pd.DataFrame, genes, latent) -> anndata.AnnData:
     return result
 
 
+@jax.jit
+def _draw_counts(size_key, count_key, library_sizes, log_rate, concentration):
+    """Library sizes drawn from the training cells' and negative binomial counts, as one
+    compiled program cached across calls of the same shapes (op by op, the gamma sampler alone
+    took seconds to compile for each new number of cells)."""
+    sizes = jax.random.choice(size_key, library_sizes, (log_rate.shape[0],))
+    counts = NegativeBinomial().distribution(log_rate, sizes, concentration=concentration)
+    return sizes, counts.sample(count_key)
+
+
 def generated_cells(
     latent,
     concentration,
@@ -49,9 +59,10 @@ def generated_cells(
     when every gene is a coordinate) pushed through the negative binomial, with library sizes
     drawn from the training cells."""
     log_rate = latent if log_rate is None else log_rate
-    sizes = jax.random.choice(size_key, jnp.asarray(library_sizes), (latent.shape[0],))
-    counts = NegativeBinomial().distribution(log_rate, sizes, concentration=concentration)
-    counts = np.asarray(counts.sample(count_key), np.float32)
+    sizes, counts = _draw_counts(
+        size_key, count_key, jnp.asarray(library_sizes), log_rate, concentration
+    )
+    counts = np.asarray(counts, np.float32)
     obs = pd.DataFrame(
         {
             "perturbation": pd.Categorical(np.repeat(names, num_cells)),

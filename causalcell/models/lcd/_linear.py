@@ -3,6 +3,7 @@ responses and generated cells (one :class:`._backends.DriftBackend`)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import anndata
@@ -30,9 +31,16 @@ def stationary_laws(model, draws: dict, rows):
     """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
     state under the multi-hot targets ``rows`` ``[K, m]``."""
     targets = jnp.asarray(rows, jnp.float32)
+    return _stationary_laws(draws, targets, model.prior_mask, intervention=model.intervention)
+
+
+@functools.partial(jax.jit, static_argnames="intervention")
+def _stationary_laws(draws: dict, targets, prior_mask, *, intervention: str):
+    """:func:`stationary_laws` as one compiled program, cached across models of the same
+    shapes (run op by op, each new shape compiled dozens of small programs: seconds)."""
 
     def one(draw):
-        laws = condition_laws(draw, targets, model.intervention, model.prior_mask)
+        laws = condition_laws(draw, targets, intervention, prior_mask)
         return laws.means, laws.covariances, laws.factors()
 
     return jax.vmap(one)(draws)
