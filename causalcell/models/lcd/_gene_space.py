@@ -50,9 +50,8 @@ References
 Lorch, L., Krause, A. & Schölkopf, B. (2024). Causal modeling with stationary diffusions.
 AISTATS.
 Tipping, M. E. & Bishop, C. M. (1999). Probabilistic principal component analysis. JRSS B
-61(3) (a linear-Gaussian decoder of a low-dimensional latent).
-Harman, H. H. (1976). Modern Factor Analysis (3rd ed.). University of Chicago Press
-(principal axis factoring, used here to initialise the loadings).
+61(3) (a linear-Gaussian decoder of a low-dimensional latent; its initial values and
+priors are in :mod:`._decoder`).
 """
 
 from __future__ import annotations
