@@ -30,7 +30,9 @@ direct effect ``W_ij = A_ij / (-A_ii)`` is identified. Rows of the table:
 
 Columns: AUPRC of the true graph by ``|W|`` and by sign probability, orientation accuracy of
 the one-way true edges by both, sign accuracy of the mean on true edges, coverage and mean
-width of the 90% intervals on true edges and on true zeros (off-diagonal), and seconds. Size
+width of the 90% intervals on true edges and on true zeros (off-diagonal), the least-squares
+slope of the point estimates on the true effects over true edges (below 1: shrunk towards
+zero) and their RMSE there, and seconds. Size
 factors are the simulator's true library sizes (``true``) or total counts (``total``), for the
 fit and the closed forms alike. The header gives the time per SVI step (median of the chunks
 after the first, which compiles) and the peak resident memory of the process.
@@ -71,6 +73,8 @@ COLUMNS = (
     "cover_zeros",
     "width_edges",
     "width_zeros",
+    "slope_edges",
+    "rmse_edges",
     "seconds",
 )
 #: Mass of the credible (or bootstrap percentile) intervals scored.
@@ -113,6 +117,11 @@ def score(point: clipr.DirectEffects, draws: clipr.DirectEffects, truth: Truth) 
         lower, upper = draws.lower[mask], draws.upper[mask]
         row[f"cover_{name}"] = metrics.interval_coverage(truth.direct[mask], lower, upper)
         row[f"width_{name}"] = float(np.mean(upper - lower))
+    # Shrinkage and error of the point estimate on true edges: the least-squares slope of the
+    # estimates on the true effects (1 unbiased, below 1 shrunk towards zero) and the RMSE.
+    estimate, true = point.mean[truth.edges], truth.direct[truth.edges]
+    row["slope_edges"] = float(estimate @ true / (true @ true))
+    row["rmse_edges"] = float(np.sqrt(np.mean((estimate - true) ** 2)))
     return row
 
 
@@ -160,7 +169,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=200, help="posterior and bootstrap draws")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size-factors", choices=("true", "total"), default="true")
-    parser.add_argument("--guide", choices=("auto", "normal", "lowrank", "full"), default="auto")
+    parser.add_argument(
+        "--guide", choices=("auto", "normal", "lowrank", "full", "kronecker"), default="auto"
+    )
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
     arguments = parser.parse_args()
     condition_batch = arguments.condition_batch

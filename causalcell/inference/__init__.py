@@ -6,6 +6,7 @@ from causalcell.inference._guides import (
     AmortizedGuide,
     default_encoder_inputs,
 )
+from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._subsample import Strata, batch_strata, subsample
@@ -15,6 +16,7 @@ __all__ = [
     "FULL_RANK_LIMIT",
     "POINT_SCALE",
     "AmortizedGuide",
+    "AutoKroneckerNormal",
     "EarlyStopping",
     "FitDivergedError",
     "Posterior",

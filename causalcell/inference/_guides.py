@@ -21,6 +21,7 @@ from numpyro.infer.autoguide import (
 )
 from numpyro.primitives import Messenger
 
+from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._subsample import subsample
 from causalcell.inference._trace import abstract_trace, split_data
 
@@ -35,6 +36,7 @@ _GLOBAL_GUIDES = {
     "normal": AutoNormal,
     "lowrank": AutoLowRankMultivariateNormal,
     "full": AutoMultivariateNormal,
+    "kronecker": AutoKroneckerNormal,
 }
 #: Scale of every per-cell posterior when the encoder's raw output is zero.
 _INITIAL_SCALE = 0.1
@@ -101,8 +103,9 @@ class AmortizedGuide:
     Per-cell sites are the latent sample sites inside the plate ``plate``; each gets a
     diagonal Gaussian whose mean and scale an equinox MLP computes from the cell's encoder
     features. All other latent sites (the globals) get ``AutoNormal`` (``global_guide="normal"``),
-    a low-rank multivariate normal (``"lowrank"``) or a full-covariance one (``"full"``, for a few
-    hundred globals at most: its scale matrix has one entry per pair). It is one NumPyro guide:
+    a low-rank multivariate normal (``"lowrank"``), Kronecker-correlated matrices
+    (``"kronecker"``, :class:`AutoKroneckerNormal`) or a full-covariance one (``"full"``, for a
+    few hundred globals at most: its scale matrix has one entry per pair). It is one NumPyro guide:
     it works with SVI, ``Predictive`` and posterior sampling, and it minibatches with the model
     because it opens the same plate.
 
@@ -115,7 +118,7 @@ class AmortizedGuide:
     hidden
         Widths of the encoder's hidden layers.
     global_guide
-        ``"normal"``, ``"lowrank"``, ``"full"`` or ``"auto"`` (``"full"`` up to
+        ``"normal"``, ``"lowrank"``, ``"kronecker"``, ``"full"`` or ``"auto"`` (``"full"`` up to
         :data:`FULL_RANK_LIMIT` global dimensions, else ``"normal"``). Mean-field ``"normal"``
         is cheapest but under-disperses correlated globals (e.g. a drift's weights: credible
         intervals 2-3x too narrow in the CLIPR benchmark); ``"full"`` keeps every correlation.
@@ -142,12 +145,12 @@ class AmortizedGuide:
         other globals start at their prior medians.
     init_scales
         Optional ``{global site: scale}``: the initial posterior standard deviation of those
-        sites (``global_guide="normal"`` only; every other global starts at 0.1). For sites
+        sites (``"normal"`` or ``"kronecker"`` only; every other global starts at 0.1). For sites
         whose uncertainty multiplies large latent values (e.g. a decoder's loadings), a start
         near a point estimate keeps the expected log-likelihood's variance term from pulling
         other globals while the scales adapt.
     point_estimates
-        Global sites estimated by MAP instead (``global_guide="normal"`` only): their scale is
+        Global sites estimated by MAP instead (``"normal"`` or ``"kronecker"``): their scale is
         held at :data:`POINT_SCALE`. For many sites whose posterior is narrow but whose
         variational variance term, summed over thousands of genes, would otherwise shrink the
         values they multiply (e.g. a decoder's responses and a knockout's depth), as a VAE's
@@ -260,11 +263,15 @@ class AmortizedGuide:
                 f"init_scales or point_estimates name {unknown}, which are not global latent "
                 "sites of the model."
             )
-        if self.init_scales and kind != "normal":
+        if self.init_scales and kind not in ("normal", "kronecker"):
             raise ValueError(
-                f"init_scales and point_estimates need global_guide='normal', not {kind!r}."
+                "init_scales and point_estimates need global_guide='normal' or 'kronecker', "
+                f"not {kind!r}."
             )
-        options = {"rank": self.rank} if kind == "lowrank" else {}
+        options = {
+            "lowrank": {"rank": self.rank},
+            "kronecker": {"exclude": self.point_estimates},
+        }.get(kind, {})
         self.global_guide = _GLOBAL_GUIDES[kind](
             blocked, prefix="global", init_loc_fn=start, **options
         )

@@ -21,13 +21,14 @@ from causalcell._core.errors import CausalcellWarning
 from causalcell._core.keys import as_key
 from causalcell.inference._devices import data_parallel, gather
 from causalcell.inference._guides import AmortizedGuide
+from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._serialization import load_tree, save_tree
 from causalcell.inference._subsample import Strata, subsample
 
 __all__ = ["EarlyStopping", "FitDivergedError", "fit"]
 
-GUIDES = ("amortized", "normal", "lowrank", "delta")
+GUIDES = ("amortized", "normal", "lowrank", "kronecker", "delta")
 
 
 class FitDivergedError(RuntimeError):
@@ -84,6 +85,8 @@ def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
         return AutoNormal(model, **guide_kwargs)
     if guide == "lowrank":
         return AutoLowRankMultivariateNormal(model, **guide_kwargs)
+    if guide == "kronecker":
+        return AutoKroneckerNormal(model, **guide_kwargs)
     if guide == "delta":
         return AutoDelta(model, **guide_kwargs)
     raise ValueError(f"guide must be one of {GUIDES} or a callable guide, got {guide!r}.")
@@ -175,7 +178,9 @@ def fit(
         Arrays passed to the model as keyword arguments.
     guide
         ``"amortized"`` (:class:`AmortizedGuide`: encoder for per-cell sites, AutoNormal for the
-        rest), ``"normal"``, ``"lowrank"``, ``"delta"``, or a guide callable.
+        rest), ``"normal"``, ``"lowrank"``, ``"kronecker"`` (:class:`AutoKroneckerNormal`:
+        real matrix sites with correlated rows and columns, the rest mean-field), ``"delta"``, or
+        a guide callable.
     optimizer
         An optax transformation; ``optax.adam(1e-3)`` by default.
     num_steps

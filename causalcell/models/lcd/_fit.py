@@ -179,10 +179,11 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     intervention, start = screen.intervention, screen.start
     global_guide, rank = guide_options["global_guide"], guide_options["rank"]
     point_estimates = ()
-    if not space.is_full and global_guide in ("auto", "normal"):
-        # Thousands of decoder globals: mean-field, the decoder by MAP (see
-        # _gene_space.DECODER_SITES).
-        global_guide, point_estimates = "normal", DECODER_SITES
+    if not space.is_full and global_guide in ("auto", "normal", "kronecker"):
+        # Thousands of decoder globals: the decoder by MAP (see _gene_space.DECODER_SITES),
+        # the rest mean-field unless the drift's rows and columns are asked to correlate.
+        global_guide = "normal" if global_guide == "auto" else global_guide
+        point_estimates = DECODER_SITES
     return fit(
         lcd_model,
         data,

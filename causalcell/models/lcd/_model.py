@@ -104,10 +104,10 @@ class LCD:
         step size decays tenfold over the fit. ``global_guide`` picks the posterior family of
         the globals (drift, intervention and noise parameters): ``"full"`` (every correlation;
         needed for credible intervals of the drift and of CLIPR's direct effects that cover),
-        ``"lowrank"`` (with ``rank``), ``"normal"`` (mean-field, cheapest, intervals 2-3x too
-        narrow) or ``"auto"``: ``"full"`` while the globals have at most
-        :data:`causalcell.inference.FULL_RANK_LIMIT` dimensions (about 20 genes), else
-        ``"normal"``. Other keyword arguments go to
+        ``"lowrank"`` (``rank``), ``"kronecker"`` (drift rows and columns correlated,
+        :class:`causalcell.inference.AutoKroneckerNormal`), ``"normal"`` (mean-field, intervals
+        2-3x too narrow) or ``"auto"``: ``"full"`` up to ``inference.FULL_RANK_LIMIT`` global
+        dimensions (about 20 genes), else ``"normal"``. Other keyword arguments go to
         :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
 
         ``condition_batch`` conditions per minibatch (:func:`._fit.condition_strata`): each
