@@ -22,6 +22,7 @@ from causalcell.diffusion._stationary import (
     stationary_factor,
     stationary_mean,
     stationary_moments,
+    stationary_moments_of_knockouts,
     stationary_moments_of_shifts,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "stationary_log_likelihood",
     "stationary_mean",
     "stationary_moments",
+    "stationary_moments_of_knockouts",
     "stationary_moments_of_shifts",
 ]

@@ -26,7 +26,14 @@ import numpy as np
 
 from causalcell._core.linalg import inv
 
-__all__ = ["UnstableDriftError", "check_stable", "solve_continuous_lyapunov", "spectral_abscissa"]
+__all__ = [
+    "UnstableDriftError",
+    "cayley_resolvent",
+    "check_stable",
+    "solve_continuous_lyapunov",
+    "solve_lyapunov_resolved",
+    "spectral_abscissa",
+]
 
 #: Upper bound on doublings: ``2^50`` terms of the series reach float precision for any
 #: Cayley transform whose spectral radius is below ``1 - 1e-13``.
@@ -81,26 +88,60 @@ def _as_float(drift, noise):
     return drift.astype(dtype), noise.astype(dtype)
 
 
-@jax.custom_vjp
 def _lyapunov(drift, noise):
-    return _lyapunov_forward(drift, noise)[0]
-
-
-def _lyapunov_forward(drift, noise):
     drift, noise = _as_float(drift, noise)
-    shift, resolvent = _cayley(drift)
+    # The solution does not depend on the shift or on how the resolvent was computed, so
+    # neither is differentiated (the adjoint below is the whole derivative).
+    shift, resolvent = jax.lax.stop_gradient(_cayley(drift))
+    return _resolved(drift, noise, shift, resolvent)
+
+
+@jax.custom_vjp
+def _resolved(drift, noise, shift, resolvent):
+    """The Lyapunov solution given the Cayley shift ``p`` and resolvent ``(p I - A)^{-1}``."""
+    return _resolved_forward(drift, noise, shift, resolvent)[0]
+
+
+def _resolved_forward(drift, noise, shift, resolvent):
     solution = _stein(drift, noise, shift, resolvent)
     return solution, (drift, solution, shift, resolvent)
 
 
-def _lyapunov_backward(residuals, cotangent):
+def _resolved_backward(residuals, cotangent):
     drift, solution, shift, resolvent = residuals
     # The adjoint equation has drift A^T: same shift, transposed resolvent (no new inverse).
     adjoint = _stein(drift.T, cotangent.astype(drift.dtype), shift, resolvent.T)
-    return adjoint @ solution.T + adjoint.T @ solution, adjoint
+    drift_bar = adjoint @ solution.T + adjoint.T @ solution
+    return drift_bar, adjoint, jnp.zeros_like(shift), jnp.zeros_like(resolvent)
 
 
-_lyapunov.defvjp(_lyapunov_forward, _lyapunov_backward)
+_resolved.defvjp(_resolved_forward, _resolved_backward)
+
+
+def cayley_resolvent(drift):
+    """``(p, (p I - A)^{-1})`` for a drift ``[n, n]``: the Cayley shift the solver takes and
+    the one inverse it needs (for :func:`solve_lyapunov_resolved`)."""
+    return _cayley(jnp.asarray(drift))
+
+
+def solve_lyapunov_resolved(drift, noise, shift, resolvent):
+    """:func:`solve_continuous_lyapunov` given a shift ``p > 0`` and the resolvent
+    ``(p I - drift)^{-1}`` ``[..., n, n]``, computed by the caller (e.g. by low-rank updates of
+    one inverse for many drifts that differ in a few rows). Any ``p > 0`` converges for a
+    Hurwitz drift. Neither ``p`` nor the resolvent is differentiated: the solution does not
+    depend on them, and its derivative in ``drift`` and ``noise`` is the adjoint solve."""
+    drift, noise = _as_float(jnp.asarray(drift), jnp.asarray(noise))
+    batch = jnp.broadcast_shapes(drift.shape[:-2], noise.shape[:-2], resolvent.shape[:-2])
+    arguments = [
+        jnp.broadcast_to(value, (*batch, *value.shape[-2:])).astype(drift.dtype)
+        for value in (drift, noise, resolvent)
+    ]
+    shift = jnp.broadcast_to(jnp.asarray(shift, drift.dtype), batch)
+    solver = _resolved
+    for _ in batch:
+        solver = jax.vmap(solver)
+    drift, noise, resolvent = arguments
+    return solver(drift, noise, jax.lax.stop_gradient(shift), jax.lax.stop_gradient(resolvent))
 
 
 def solve_continuous_lyapunov(drift, noise):

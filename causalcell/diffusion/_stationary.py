@@ -6,10 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalcell._core.linalg import cholesky, solve
+from causalcell._core.linalg import cholesky, inv, solve
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion._drift import LinearDrift, intervene_linear
-from causalcell.diffusion._lyapunov import check_stable, solve_continuous_lyapunov
+from causalcell.diffusion._lyapunov import (
+    cayley_resolvent,
+    check_stable,
+    solve_continuous_lyapunov,
+    solve_lyapunov_resolved,
+)
 from causalcell.interventions import Intervention
 
 __all__ = [
@@ -17,6 +22,7 @@ __all__ = [
     "stationary_factor",
     "stationary_mean",
     "stationary_moments",
+    "stationary_moments_of_knockouts",
     "stationary_moments_of_shifts",
 ]
 
@@ -220,6 +226,81 @@ def stationary_moments_of_shifts(
     noise = sigma[:, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
     covariance = solve_continuous_lyapunov(matrix, noise)
     return means, 0.5 * (covariance + covariance.T)
+
+
+def stationary_moments_of_knockouts(
+    drift: LinearDrift, sigma, intervention: Intervention, rank: int
+):
+    """:func:`stationary_moments` of a batch of conditions that each knock out at most ``rank``
+    genes, from one inverse for all of them instead of one per condition.
+
+    A knockout replaces row ``j`` of the drift matrix with ``-d_j e_j``, so a condition's
+    matrix is ``A_p = A + U_p V_p``: ``U_p`` the identity's columns of its knocked-out genes,
+    ``V_p`` the row changes. With ``A^{-1}`` and the Cayley resolvent ``(s I - A)^{-1}`` of the
+    unintervened drift, the Woodbury identity gives each condition's mean ``-A_p^{-1} b_p`` and
+    resolvent through ``rank x rank`` systems, and :func:`solve_lyapunov_resolved` its
+    covariance (every condition with the shift ``s`` of ``A``): ``O(P rank d^2)`` plus the
+    doublings' matrix products, where :func:`stationary_moments` inverts and solves ``P``
+    matrices of order ``d``, which are sequential loops on jaxlib 0.10's CPU runtime
+    (:mod:`causalcell._core.linalg`). Shifts, knockdowns and noise scales act as there.
+
+    Parameters
+    ----------
+    drift, sigma
+        The unintervened linear drift (stable, so invertible) and ``[d]`` diffusion scales.
+    intervention
+        Interventions ``[P, d]``.
+    rank
+        Most knocked-out genes in one condition (static). A condition with more gets NaN
+        moments (checked on concrete inputs with an error).
+
+    Returns
+    -------
+    means, covariances
+        ``[P, d]`` and ``[P, d, d]``, equal to :func:`stationary_moments`'s up to rounding.
+
+    References
+    ----------
+    Woodbury, M. A. (1950). Inverting modified matrices. Memorandum Report 42, Statistical
+    Research Group, Princeton University.
+    """
+    check_linear_shapes(drift, sigma, intervention)
+    knocked = jnp.asarray(intervention.knockout, bool)
+    if knocked.ndim != 2:
+        raise ValueError(f"intervention must be a batch [P, d], got shape {knocked.shape}.")
+    if is_concrete(knocked) and int(knocked.sum(-1).max(initial=0)) > rank:
+        raise ValueError(
+            f"a condition knocks out {int(knocked.sum(-1).max())} genes, more than rank={rank}: "
+            "pass a larger rank."
+        )
+    matrix, biases, sigma = intervene_linear(drift, sigma, intervention)
+    _check_stable_if_concrete(matrix, intervention)
+    base = drift.matrix()
+    size = base.shape[-1]
+    # Row j of U V for a knocked-out j: the pinned row minus the drift's own.
+    changes = -jnp.eye(size, dtype=base.dtype) * drift.decay[:, None] - base
+    # Each condition's knocked-out genes first (a stable sort), padded with genes it does not
+    # knock out whose row change is zeroed: the update is then exactly that condition's.
+    slots = jnp.argsort(~knocked, axis=-1, stable=True)[:, :rank]  # [P, k]
+    used = jnp.take_along_axis(knocked, slots, axis=-1)
+    rows = changes[slots] * used[..., None]  # V_p [P, k, d]
+    identity = jnp.eye(rank, dtype=base.dtype)
+
+    def updated(inverse, sign):
+        """``(M + sign U V)^{-1}`` for every condition from ``inverse = M^{-1}`` (Woodbury)."""
+        left = jnp.moveaxis(inverse[:, slots], 0, 1)  # M^{-1} U_p [P, d, k]
+        capacitance = identity + sign * rows @ left
+        return inverse - sign * left @ solve(capacitance, rows @ inverse)
+
+    means = -jnp.einsum("pij,pj->pi", updated(inv(base), 1.0), biases)
+    shift, resolvent = cayley_resolvent(base)
+    # s I - A_p = (s I - A) - U_p V_p.
+    noise = sigma[..., :, None] ** 2 * jnp.eye(size, dtype=base.dtype)
+    covariance = solve_lyapunov_resolved(matrix, noise, shift, updated(resolvent, -1.0))
+    valid = (knocked.sum(-1) <= rank)[:, None]
+    means = jnp.where(valid, means, jnp.nan)
+    covariance = jnp.where(valid[..., None], covariance, jnp.nan)
+    return means, 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
 
 
 def stationary_factor(drift: LinearDrift, sigma, intervention: Intervention | None = None):

@@ -184,10 +184,19 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
         # the rest mean-field unless the drift's rows and columns are asked to correlate.
         global_guide = "normal" if global_guide == "auto" else global_guide
         point_estimates = DECODER_SITES
+    # Knockout screens: each condition's law by low-rank updates of one inverse (the most
+    # targets of a condition is the rank), instead of one solve of order m per condition.
+    knockout_rank = (
+        int(arrays.condition_targets.sum(axis=1).max()) if intervention == "knockout" else None
+    )
     return fit(
         lcd_model,
         data,
-        model_kwargs={"intervention": intervention, "programs": space.programs},
+        model_kwargs={
+            "intervention": intervention,
+            "programs": space.programs,
+            "knockout_rank": knockout_rank,
+        },
         guide_kwargs={
             "encoder_inputs": screen.encoder_inputs,
             "local_posterior": lcd_local_posterior(
@@ -195,6 +204,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
                 condition_means(arrays.counts, arrays),
                 space.programs,
                 None if space.is_full else condition_rates(arrays),
+                knockout_rank,
             ),
             "init_values": start,
             "global_guide": global_guide,

@@ -75,17 +75,22 @@ def linearised_mean(counts, size_factors, rates):
 
 
 def lcd_local_posterior(
-    intervention: str, condition_counts, programs: int = 0, condition_rates=None
+    intervention: str,
+    condition_counts,
+    programs: int = 0,
+    condition_rates=None,
+    knockout_rank: int | None = None,
 ):
     """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
 
     ``condition_counts`` ``[P, genes]``: mean counts of each gene in each condition (training
     data, columns as the model's counts: modelled genes, then decoded genes). ``programs``: the
-    model's number of latent programs. The message precision of a cell is its condition's (from
-    these mean counts), so that the posterior covariance is shared within a condition: every
-    factorisation is per condition (``P`` of them), and a cell costs matrix-vector products
-    only. Batched LAPACK calls over cells are avoided on purpose: jaxlib 0.10 on CPU can
-    deadlock when two of them run concurrently on a two-thread pool.
+    model's number of latent programs, ``knockout_rank`` the program's (the conditions' laws by
+    low-rank updates, see :func:`._program.condition_laws`). The message precision of a cell is
+    its condition's (from these mean counts), so that the posterior covariance is shared within
+    a condition: every factorisation is per condition (``P`` of them), and a cell costs
+    matrix-vector products only. Batched LAPACK calls over cells are avoided on purpose:
+    jaxlib 0.10 on CPU can deadlock when two of them run concurrently on a two-thread pool.
 
     ``condition_rates`` ``[P, genes]`` (needed with decoded genes): mean of ``counts / size
     factor`` of each gene in each condition. With them, every message linearises its count's
@@ -109,7 +114,9 @@ def lcd_local_posterior(
     def local_posterior(values, data, index, heads):
         targets = data["condition_targets"]
         conditions, condition, _ = batch_strata(data["condition_index"][index], targets.shape[0])
-        laws = condition_laws(values, targets[conditions], intervention, data.get("prior_mask"))
+        laws = condition_laws(
+            values, targets[conditions], intervention, data.get("prior_mask"), None, knockout_rank
+        )
         means, prior_precision = laws.means, laws.precisions()
         eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), prior_precision.shape)
         modelled = means.shape[-1] - programs

@@ -26,12 +26,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
 from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import cho_solve, cholesky
-from causalcell.diffusion import LinearDrift, stationary_moments, stationary_moments_of_shifts
+from causalcell._core.tracing import is_concrete
+from causalcell.diffusion import (
+    LinearDrift,
+    stationary_moments,
+    stationary_moments_of_knockouts,
+    stationary_moments_of_shifts,
+)
 from causalcell.handlers import intervention as intervention_request
 from causalcell.inference import batch_strata
 from causalcell.interventions import Intervention, compose
@@ -173,7 +180,7 @@ class ConditionLaws(NamedTuple):
 
 
 def condition_laws(
-    values, condition_targets, kind: str, prior_mask=None, explicit=None
+    values, condition_targets, kind: str, prior_mask=None, explicit=None, knockout_rank=None
 ) -> ConditionLaws:
     """Drift and the Gaussian stationary law of every condition (:class:`ConditionLaws`), from
     the global sites ``values`` (a dict of one draw).
@@ -184,7 +191,9 @@ def condition_laws(
     Shift and knockdown screens (:data:`BIAS_KINDS`) move only the bias, so their conditions
     share one covariance: it is solved once (one Lyapunov equation per draw instead of one per
     condition) and broadcast to ``[P, d, d]``, and the means come from one solve with ``P``
-    right-hand sides. Knockouts change rows of the drift: one solve per condition.
+    right-hand sides. Knockouts change rows of the drift: one solve per condition, or, given
+    ``knockout_rank`` (the most targets of one condition, static), low-rank updates of one
+    inverse (:func:`causalcell.diffusion.stationary_moments_of_knockouts`).
     Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised
     once too.
     """
@@ -199,7 +208,18 @@ def condition_laws(
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
     if explicit is not None:
         interventions = compose(interventions, explicit)
-    means, covariances = stationary_moments(drift, sigma, interventions)
+        knockouts = explicit.knockout
+        knockout_rank = (
+            knockout_rank + int(np.sum(knockouts))
+            if knockout_rank is not None and is_concrete(knockouts)
+            else None
+        )
+    if knockout_rank is None:
+        means, covariances = stationary_moments(drift, sigma, interventions)
+    else:
+        means, covariances = stationary_moments_of_knockouts(
+            drift, sigma, interventions, knockout_rank
+        )
     return ConditionLaws(drift, means, covariances)
 
 
@@ -229,6 +249,7 @@ def lcd_model(
     programs: int = 0,
     loading_scale: float = 1.0,
     coordinates=None,
+    knockout_rank: int | None = None,
 ):
     """LCD with linear drift: cells are draws of the intervened stationary law, seen as counts.
 
@@ -276,6 +297,9 @@ def lcd_model(
     coordinates
         Names of the latent coordinates (``LCD.coordinates``), the entries of the vectorised
         intervention site ``"genes"``; ``coordinate0`` .. by default.
+    knockout_rank
+        Most targets of one condition of a knockout screen (static): the conditions' laws then
+        come from one inverse and low-rank updates instead of one solve each (same values).
 
     Interventions
     -------------
@@ -329,7 +353,9 @@ def lcd_model(
     with numpyro.plate("cells", num_cells) as index:
         # Under a fit's condition-by-condition minibatch, only that batch's conditions.
         conditions, slot, covered = batch_strata(condition_index[index], targets.shape[0])
-        laws = condition_laws(values, targets[conditions], intervention, mask, explicit)
+        laws = condition_laws(
+            values, targets[conditions], intervention, mask, explicit, _rank(knockout_rank, own)
+        )
         means = laws.means[slot]
         if covered is not None:  # a batch not drawn condition by condition: fail loudly
             means = jnp.where(covered[:, None], means, jnp.nan)
@@ -354,3 +380,11 @@ def _intervention_site(kind: str, genes: int):
     else:
         prior = dist.Normal(-3.0, 2.0)  # pinned level below the baseline
     return numpyro.sample(PARAMETER_SITE[kind], prior.expand([genes]).to_event(1))
+
+
+def _rank(knockout_rank, requested):
+    """Most knockouts of one condition once ``requested`` genes (a mask) join every condition's
+    targets; ``None`` (one solve per condition) when either is unknown at trace time."""
+    if knockout_rank is None or not is_concrete(requested):
+        return None
+    return knockout_rank + int(np.sum(requested))

@@ -129,6 +129,7 @@ def collapsed_lcd_model(
     intervention: str = "shift",
     noise=None,
     weight_scale: float = 0.3,
+    knockout_rank: int | None = None,
 ):
     """LCD's globals with the per-cell latents integrated out by Laplace messages.
 
@@ -145,7 +146,7 @@ def collapsed_lcd_model(
         Per-condition statistics of the messages (:func:`message_statistics`).
     count_values, count_genes, count_multiplicity
         Distinct ``(count, gene)`` pairs and their multiplicities.
-    condition_targets, baseline_prior, prior_mask, intervention, weight_scale
+    condition_targets, baseline_prior, prior_mask, intervention, weight_scale, knockout_rank
         As in :func:`causalcell.models.lcd._program.lcd_model`.
     noise
         Negative binomial (the default) or Poisson, with the exp link.
@@ -173,10 +174,11 @@ def collapsed_lcd_model(
             intervention=intervention,
             noise=noise,
             weight_scale=weight_scale,
+            knockout_rank=knockout_rank,
         )
     values = {name: site["value"] for name, site in trace.items() if site["type"] == "sample"}
     concentration = values.get(noise.site_name("concentration"))
-    laws = condition_laws(values, condition_targets, intervention, prior_mask)
+    laws = condition_laws(values, condition_targets, intervention, prior_mask, None, knockout_rank)
     means, covariances = laws.means, laws.covariances
     precision = message_precision(condition_counts, concentration)  # [P, d]
     # The likelihood at each message's mode: mean count y + 0.5 whatever the size factor.

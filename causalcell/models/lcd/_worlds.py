@@ -94,6 +94,9 @@ def lcd_program(model):
         if name in data
     }
     settings = dict(model.posterior.model_kwargs)
+    # Its conditions are not the training ones (a combination may have more targets than any
+    # trained condition): one solve per condition, not the fit's low-rank updates.
+    settings.pop("knockout_rank", None)
     library_sizes = np.asarray(model.library_sizes, np.float32)
 
     def program(num_cells: int = 100, *, perturbation: str = "control", size_factors=None):

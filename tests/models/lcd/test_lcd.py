@@ -9,7 +9,12 @@ from numpyro.handlers import condition, seed, trace
 
 from causalcell.diffusion import spectral_abscissa, stationary_moments
 from causalcell.interventions import compose, from_targets
-from causalcell.models.lcd._program import condition_interventions, drift_from_sites, lcd_model
+from causalcell.models.lcd._program import (
+    condition_interventions,
+    condition_laws,
+    drift_from_sites,
+    lcd_model,
+)
 
 
 @pytest.mark.parametrize("seed_value", range(5))
@@ -108,6 +113,17 @@ def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     # A shift of gene 0 by its learned effect moves gene 0 by exactly that effect (decay 1).
     assert float(means[1, 0] - means[0, 0]) == pytest.approx(1.0, rel=1e-5)
     assert sites["counts"]["value"].shape == (4, genes)
+
+
+def test_knockout_laws_by_low_rank_updates_equal_the_per_condition_solves():
+    # LCD.fit passes the most targets of a condition as knockout_rank; the laws are the same.
+    values = {**_three_gene_sites(), "knockout_depth": jnp.array([-1.0, -2.0, -0.5])}
+    targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1]], jnp.float32)
+    exact = condition_laws(values, targets, "knockout")
+    updated = condition_laws(values, targets, "knockout", knockout_rank=2)
+    # float32 solves of order 3 (measured equal to 1e-7).
+    np.testing.assert_allclose(updated.means, exact.means, atol=1e-5)
+    np.testing.assert_allclose(updated.covariances, exact.covariances, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
