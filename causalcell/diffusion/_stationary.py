@@ -288,6 +288,8 @@ def stationary_moments_of_knockouts(
 
     def updated(inverse, sign):
         """``(M + sign U V)^{-1}`` for every condition from ``inverse = M^{-1}`` (Woodbury)."""
+        if rank == 0:  # no condition knocks anything out
+            return jnp.broadcast_to(inverse, (*knocked.shape, size))
         left = jnp.moveaxis(inverse[:, slots], 0, 1)  # M^{-1} U_p [P, d, k]
         capacitance = identity + sign * rows @ left
         return inverse - sign * left @ solve(capacitance, rows @ inverse)

@@ -57,6 +57,11 @@ def test_moments_equal_the_exact_solves():
     # A larger rank pads with unused slots and changes nothing.
     padded, _ = stationary_moments_of_knockouts(drift, sigma, intervention, rank=5)
     np.testing.assert_allclose(padded, means, atol=1e-6)
+    # Rank 0: no condition knocks anything out (the control row alone).
+    control = jax.tree_util.tree_map(lambda field: field[:1], intervention)
+    alone, covariance = stationary_moments_of_knockouts(drift, sigma, control, rank=0)
+    np.testing.assert_allclose(alone, exact_means[:1], atol=1e-5)
+    np.testing.assert_allclose(covariance, exact_covariances[:1], atol=1e-5)
 
 
 def test_gradients_equal_those_of_the_per_condition_solves():

@@ -30,17 +30,29 @@ __all__ = [
 def stationary_laws(model, draws: dict, rows):
     """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
     state under the multi-hot targets ``rows`` ``[K, m]``."""
-    targets = jnp.asarray(rows, jnp.float32)
-    return _stationary_laws(draws, targets, model.prior_mask, intervention=model.intervention)
+    rows = np.asarray(rows, np.float32)
+    return _stationary_laws(
+        draws,
+        jnp.asarray(rows),
+        model.prior_mask,
+        intervention=model.intervention,
+        knockout_rank=_knockout_rank(model.intervention, rows),
+    )
 
 
-@functools.partial(jax.jit, static_argnames="intervention")
-def _stationary_laws(draws: dict, targets, prior_mask, *, intervention: str):
+def _knockout_rank(intervention: str, rows: np.ndarray) -> int | None:
+    """The most targets of one of ``rows`` on a knockout screen (the laws then come from one
+    inverse and low-rank updates, :func:`._program.condition_laws`), else ``None``."""
+    return int(rows.sum(axis=-1).max(initial=0)) if intervention == "knockout" else None
+
+
+@functools.partial(jax.jit, static_argnames=("intervention", "knockout_rank"))
+def _stationary_laws(draws: dict, targets, prior_mask, *, intervention: str, knockout_rank):
     """:func:`stationary_laws` as one compiled program, cached across models of the same
     shapes (run op by op, each new shape compiled dozens of small programs: seconds)."""
 
     def one(draw):
-        laws = condition_laws(draw, targets, intervention, prior_mask)
+        laws = condition_laws(draw, targets, intervention, prior_mask, None, knockout_rank)
         return laws.means, laws.covariances, laws.factors()
 
     return jax.vmap(one)(draws)
@@ -63,6 +75,32 @@ def responses(model, draws: dict, columns) -> np.ndarray:
     return linear_responses(linear_drifts(model, draws, False), columns)
 
 
+def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key):
+    """Stationary means ``[S, K, m]`` and ``repeats`` latent draws ``[S, R, K, m]`` per draw and
+    row, the laws computed :data:`LAW_CHUNK_BYTES` at a time (one chunk shape, the last
+    padded with its last row, so one compilation)."""
+    num_draws, (count, size) = len(next(iter(draws.values()))), rows.shape
+    chunk = int(np.clip(LAW_CHUNK_BYTES // (4 * num_draws * size * size), 1, count))
+    noise = jax.random.normal(key, (num_draws, repeats, count, size))
+    rank = _knockout_rank(model.intervention, rows)  # of all rows: one program for every chunk
+    means, latents = [], []
+    for start in range(0, count, chunk):
+        block = rows[start : start + chunk]
+        padded = np.concatenate([block, np.repeat(block[-1:], chunk - len(block), axis=0)])
+        mean, _, factor = _stationary_laws(  # [S, k, m], [S, k, m, m]
+            draws,
+            jnp.asarray(padded),
+            model.prior_mask,
+            intervention=model.intervention,
+            knockout_rank=rank,
+        )
+        mean, factor = mean[:, : len(block)], factor[:, : len(block)]
+        local = noise[:, :, start : start + len(block)]
+        latents.append(mean[:, None] + jnp.einsum("skij,srkj->srki", factor, local))
+        means.append(mean)
+    return jnp.concatenate(means, axis=1), jnp.concatenate(latents, axis=2)
+
+
 def _no_simulation(simulation: dict) -> None:
     if simulation:
         raise TypeError(f"Simulation options {sorted(simulation)} need drift='neural'.")
@@ -82,6 +120,11 @@ def stationary_linear(model, row, *, key, num_samples: int, **simulation):
 #: draw, so a prediction of thousands of cells solves at most this many Lyapunov equations
 #: per perturbation (16,000 draws of 50 genes took 3 minutes and 0.6 GB for the factors).
 PREDICT_DRAWS = 500
+#: Bytes of one ``[draws, perturbations, m, m]`` array that :func:`predict_linear` computes at
+#: once: the laws of many perturbations are computed a chunk of perturbations at a time, as
+#: the Lyapunov solves hold several such arrays (50 knockout doubles at ``m = 208`` with 300
+#: draws need 2.6 GB each, and the process ran out of 24 GB).
+LAW_CHUNK_BYTES = 2**27
 
 
 def predict_linear(
@@ -103,9 +146,7 @@ def predict_linear(
     num_draws = min(num_cells, PREDICT_DRAWS)
     repeats = -(-num_cells // num_draws)  # cells per draw, rounded up
     draws = model.posterior.sample(draw_key, num_draws)
-    mean, _, factor = stationary_laws(model, draws, np.stack(rows))  # [S, K, m], [S, K, m, m]
-    noise = jax.random.normal(latent_key, (num_draws, repeats, *mean.shape[1:]))
-    latent = mean[:, None] + jnp.einsum("skij,srkj->srki", factor, noise)  # [S, R, K, m]
+    mean, latent = _latent_draws(model, draws, np.stack(rows), repeats, latent_key)
     means = jnp.broadcast_to(mean[:, None], latent.shape)
     log_rate = model.space.decode_draws(latent, means, draws)  # every gene, AnnData order
 
