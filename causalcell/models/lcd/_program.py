@@ -32,6 +32,7 @@ import numpyro.distributions as dist
 
 from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import cho_solve, cholesky
+from causalcell._core.neumann import neumann_inverse
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion import (
     LinearDrift,
@@ -75,19 +76,48 @@ PARAMETER_SITE = {
 _DOMINANCE = 0.95
 
 
-def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDrift:
-    """The stable drift from its unconstrained sites; bias makes ``baseline`` the control mean."""
-    decay = jnp.exp(log_decay)
+def _dominated(raw_weights, decay):
+    """Off-diagonal weights whose absolute row sums are below ``_DOMINANCE * decay``."""
     off_diagonal = raw_weights * (1.0 - jnp.eye(raw_weights.shape[-1], dtype=raw_weights.dtype))
     row_sum = jnp.sum(jnp.abs(off_diagonal), axis=-1)
     limit = _DOMINANCE * decay
     shrink = limit / (limit + row_sum)  # a bijection onto the open dominance set
-    dominated = off_diagonal * shrink[..., :, None]
+    return off_diagonal * shrink[..., :, None]
+
+
+def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDrift:
+    """The stable drift from its unconstrained sites; bias makes ``baseline`` the control mean."""
+    decay = jnp.exp(log_decay)
+    dominated = _dominated(raw_weights, decay)
     scaling = jnp.exp(log_scaling)
     weights = scaling[..., :, None] * dominated / scaling[..., None, :]
     matrix = weights - jnp.eye(decay.shape[-1]) * decay[..., None, :]
     bias = -jnp.einsum("...ij,...j->...i", matrix, baseline)
     return LinearDrift(log_decay, weights, bias)
+
+
+def drift_inverses(values, prior_mask=None):
+    """``(A^{-1}, s, (s I - A)^{-1})`` of the drift of ``values`` by matrix products only:
+    ``A = S (W - D) S^{-1}`` (scalings ``S``, decays ``D``, weights ``W`` with absolute row sums
+    below ``0.95 D``), so ``A^{-1} = -S (I - D^{-1} W)^{-1} D^{-1} S^{-1}`` and
+    ``(s I - A)^{-1} = S (I - (s I + D)^{-1} W)^{-1} (s I + D)^{-1} S^{-1}`` are Neumann series
+    of contractions (:func:`causalcell._core.neumann.neumann_inverse`); ``s`` is the Lyapunov
+    solver's Cayley shift."""
+    raw = values["drift_weights"]
+    if prior_mask is not None:
+        raw = raw * prior_mask
+    decay, scaling = jnp.exp(values["log_decay"]), jnp.exp(values["log_scaling"])
+    dominated = _dominated(raw, decay)
+    matrix = linear_drift_from_sites(values, prior_mask).matrix()
+    size = matrix.shape[-1]
+    shift = jnp.maximum(jnp.linalg.norm(matrix) / size**0.5, jnp.finfo(matrix.dtype).tiny)
+
+    def similar(diagonal):
+        """``S (I - diag(diagonal)^{-1} W)^{-1} diag(diagonal)^{-1} S^{-1}``."""
+        inverse = neumann_inverse(dominated / diagonal[:, None])
+        return scaling[:, None] * inverse / (diagonal * scaling)[None, :]
+
+    return -similar(decay), shift, similar(shift + decay)
 
 
 def linear_drift_from_sites(values, prior_mask=None) -> LinearDrift:
@@ -218,7 +248,7 @@ def condition_laws(
         means, covariances = stationary_moments(drift, sigma, interventions)
     else:
         means, covariances = stationary_moments_of_knockouts(
-            drift, sigma, interventions, knockout_rank
+            drift, sigma, interventions, knockout_rank, drift_inverses(values, prior_mask)
         )
     return ConditionLaws(drift, means, covariances)
 

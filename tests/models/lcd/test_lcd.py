@@ -13,6 +13,7 @@ from causalcell.models.lcd._program import (
     condition_interventions,
     condition_laws,
     drift_from_sites,
+    drift_inverses,
     lcd_model,
 )
 
@@ -113,6 +114,34 @@ def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     # A shift of gene 0 by its learned effect moves gene 0 by exactly that effect (decay 1).
     assert float(means[1, 0] - means[0, 0]) == pytest.approx(1.0, rel=1e-5)
     assert sites["counts"]["value"].shape == (4, genes)
+
+
+def test_drift_inverses_by_neumann_series_equal_the_inverses():
+    rng = np.random.default_rng(0)
+    size = 12
+    # Raw weights far from dominance, so the dominance map shrinks rows close to its bound.
+    values = {
+        "drift_weights": jnp.float32(rng.normal(0.0, 2.0, (size, size))),
+        "log_decay": jnp.float32(rng.normal(0.0, 0.5, size)),
+        "log_scaling": jnp.float32(rng.normal(0.0, 1.0, size)),
+        "baseline": jnp.zeros(size),
+    }
+    mask = (rng.random((size, size)) < 0.7).astype(np.float32)
+    matrix = np.asarray(
+        drift_from_sites(
+            values["drift_weights"] * mask,
+            values["log_decay"],
+            values["log_scaling"],
+            values["baseline"],
+        ).matrix(),
+        np.float64,
+    )
+    inverse, shift, resolvent = (np.asarray(v, np.float64) for v in drift_inverses(values, mask))
+    assert shift == pytest.approx(np.linalg.norm(matrix) / np.sqrt(size), rel=1e-5)
+    # float32 products on entries of order 1-10 (scalings up to e^2 apart): 1e-4 relative.
+    np.testing.assert_allclose(inverse, np.linalg.inv(matrix), rtol=1e-4, atol=1e-5)
+    exact = np.linalg.inv(shift * np.eye(size) - matrix)
+    np.testing.assert_allclose(resolvent, exact, rtol=1e-4, atol=1e-5)
 
 
 def test_knockout_laws_by_low_rank_updates_equal_the_per_condition_solves():
