@@ -26,8 +26,10 @@ DOUBLINGS = 10
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def neumann_inverse(contraction, doublings: int = DOUBLINGS):
     """``(I - M)^{-1}`` for ``M = contraction`` ``[..., n, n]`` whose operator norm (any) is
-    below one, e.g. a matrix whose absolute row sums are below one. Outside that condition the
-    result is not an inverse: callers guarantee it by construction.
+    below one, e.g. a matrix whose absolute row sums are below one, or similar to one by a
+    diagonal scaling ``S`` (the remainder then grows by ``cond(S)``, still far below float
+    rounding after :data:`DOUBLINGS`). Outside that condition the result is not an inverse:
+    callers guarantee it by construction.
 
     Examples
     --------

@@ -12,6 +12,7 @@ from causalcell.diffusion._kds import kds
 from causalcell.diffusion._likelihood import SampleMoments, stationary_log_likelihood
 from causalcell.diffusion._lyapunov import (
     UnstableDriftError,
+    cayley_shift,
     check_stable,
     solve_continuous_lyapunov,
     spectral_abscissa,
@@ -31,6 +32,7 @@ __all__ = [
     "NeuralDrift",
     "SampleMoments",
     "UnstableDriftError",
+    "cayley_shift",
     "check_stable",
     "intervene",
     "intervene_linear",

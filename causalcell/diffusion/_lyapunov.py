@@ -29,6 +29,7 @@ from causalcell._core.linalg import inv
 __all__ = [
     "UnstableDriftError",
     "cayley_resolvent",
+    "cayley_shift",
     "check_stable",
     "solve_continuous_lyapunov",
     "solve_lyapunov_resolved",
@@ -71,9 +72,15 @@ def _cayley(drift):
     spectrum: eigenvalues ``lambda`` map to ``(p + lambda) / (p - lambda)``, whose modulus is
     far from one unless ``|lambda|`` is far from ``p`` or near the imaginary axis.
     """
+    shift = cayley_shift(drift)
+    return shift, inv(shift * jnp.eye(drift.shape[-1], dtype=drift.dtype) - drift)
+
+
+def cayley_shift(drift):
+    """The solver's Cayley shift ``p = ||A||_F / sqrt(n)`` of a drift ``[n, n]`` (see
+    :func:`_cayley`), for callers that build the resolvent themselves."""
     size = drift.shape[-1]
-    shift = jnp.maximum(jnp.linalg.norm(drift) / np.sqrt(size), jnp.finfo(drift.dtype).tiny)
-    return shift, inv(shift * jnp.eye(size, dtype=drift.dtype) - drift)
+    return jnp.maximum(jnp.linalg.norm(drift) / np.sqrt(size), jnp.finfo(drift.dtype).tiny)
 
 
 def _stein(drift, noise, shift, resolvent):
@@ -131,17 +138,23 @@ def solve_lyapunov_resolved(drift, noise, shift, resolvent):
     Hurwitz drift. Neither ``p`` nor the resolvent is differentiated: the solution does not
     depend on them, and its derivative in ``drift`` and ``noise`` is the adjoint solve."""
     drift, noise = _as_float(jnp.asarray(drift), jnp.asarray(noise))
-    batch = jnp.broadcast_shapes(drift.shape[:-2], noise.shape[:-2], resolvent.shape[:-2])
-    arguments = [
-        jnp.broadcast_to(value, (*batch, *value.shape[-2:])).astype(drift.dtype)
-        for value in (drift, noise, resolvent)
+    shift, resolvent = jax.lax.stop_gradient(
+        (jnp.asarray(shift, drift.dtype), jnp.asarray(resolvent, drift.dtype))
+    )
+    return _batched(_resolved, (drift, 2), (noise, 2), (shift, 0), (resolvent, 2))
+
+
+def _batched(solver, *arguments):
+    """``solver`` mapped over the leading axes of its arguments, given as ``(array, rank)``
+    pairs (``rank`` trailing axes belong to one problem), broadcast against each other."""
+    batch = jnp.broadcast_shapes(*(value.shape[: value.ndim - rank] for value, rank in arguments))
+    arrays = [
+        jnp.broadcast_to(value, (*batch, *value.shape[value.ndim - rank :]))
+        for value, rank in arguments
     ]
-    shift = jnp.broadcast_to(jnp.asarray(shift, drift.dtype), batch)
-    solver = _resolved
     for _ in batch:
         solver = jax.vmap(solver)
-    drift, noise, resolvent = arguments
-    return solver(drift, noise, jax.lax.stop_gradient(shift), jax.lax.stop_gradient(resolvent))
+    return solver(*arrays)
 
 
 def solve_continuous_lyapunov(drift, noise):
@@ -189,13 +202,7 @@ def solve_continuous_lyapunov(drift, noise):
             f"noise has shape {noise.shape} but drift has shape {drift.shape}: "
             "their last two axes must match."
         )
-    batch = jnp.broadcast_shapes(drift.shape[:-2], noise.shape[:-2])
-    drift = jnp.broadcast_to(drift, (*batch, *drift.shape[-2:]))
-    noise = jnp.broadcast_to(noise, (*batch, *noise.shape[-2:]))
-    solver = _lyapunov
-    for _ in batch:
-        solver = jax.vmap(solver)
-    return solver(drift, noise)
+    return _batched(_lyapunov, (drift, 2), (noise, 2))
 
 
 def spectral_abscissa(drift) -> np.ndarray:

@@ -28,7 +28,14 @@ from causalcell.inference._subsample import Strata, subsample
 
 __all__ = ["EarlyStopping", "FitDivergedError", "fit"]
 
-GUIDES = ("amortized", "normal", "lowrank", "kronecker", "delta")
+#: The auto-guides ``fit`` builds by name (besides ``"amortized"``).
+_AUTO_GUIDES = {
+    "normal": AutoNormal,
+    "lowrank": AutoLowRankMultivariateNormal,
+    "kronecker": AutoKroneckerNormal,
+    "delta": AutoDelta,
+}
+GUIDES = ("amortized", *_AUTO_GUIDES)
 
 
 class FitDivergedError(RuntimeError):
@@ -79,17 +86,11 @@ def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
         return guide
     if guide == "amortized":
         return AmortizedGuide(model, plate=plate, **guide_kwargs)
+    if not isinstance(guide, str) or guide not in _AUTO_GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES} or a callable guide, got {guide!r}.")
     # Auto-guides start at the prior medians (see AmortizedGuide) unless told otherwise.
     guide_kwargs = {"init_loc_fn": init_to_median(num_samples=15), **guide_kwargs}
-    if guide == "normal":
-        return AutoNormal(model, **guide_kwargs)
-    if guide == "lowrank":
-        return AutoLowRankMultivariateNormal(model, **guide_kwargs)
-    if guide == "kronecker":
-        return AutoKroneckerNormal(model, **guide_kwargs)
-    if guide == "delta":
-        return AutoDelta(model, **guide_kwargs)
-    raise ValueError(f"guide must be one of {GUIDES} or a callable guide, got {guide!r}.")
+    return _AUTO_GUIDES[guide](model, **guide_kwargs)
 
 
 def _chunk_runner(svi: SVI, size: int, model_kwargs: Mapping):

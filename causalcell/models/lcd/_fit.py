@@ -15,7 +15,7 @@ from causalcell.inference import Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._guide import lcd_local_posterior
-from causalcell.models.lcd._program import lcd_model
+from causalcell.models.lcd._program import knockout_rank_of, lcd_model
 
 __all__ = [
     "PreparedScreen",
@@ -186,16 +186,14 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
         point_estimates = DECODER_SITES
     # Knockout screens: each condition's law by low-rank updates of one inverse (the most
     # targets of a condition is the rank), instead of one solve of order m per condition.
-    knockout_rank = (
-        int(arrays.condition_targets.sum(axis=1).max()) if intervention == "knockout" else None
-    )
+    update_rank = knockout_rank_of(intervention, arrays.condition_targets)
     return fit(
         lcd_model,
         data,
         model_kwargs={
             "intervention": intervention,
             "programs": space.programs,
-            "knockout_rank": knockout_rank,
+            "knockout_rank": update_rank,
         },
         guide_kwargs={
             "encoder_inputs": screen.encoder_inputs,
@@ -204,7 +202,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
                 condition_means(arrays.counts, arrays),
                 space.programs,
                 None if space.is_full else condition_rates(arrays),
-                knockout_rank,
+                update_rank,
             ),
             "init_values": start,
             "global_guide": global_guide,

@@ -14,7 +14,11 @@ import numpy as np
 from causalcell.clipr import linear_responses
 from causalcell.models.lcd._cells import generated_cells
 from causalcell.models.lcd._gene_space import reduce_programs
-from causalcell.models.lcd._program import condition_laws, linear_drift_from_sites
+from causalcell.models.lcd._program import (
+    condition_laws,
+    knockout_rank_of,
+    linear_drift_from_sites,
+)
 from causalcell.models.lcd._targets import perturbation_targets
 
 __all__ = [
@@ -27,23 +31,20 @@ __all__ = [
 ]
 
 
-def stationary_laws(model, draws: dict, rows):
+def stationary_laws(model, draws: dict, rows, rank_of=None):
     """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
-    state under the multi-hot targets ``rows`` ``[K, m]``."""
+    state under the multi-hot targets ``rows`` ``[K, m]``. On a knockout screen the laws come
+    from low-rank updates of one inverse (:func:`._program.condition_laws`) whose rank is the
+    most targets of one of ``rank_of`` (``rows`` by default: pass all rows when ``rows`` is a
+    chunk of them, so that every chunk runs one compiled program)."""
     rows = np.asarray(rows, np.float32)
     return _stationary_laws(
         draws,
         jnp.asarray(rows),
         model.prior_mask,
         intervention=model.intervention,
-        knockout_rank=_knockout_rank(model.intervention, rows),
+        knockout_rank=knockout_rank_of(model.intervention, rows if rank_of is None else rank_of),
     )
-
-
-def _knockout_rank(intervention: str, rows: np.ndarray) -> int | None:
-    """The most targets of one of ``rows`` on a knockout screen (the laws then come from one
-    inverse and low-rank updates, :func:`._program.condition_laws`), else ``None``."""
-    return int(rows.sum(axis=-1).max(initial=0)) if intervention == "knockout" else None
 
 
 @functools.partial(jax.jit, static_argnames=("intervention", "knockout_rank"))
@@ -82,18 +83,11 @@ def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key):
     num_draws, (count, size) = len(next(iter(draws.values()))), rows.shape
     chunk = int(np.clip(LAW_CHUNK_BYTES // (4 * num_draws * size * size), 1, count))
     noise = jax.random.normal(key, (num_draws, repeats, count, size))
-    rank = _knockout_rank(model.intervention, rows)  # of all rows: one program for every chunk
     means, latents = [], []
     for start in range(0, count, chunk):
         block = rows[start : start + chunk]
         padded = np.concatenate([block, np.repeat(block[-1:], chunk - len(block), axis=0)])
-        mean, _, factor = _stationary_laws(  # [S, k, m], [S, k, m, m]
-            draws,
-            jnp.asarray(padded),
-            model.prior_mask,
-            intervention=model.intervention,
-            knockout_rank=rank,
-        )
+        mean, _, factor = stationary_laws(model, draws, padded, rank_of=rows)  # [S, k, m(, m)]
         mean, factor = mean[:, : len(block)], factor[:, : len(block)]
         local = noise[:, :, start : start + len(block)]
         latents.append(mean[:, None] + jnp.einsum("skij,srkj->srki", factor, local))

@@ -36,6 +36,7 @@ from causalcell._core.neumann import neumann_inverse
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion import (
     LinearDrift,
+    cayley_shift,
     stationary_moments,
     stationary_moments_of_knockouts,
     stationary_moments_of_shifts,
@@ -76,19 +77,14 @@ PARAMETER_SITE = {
 _DOMINANCE = 0.95
 
 
-def _dominated(raw_weights, decay):
-    """Off-diagonal weights whose absolute row sums are below ``_DOMINANCE * decay``."""
+def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDrift:
+    """The stable drift from its unconstrained sites; bias makes ``baseline`` the control mean."""
+    decay = jnp.exp(log_decay)
     off_diagonal = raw_weights * (1.0 - jnp.eye(raw_weights.shape[-1], dtype=raw_weights.dtype))
     row_sum = jnp.sum(jnp.abs(off_diagonal), axis=-1)
     limit = _DOMINANCE * decay
     shrink = limit / (limit + row_sum)  # a bijection onto the open dominance set
-    return off_diagonal * shrink[..., :, None]
-
-
-def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDrift:
-    """The stable drift from its unconstrained sites; bias makes ``baseline`` the control mean."""
-    decay = jnp.exp(log_decay)
-    dominated = _dominated(raw_weights, decay)
+    dominated = off_diagonal * shrink[..., :, None]
     scaling = jnp.exp(log_scaling)
     weights = scaling[..., :, None] * dominated / scaling[..., None, :]
     matrix = weights - jnp.eye(decay.shape[-1]) * decay[..., None, :]
@@ -96,28 +92,32 @@ def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDri
     return LinearDrift(log_decay, weights, bias)
 
 
-def drift_inverses(values, prior_mask=None):
-    """``(A^{-1}, s, (s I - A)^{-1})`` of the drift of ``values`` by matrix products only:
-    ``A = S (W - D) S^{-1}`` (scalings ``S``, decays ``D``, weights ``W`` with absolute row sums
-    below ``0.95 D``), so ``A^{-1} = -S (I - D^{-1} W)^{-1} D^{-1} S^{-1}`` and
-    ``(s I - A)^{-1} = S (I - (s I + D)^{-1} W)^{-1} (s I + D)^{-1} S^{-1}`` are Neumann series
-    of contractions (:func:`causalcell._core.neumann.neumann_inverse`); ``s`` is the Lyapunov
-    solver's Cayley shift."""
-    raw = values["drift_weights"]
-    if prior_mask is not None:
-        raw = raw * prior_mask
-    decay, scaling = jnp.exp(values["log_decay"]), jnp.exp(values["log_scaling"])
-    dominated = _dominated(raw, decay)
-    matrix = linear_drift_from_sites(values, prior_mask).matrix()
-    size = matrix.shape[-1]
-    shift = jnp.maximum(jnp.linalg.norm(matrix) / size**0.5, jnp.finfo(matrix.dtype).tiny)
+def drift_inverses(drift: LinearDrift):
+    """``(A^{-1}, s, (s I - A)^{-1})`` of a drift built by :func:`drift_from_sites`, by matrix
+    products only.
 
-    def similar(diagonal):
-        """``S (I - diag(diagonal)^{-1} W)^{-1} diag(diagonal)^{-1} S^{-1}``."""
-        inverse = neumann_inverse(dominated / diagonal[:, None])
-        return scaling[:, None] * inverse / (diagonal * scaling)[None, :]
+    Its off-diagonal weights are ``W = S V S^{-1}`` (``S`` the scalings) with the absolute row
+    sums of ``V`` below ``0.95 D`` (``D`` the decays). For a diagonal ``E >= D``, ``E^{-1} W =
+    S (E^{-1} V) S^{-1}`` is similar to a contraction of norm below 0.95, so ``(E - W)^{-1} =
+    (I - E^{-1} W)^{-1} E^{-1}`` is a Neumann series
+    (:func:`causalcell._core.neumann.neumann_inverse`): ``A = W - D`` takes ``E = D`` (and a
+    sign), ``s I - A`` takes ``E = s + D``, ``s`` the Lyapunov solver's Cayley shift."""
+    decay = drift.decay
+    shift = cayley_shift(drift.matrix())
 
-    return -similar(decay), shift, similar(shift + decay)
+    def inverse_minus_weights(diagonal):
+        """``(diag(diagonal) - W)^{-1}``."""
+        return neumann_inverse(drift.weights / diagonal[:, None]) / diagonal[None, :]
+
+    return -inverse_minus_weights(decay), shift, inverse_minus_weights(shift + decay)
+
+
+def knockout_rank_of(kind: str, condition_targets) -> int | None:
+    """The most targets of one of the (concrete) ``condition_targets`` rows on a knockout
+    screen, the static rank of :func:`condition_laws`'s low-rank path; ``None`` otherwise."""
+    if kind != "knockout":
+        return None
+    return int(np.asarray(condition_targets).sum(axis=-1).max(initial=0))
 
 
 def linear_drift_from_sites(values, prior_mask=None) -> LinearDrift:
@@ -238,17 +238,12 @@ def condition_laws(
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
     if explicit is not None:
         interventions = compose(interventions, explicit)
-        knockouts = explicit.knockout
-        knockout_rank = (
-            knockout_rank + int(np.sum(knockouts))
-            if knockout_rank is not None and is_concrete(knockouts)
-            else None
-        )
+        knockout_rank = _rank(knockout_rank, explicit.knockout)
     if knockout_rank is None:
         means, covariances = stationary_moments(drift, sigma, interventions)
     else:
         means, covariances = stationary_moments_of_knockouts(
-            drift, sigma, interventions, knockout_rank, drift_inverses(values, prior_mask)
+            drift, sigma, interventions, knockout_rank, drift_inverses(drift)
         )
     return ConditionLaws(drift, means, covariances)
 
@@ -413,8 +408,9 @@ def _intervention_site(kind: str, genes: int):
 
 
 def _rank(knockout_rank, requested):
-    """Most knockouts of one condition once ``requested`` genes (a mask) join every condition's
-    targets; ``None`` (one solve per condition) when either is unknown at trace time."""
+    """Most knockouts of one condition once ``requested`` genes (a mask: a ``do`` request or
+    explicit knockouts) join every condition's targets; ``None`` (one solve per condition)
+    when either is unknown at trace time."""
     if knockout_rank is None or not is_concrete(requested):
         return None
     return knockout_rank + int(np.sum(requested))

@@ -2,6 +2,7 @@
 program's latent law against closed forms."""
 
 import anndata
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from causalcell.models.lcd._program import (
     drift_from_sites,
     drift_inverses,
     lcd_model,
+    linear_drift_from_sites,
 )
 
 
@@ -127,16 +129,9 @@ def test_drift_inverses_by_neumann_series_equal_the_inverses():
         "baseline": jnp.zeros(size),
     }
     mask = (rng.random((size, size)) < 0.7).astype(np.float32)
-    matrix = np.asarray(
-        drift_from_sites(
-            values["drift_weights"] * mask,
-            values["log_decay"],
-            values["log_scaling"],
-            values["baseline"],
-        ).matrix(),
-        np.float64,
-    )
-    inverse, shift, resolvent = (np.asarray(v, np.float64) for v in drift_inverses(values, mask))
+    drift = linear_drift_from_sites(values, mask)
+    matrix = np.asarray(drift.matrix(), np.float64)
+    inverse, shift, resolvent = (np.asarray(v, np.float64) for v in drift_inverses(drift))
     assert shift == pytest.approx(np.linalg.norm(matrix) / np.sqrt(size), rel=1e-5)
     # float32 products on entries of order 1-10 (scalings up to e^2 apart): 1e-4 relative.
     np.testing.assert_allclose(inverse, np.linalg.inv(matrix), rtol=1e-4, atol=1e-5)
@@ -153,6 +148,17 @@ def test_knockout_laws_by_low_rank_updates_equal_the_per_condition_solves():
     # float32 solves of order 3 (measured equal to 1e-7).
     np.testing.assert_allclose(updated.means, exact.means, atol=1e-5)
     np.testing.assert_allclose(updated.covariances, exact.covariances, atol=1e-5)
+
+    # And their gradients in the drift's sites (through the Neumann inverses and the Woodbury
+    # updates against through the per-condition inverses): float32, of order 1.
+    def loss(weights, rank):
+        laws = condition_laws(
+            {**values, "drift_weights": weights}, targets, "knockout", None, None, rank
+        )
+        return jnp.sum(jnp.sin(laws.means)) + jnp.sum(jnp.cos(laws.covariances))
+
+    gradients = [jax.grad(loss)(values["drift_weights"], rank) for rank in (None, 2)]
+    np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +207,12 @@ def test_fitted_lcd_answers_with_its_own_stationary_law(fitted):
 def test_predictions_computed_a_chunk_of_perturbations_at_a_time_are_the_same(fitted, monkeypatch):
     from causalcell.models.lcd import _linear
 
-    requests = [*sorted(fitted.trained_targets), "control"]
+    requests = [*sorted(fitted.trained_targets), "control"]  # 4 perturbations
     whole = fitted.predict(requests, num_cells=40, key=2)
-    # One perturbation per chunk (the last padded): same noise, same laws.
-    monkeypatch.setattr(_linear, "LAW_CHUNK_BYTES", 1)
+    # Three perturbations per chunk (40 draws, float32 [m, m] laws), so the second chunk is one
+    # perturbation padded with two copies of it: same noise, same laws.
+    size = len(fitted.coordinates)
+    monkeypatch.setattr(_linear, "LAW_CHUNK_BYTES", 3 * 40 * size * size * 4)
     chunked = fitted.predict(requests, num_cells=40, key=2)
     # The same float32 laws per perturbation, computed in another batch (measured equal).
     np.testing.assert_allclose(chunked.obsm["latent"], whole.obsm["latent"], atol=1e-5)
