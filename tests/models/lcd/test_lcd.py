@@ -161,6 +161,34 @@ def test_knockout_laws_by_low_rank_updates_equal_the_per_condition_solves():
     np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-4)
 
 
+def test_the_program_traced_under_jit_takes_the_low_rank_knockout_path(monkeypatch):
+    # Under jit the "no intervention" of the handlers used to be a tracer, so the rank of the
+    # updates was unknown and every SVI step of a knockout fit solved one law per condition
+    # (same values, several times the cost): the program must take the low-rank path there.
+    from causalcell.models.lcd import _program
+
+    def per_condition(*args, **kwargs):
+        raise AssertionError("the per-condition solves ran")
+
+    monkeypatch.setattr(_program, "stationary_moments", per_condition)
+    values = {**_three_gene_sites(), "knockout_depth": jnp.array([-1.0, -2.0, -0.5])}
+    del values["intervention_effect"]
+    targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1]], jnp.float32)
+
+    def log_density(sites):
+        model = seed(condition(lcd_model, sites), 0)
+        return trace(model).get_trace(
+            condition_index=jnp.array([0, 1, 2, 2]),
+            condition_targets=targets,
+            size_factors=jnp.ones(4),
+            baseline_prior=jnp.zeros(3),
+            intervention="knockout",
+            knockout_rank=2,
+        )["latent"]["value"].sum()
+
+    jax.make_jaxpr(log_density)(values)  # traced as SVI traces it: raises on the slow path
+
+
 @pytest.fixture(scope="module")
 def fitted():
     from causalcell.datasets import simulate_screen
