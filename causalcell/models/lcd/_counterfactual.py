@@ -227,8 +227,8 @@ def counterfactual_latents(
         Optional ``[cells]`` index of each cell's row of the targets (one Lyapunov solve of size
         ``2m`` per row, not per cell); by default cell ``c`` uses row ``c`` (or the only row).
     latent_scale_tril
-        Optional ``[cells, m, m]`` lower Cholesky factor of the local posterior covariance
-        (the guide's ``scale_tril``), which saves a factorisation per cell.
+        Optional ``[cells, m, m]`` (or shared ``[m, m]``) lower Cholesky factor of the local
+        posterior covariance (the guide's ``scale_tril``), which saves a factorisation per cell.
 
     Returns
     -------
@@ -257,7 +257,7 @@ def counterfactual_latents(
         latent_scale_tril = cholesky(latent_cov)
     posterior_factor = latent_scale_tril
     eps = jax.random.normal(posterior_key, latent_mean.shape, latent_mean.dtype)
-    x = latent_mean + jnp.einsum("cij,cj->ci", posterior_factor, eps)
+    x = latent_mean + jnp.einsum("...ij,...j->...i", posterior_factor, eps)  # or one [m, m]
     eta = jax.random.normal(path_key, latent_mean.shape, latent_mean.dtype)
     x_cf = (
         offset[pair_index]

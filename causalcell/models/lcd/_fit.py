@@ -15,7 +15,7 @@ from causalcell.inference import Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._guide import lcd_local_posterior
-from causalcell.models.lcd._program import knockout_rank_of, lcd_model
+from causalcell.models.lcd._program import BIAS_KINDS, knockout_rank_of, lcd_model
 
 __all__ = [
     "PreparedScreen",
@@ -52,6 +52,11 @@ def prepare_screen(arrays, space, registry, intervention: str, prior_mask) -> Pr
     return PreparedScreen(data, arrays, space, encoder_inputs, intervention, start, prior_mask)
 
 
+#: Shift and knockdown screens with more latent coordinates than this take the guide's message
+#: precisions at the mean counts over all cells, so that every condition shares one posterior
+#: covariance (:func:`._guide.lcd_local_posterior`'s ``pooled_counts``); smaller ones keep one
+#: per condition (a factorisation of order ``m`` per condition of the batch).
+SHARED_MESSAGES_ABOVE = 256
 #: ``condition_batch="auto"``: conditions per minibatch on screens of more than
 #: :data:`AUTO_CONDITIONS` conditions (uniform minibatches below).
 AUTO_CONDITION_BATCH = 16
@@ -187,6 +192,9 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     # Knockout screens: each condition's law by low-rank updates of one inverse (the most
     # targets of a condition is the rank), instead of one solve of order m per condition.
     update_rank = knockout_rank_of(intervention, arrays.condition_targets)
+    pooled = None
+    if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
+        pooled = np.asarray(arrays.counts.mean(axis=0), np.float32).ravel()
     return fit(
         lcd_model,
         data,
@@ -203,6 +211,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
                 space.programs,
                 None if space.is_full else condition_rates(arrays),
                 update_rank,
+                pooled,
             ),
             "init_values": start,
             "global_guide": global_guide,

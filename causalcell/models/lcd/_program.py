@@ -220,8 +220,8 @@ def condition_laws(
 
     Shift and knockdown screens (:data:`BIAS_KINDS`) move only the bias, so their conditions
     share one covariance: it is solved once (one Lyapunov equation per draw instead of one per
-    condition) and broadcast to ``[P, d, d]``, and the means come from one solve with ``P``
-    right-hand sides. Knockouts change rows of the drift: one solve per condition, or, given
+    condition) and broadcast to ``[P, d, d]``, and the means come from one inverse applied to
+    ``P`` biases; both from the drift's inverses by matrix products (:func:`drift_inverses`). Knockouts change rows of the drift: one solve per condition, or, given
     ``knockout_rank`` (the most targets of one condition, static), low-rank updates of one
     inverse (:func:`causalcell.diffusion.stationary_moments_of_knockouts`).
     Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised
@@ -233,7 +233,9 @@ def condition_laws(
     if kind in BIAS_KINDS:
         # Every condition has the same drift matrix and noise: one Lyapunov solve for all.
         shifts = condition_shifts(condition_targets, kind, parameters, drift)
-        means, covariance = stationary_moments_of_shifts(drift, sigma, shifts, explicit)
+        means, covariance = stationary_moments_of_shifts(
+            drift, sigma, shifts, explicit, drift_inverses(drift)
+        )
         return ConditionLaws(drift, means, covariance)
     interventions = condition_interventions(condition_targets, kind, parameters, drift)
     if explicit is not None:
