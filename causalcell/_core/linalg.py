@@ -29,6 +29,7 @@ force the pure path on (or off) whatever the jaxlib version.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -37,6 +38,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import jaxlib.version
 from jax import lax
+
+from causalcell._core.gauss_jordan import column_of, entry_of, pure_inverse, row_of
 
 __all__ = [
     "PURE_ON_CPU",
@@ -78,18 +81,6 @@ def _as_real(array):
     return array.astype(jnp.promote_types(array.dtype, jnp.float32))
 
 
-def _row(matrix, index):
-    return lax.dynamic_index_in_dim(matrix, index, axis=-2, keepdims=False)
-
-
-def _column(matrix, index):
-    return lax.dynamic_index_in_dim(matrix, index, axis=-1, keepdims=False)
-
-
-def _entry(vector, index):
-    return lax.dynamic_index_in_dim(vector, index, axis=-1, keepdims=False)
-
-
 # Triangular solves -----------------------------------------------------------------------------
 
 
@@ -103,11 +94,11 @@ def _forward_substitution(lower, rhs):
     columns = jnp.arange(lower.shape[-1])
 
     def step(index, solution):
-        row = _row(lower, index)
+        row = row_of(lower, index)
         # Only the solved rows (before ``index``) enter; masking keeps whatever the unread
         # upper triangle holds (even inf or NaN) out of the sum, as LAPACK does.
         known = jnp.einsum("...j,...jk->...k", jnp.where(columns < index, row, 0.0), solution)
-        value = (_row(rhs, index) - known) / _entry(row, index)[..., None]
+        value = (row_of(rhs, index) - known) / entry_of(row, index)[..., None]
         return lax.dynamic_update_index_in_dim(solution, value, index, axis=-2)
 
     return lax.fori_loop(0, lower.shape[-1], step, jnp.zeros_like(rhs))
@@ -158,6 +149,24 @@ def _lower_solve_jvp(primals, tangents):
 _lower_solve_jit = jax.jit(_lower_solve)
 
 
+def _shared_solve(matrix, rhs, lower: bool, transpose: bool):
+    """:func:`solve_triangular` of one matrix (batch axes of size one) against a batch of
+    right-hand sides ``[..., n, k]``, as one solve with the batch folded into the columns:
+    broadcasting the matrix instead would copy it once per batch member (a shared ``[m, m]``
+    posterior factor against a minibatch of cells: ``cells x m^2`` entries, and as many
+    row updates)."""
+    order, columns = rhs.shape[-2:]
+    batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
+    stacked = jnp.broadcast_to(rhs, (*batch, order, columns)).reshape(-1, order, columns)
+    folded = jnp.moveaxis(stacked, 0, -2).reshape(order, -1)  # [n, batch * k]
+    solution = solve_triangular(
+        matrix.reshape(order, order), folded, lower=lower, transpose=transpose
+    )
+    return jnp.moveaxis(solution.reshape(order, -1, columns), -2, 0).reshape(
+        (*batch, order, columns)
+    )
+
+
 def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False):
     """Solve ``T X = B`` (or ``T^T X = B``) for triangular ``T``.
 
@@ -187,6 +196,8 @@ def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False
     rhs = _as_real(rhs)
     dtype = jnp.result_type(matrix, rhs)
     matrix, rhs = matrix.astype(dtype), rhs.astype(dtype)
+    if rhs.ndim > 2 and math.prod(matrix.shape[:-2]) == 1:
+        return _shared_solve(matrix, rhs, lower, transpose)
     if not uses_pure():
         batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
         return jsl.solve_triangular(
@@ -215,8 +226,8 @@ def _right_looking_cholesky(matrix):
 
     def step(index, carry):
         complement, factor = carry
-        column = _column(complement, index)
-        pivot = jnp.sqrt(_entry(column, index))
+        column = column_of(complement, index)
+        pivot = jnp.sqrt(entry_of(column, index))
         column = jnp.where(rows >= index, column / pivot[..., None], 0.0)
         complement = complement - column[..., :, None] * column[..., None, :]
         return complement, lax.dynamic_update_index_in_dim(factor, column, index, axis=-1)
@@ -334,58 +345,6 @@ def covariance_factor(precision):
     return jnp.swapaxes(inverse, -1, -2)[..., ::-1, ::-1]
 
 
-def _swap_rows(matrix, first, second):
-    """Rows ``first`` (an int) and ``second`` (``[...]``, per batch member) exchanged."""
-    rows = jnp.arange(matrix.shape[-2])[:, None]
-    row_first = _row(matrix, first)[..., None, :]
-    row_second = jnp.take_along_axis(matrix, second[..., None, None], axis=-2)
-    swapped = jnp.where(rows == second[..., None, None], row_first, matrix)
-    return jnp.where(rows == first, row_second, swapped)
-
-
-def _gauss_jordan(matrix):
-    """Inverse by Gauss-Jordan elimination with partial pivoting on
-    ``[A | I]``: each step moves the largest remaining entry of a column onto the diagonal,
-    scales its row to a unit pivot and clears the column in every other row."""
-    order = matrix.shape[-1]
-    rows = jnp.arange(order)
-
-    def step(index, carry):
-        reduced, inverse = carry
-        candidates = jnp.where(rows >= index, jnp.abs(_column(reduced, index)), -1.0)
-        pivot_row = jnp.argmax(candidates, axis=-1)
-        reduced = _swap_rows(reduced, index, pivot_row)
-        inverse = _swap_rows(inverse, index, pivot_row)
-        column = _column(reduced, index)
-        pivot = _entry(column, index)[..., None]
-        reduced_row = _row(reduced, index) / pivot
-        inverse_row = _row(inverse, index) / pivot
-        multipliers = jnp.where(rows == index, 0.0, column)[..., :, None]
-        reduced = reduced - multipliers * reduced_row[..., None, :]
-        inverse = inverse - multipliers * inverse_row[..., None, :]
-        reduced = lax.dynamic_update_index_in_dim(reduced, reduced_row, index, axis=-2)
-        inverse = lax.dynamic_update_index_in_dim(inverse, inverse_row, index, axis=-2)
-        return reduced, inverse
-
-    identity = jnp.broadcast_to(jnp.eye(order, dtype=matrix.dtype), matrix.shape)
-    return lax.fori_loop(0, order, step, (matrix, identity))[1]
-
-
-@jax.custom_jvp
-def _pure_inv(matrix):
-    return _gauss_jordan(matrix)
-
-
-@_pure_inv.defjvp
-def _pure_inv_jvp(primals, tangents):
-    (matrix,), (matrix_dot,) = primals, tangents
-    inverse = _pure_inv(matrix)
-    return inverse, -inverse @ matrix_dot @ inverse
-
-
-_pure_inv_jit = jax.jit(_pure_inv)
-
-
 def inv(matrix):
     """Inverse of square matrices ``[..., n, n]`` (Gauss-Jordan with partial pivoting on the
     pure path). Singular matrices give non-finite entries.
@@ -400,7 +359,7 @@ def inv(matrix):
     matrix = _as_real(matrix)
     if not uses_pure():
         return jnp.linalg.inv(matrix)
-    return _pure_inv_jit(matrix)
+    return pure_inverse(matrix)
 
 
 def solve(matrix, rhs):
@@ -417,4 +376,4 @@ def solve(matrix, rhs):
             jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
             jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
         )
-    return _pure_inv_jit(matrix) @ rhs
+    return pure_inverse(matrix) @ rhs

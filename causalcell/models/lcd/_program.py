@@ -221,7 +221,8 @@ def condition_laws(
     Shift and knockdown screens (:data:`BIAS_KINDS`) move only the bias, so their conditions
     share one covariance: it is solved once (one Lyapunov equation per draw instead of one per
     condition) and broadcast to ``[P, d, d]``, and the means come from one inverse applied to
-    ``P`` biases; both from the drift's inverses by matrix products (:func:`drift_inverses`). Knockouts change rows of the drift: one solve per condition, or, given
+    ``P`` biases; both from the drift's inverses by matrix products (:func:`drift_inverses`).
+    Knockouts change rows of the drift: one solve per condition, or, given
     ``knockout_rank`` (the most targets of one condition, static), low-rank updates of one
     inverse (:func:`causalcell.diffusion.stationary_moments_of_knockouts`).
     Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised

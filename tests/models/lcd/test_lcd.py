@@ -177,14 +177,18 @@ def test_the_program_traced_under_jit_takes_the_low_rank_knockout_path(monkeypat
 
     def log_density(sites):
         model = seed(condition(lcd_model, sites), 0)
-        return trace(model).get_trace(
-            condition_index=jnp.array([0, 1, 2, 2]),
-            condition_targets=targets,
-            size_factors=jnp.ones(4),
-            baseline_prior=jnp.zeros(3),
-            intervention="knockout",
-            knockout_rank=2,
-        )["latent"]["value"].sum()
+        return (
+            trace(model)
+            .get_trace(
+                condition_index=jnp.array([0, 1, 2, 2]),
+                condition_targets=targets,
+                size_factors=jnp.ones(4),
+                baseline_prior=jnp.zeros(3),
+                intervention="knockout",
+                knockout_rank=2,
+            )["latent"]["value"]
+            .sum()
+        )
 
     jax.make_jaxpr(log_density)(values)  # traced as SVI traces it: raises on the slow path
 
