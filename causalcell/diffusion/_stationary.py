@@ -229,13 +229,15 @@ def stationary_moments_of_shifts(
     matrix, biases, sigma = intervene_linear(drift, sigma, shifted)
     _check_stable_if_concrete(matrix, intervention)
     noise = sigma[:, None] ** 2 * jnp.eye(drift.num_genes, dtype=matrix.dtype)
-    knocked = jnp.asarray(intervention.knockout, bool)
+    # Read before any jnp call, which would make even a NumPy mask a tracer under jit.
+    knocked = intervention.knockout
     if inverses is None or not is_concrete(knocked):
         means = -solve(matrix, biases.T).T
         covariance = solve_continuous_lyapunov(matrix, noise)
     else:
-        rank = int(np.sum(np.asarray(knocked)))
-        inverse, shift, resolvent = _updated_inverses(drift, knocked[None], rank, inverses)
+        knocked = np.asarray(knocked, bool)[None]
+        rank = int(knocked.sum())
+        inverse, shift, resolvent = _updated_inverses(drift, knocked, rank, inverses)
         means = -biases @ inverse[0].T
         covariance = solve_lyapunov_resolved(matrix, noise, shift, resolvent[0])
     return means, 0.5 * (covariance + covariance.T)

@@ -161,18 +161,24 @@ def test_knockout_laws_by_low_rank_updates_equal_the_per_condition_solves():
     np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-4)
 
 
-def test_the_program_traced_under_jit_takes_the_low_rank_knockout_path(monkeypatch):
-    # Under jit the "no intervention" of the handlers used to be a tracer, so the rank of the
-    # updates was unknown and every SVI step of a knockout fit solved one law per condition
-    # (same values, several times the cost): the program must take the low-rank path there.
+@pytest.mark.parametrize("kind", ["knockout", "shift"])
+def test_the_program_traced_under_jit_takes_the_matrix_product_laws(kind, monkeypatch):
+    # Under jit a jnp constant is a tracer: the handlers' "no intervention" used to be one, so
+    # the rank of the updates was unknown and every SVI step of a knockout fit solved one law
+    # per condition in the model; shift screens fell back to two inverses of order m (loops on
+    # jaxlib 0.10's CPU runtime, 87% of a step at m = 1,000). Same values, several times the
+    # cost: traced as SVI traces it, the program must take the matrix-product path.
+    from causalcell.diffusion import _stationary
     from causalcell.models.lcd import _program
 
-    def per_condition(*args, **kwargs):
-        raise AssertionError("the per-condition solves ran")
+    def slow_path(*args, **kwargs):
+        raise AssertionError("the laws were solved one inverse at a time")
 
-    monkeypatch.setattr(_program, "stationary_moments", per_condition)
-    values = {**_three_gene_sites(), "knockout_depth": jnp.array([-1.0, -2.0, -0.5])}
-    del values["intervention_effect"]
+    monkeypatch.setattr(_program, "stationary_moments", slow_path)
+    monkeypatch.setattr(_stationary, "solve_continuous_lyapunov", slow_path)
+    values = _three_gene_sites()
+    if kind == "knockout":
+        values["knockout_depth"] = values.pop("intervention_effect")
     targets = jnp.array([[0, 0, 0], [1, 0, 0], [0, 1, 1]], jnp.float32)
 
     def log_density(sites):
@@ -184,13 +190,13 @@ def test_the_program_traced_under_jit_takes_the_low_rank_knockout_path(monkeypat
                 condition_targets=targets,
                 size_factors=jnp.ones(4),
                 baseline_prior=jnp.zeros(3),
-                intervention="knockout",
-                knockout_rank=2,
+                intervention=kind,
+                knockout_rank=2 if kind == "knockout" else None,
             )["latent"]["value"]
             .sum()
         )
 
-    jax.make_jaxpr(log_density)(values)  # traced as SVI traces it: raises on the slow path
+    jax.make_jaxpr(log_density)(values)  # raises on the slow path
 
 
 @pytest.fixture(scope="module")
