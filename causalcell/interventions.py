@@ -48,13 +48,13 @@ class Intervention(NamedTuple):
     def identity(cls, num_genes: int, batch_shape: tuple[int, ...] = ()) -> Intervention:
         """The "no intervention" value for ``num_genes`` genes.
 
-        Its arrays are NumPy constants, so they stay concrete inside ``jit``: a program can
-        read which genes an intervention knocks out while it is traced (e.g. the rank of
-        :func:`causalcell.diffusion.stationary_moments_of_knockouts`'s updates), where
+        Its knockout mask is a read-only NumPy array, so it stays concrete inside ``jit``: a
+        program can read which genes an intervention knocks out while it is traced (e.g. the
+        rank of :func:`causalcell.diffusion.stationary_moments_of_knockouts`'s updates), where
         ``jnp.zeros`` would be a tracer there."""
         shape = (*batch_shape, num_genes)
-        zeros = np.zeros(shape, np.float32)
-        return cls(zeros, zeros, np.ones(shape, np.float32), np.zeros(shape, bool), zeros)
+        zeros = jnp.zeros(shape, jnp.float32)
+        return cls(zeros, zeros, jnp.ones(shape, jnp.float32), _mask(np.zeros(shape, bool)), zeros)
 
     @property
     def num_genes(self) -> int:
@@ -138,14 +138,20 @@ def from_targets(
             raise ValueError(f"Noise scales must be positive, got {concrete.tolist()}.")
     base = Intervention.identity(num_genes)
     if kind == "shift":
-        return base._replace(shift=jnp.asarray(base.shift).at[index].set(values))
+        return base._replace(shift=base.shift.at[index].set(values))
     if kind == "knockdown":
-        return base._replace(knockdown=jnp.asarray(base.knockdown).at[index].set(jnp.log(values)))
+        return base._replace(knockdown=base.knockdown.at[index].set(jnp.log(values)))
     if kind == "noise_scale":
-        return base._replace(noise_scale=jnp.asarray(base.noise_scale).at[index].set(values))
+        return base._replace(noise_scale=base.noise_scale.at[index].set(values))
     knocked = np.zeros(num_genes, bool)  # concrete under jit, as the identity's
     knocked[index] = True
     return base._replace(
-        knockout=knocked,
-        knockout_level=jnp.asarray(base.knockout_level).at[index].set(values),
+        knockout=_mask(knocked),
+        knockout_level=base.knockout_level.at[index].set(values),
     )
+
+
+def _mask(array: np.ndarray) -> np.ndarray:
+    """``array``, read-only: a knockout mask is a constant (as jax arrays are immutable)."""
+    array.setflags(write=False)
+    return array

@@ -235,7 +235,7 @@ def stationary_moments_of_shifts(
         means = -solve(matrix, biases.T).T
         covariance = solve_continuous_lyapunov(matrix, noise)
     else:
-        knocked = np.asarray(knocked, bool)[None]
+        knocked = np.broadcast_to(np.asarray(knocked, bool), (drift.num_genes,))[None]
         rank = int(knocked.sum())
         inverse, shift, resolvent = _updated_inverses(drift, knocked, rank, inverses)
         means = -biases @ inverse[0].T

@@ -155,7 +155,9 @@ def test_triangular_solve_ignores_other_triangle():
     )
 
 
-@pytest.mark.parametrize("lower, transpose", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize(
+    "lower, transpose", [(True, False), (True, True), (False, False), (False, True)]
+)
 def test_one_matrix_against_a_batch_of_right_hand_sides_is_one_folded_solve(lower, transpose):
     # A shared [m, m] factor against a minibatch of cells: the batch is folded into columns
     # instead of copying the matrix per cell; values and gradients as the broadcast solve.

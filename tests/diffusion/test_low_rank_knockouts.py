@@ -108,9 +108,10 @@ def test_shift_laws_from_the_drifts_inverses_equal_the_solves(shared, monkeypatc
     # request on a shift screen) is then a Woodbury update of rank 1.
     drift, sigma, _ = screen()
     shifts = jnp.float32(np.random.default_rng(2).normal(size=(CONDITIONS, GENES)))
-    common = None if shared is None else from_targets(GENES, [4], "knockout", -1.0)
 
     def loss(weights, inverses):
+        # Built where it is used, inside the jit below as a do request is inside a program.
+        common = None if shared is None else from_targets(GENES, [4], "knockout", -1.0)
         changed = LinearDrift(drift.log_decay, weights, drift.bias)
         if inverses:
             base = changed.matrix()

@@ -128,14 +128,15 @@ def lcd_local_posterior(
         )
         shared = pooled_counts is not None and laws.shared
         means, prior_precision = laws.means, laws.precisions()
-        prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
         if shared:  # one posterior covariance: one factorisation, no per-cell gather
             prior_precision = prior_precision[:1]
+            prior_information = means @ prior_precision[0]  # symmetric
             message_counts = jnp.asarray(pooled_counts)[None]
 
             def of_cell(values):
                 return values[0]
         else:
+            prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
             message_counts = condition_counts[conditions]
 
             def of_cell(values):

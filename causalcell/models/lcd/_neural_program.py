@@ -322,7 +322,8 @@ def _scaled_kds(
     )
     interventions = condition_interventions(condition_targets, intervention, parameters, drift)
     sigma = jnp.exp(sites["log_sigma"])
-    rows = jax.tree_util.tree_map(lambda field: field[condition], interventions)
+    # jnp indexing: a knockout mask may be a NumPy constant (Intervention.identity).
+    rows = jax.tree_util.tree_map(lambda field: jnp.asarray(field)[condition], interventions)
     condition_sizes = jnp.bincount(condition_index, length=num_conditions).astype(sigma.dtype)
     fallback = jax.lax.stop_gradient(jnp.sum(sigma**2 / drift.decay))
     deviation = kds(

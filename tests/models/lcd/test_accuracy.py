@@ -158,11 +158,21 @@ def test_pooled_message_precisions_give_the_exact_paths_answers(shift_screen, mo
     that all conditions share one posterior covariance (``_fit.SHARED_MESSAGES_ABOVE``): the
     same screen, seed and settings fitted that way against the per-condition guide."""
     from causalcell.models.lcd import _fit as fit_module
+    from causalcell.models.lcd import _guide
 
     adata, split, test_cells, exact = shift_screen
     monkeypatch.setattr(fit_module, "SHARED_MESSAGES_ABOVE", 0)
+    factorised = []  # how many posterior covariances each traced guide call factorises
+
+    def covariance_factor(precision):
+        factorised.append(precision.shape[0])
+        return original(precision)
+
+    original = _guide.covariance_factor
+    monkeypatch.setattr(_guide, "covariance_factor", covariance_factor)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     pooled = _fit(adata[np.isin(labels, split.train) & ~test_cells].copy(), "shift")
+    assert factorised and set(factorised) == {1}, factorised  # one for every condition
     models = {"exact": exact, "pooled": pooled}
     draws = {name: model.drift(num_samples=200) for name, model in models.items()}
     gap = np.abs(draws["exact"].mean(0) - draws["pooled"].mean(0))
@@ -174,9 +184,10 @@ def test_pooled_message_precisions_give_the_exact_paths_answers(shift_screen, mo
         name: _held_out_table(adata, model, split.held_out, split).loc["lcd", "energy_distance"]
         for name, model in models.items()
     }
-    # Held-out doubles within the noise of ~150-cell pseudobulks, as above (measured: 0.0187
-    # against 0.0183).
-    assert ed["pooled"] < ed["exact"] + 0.1, ed
+    # Held-out doubles: as good as the per-condition guide's (measured: 0.0187 against 0.0183);
+    # 0.03 (more than the measured value itself) fails a clearly worse guide and leaves room
+    # for the two fits' optimisation noise, which this test does not measure separately.
+    assert ed["pooled"] < ed["exact"] + 0.03, ed
     # Counterfactuals read the shared posterior factor [m, m] of the local posterior.
     cells = adata[labels == "control"][:20].copy()
     worlds = pooled.counterfactual(cells, split.held_out[0], num_samples=2, key=3)
