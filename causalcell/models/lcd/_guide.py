@@ -133,14 +133,14 @@ def lcd_local_posterior(
             prior_information = means @ prior_precision[0]  # symmetric
             message_counts = jnp.asarray(pooled_counts)[None]
 
-            def of_cell(values):
-                return values[0]
+            def of_cell(array):
+                return array[0]
         else:
             prior_information = jnp.einsum("pij,pj->pi", prior_precision, means)
             message_counts = condition_counts[conditions]
 
-            def of_cell(values):
-                return values[condition]
+            def of_cell(array):
+                return array[condition]
 
         eye = jnp.broadcast_to(jnp.eye(means.shape[-1]), prior_precision.shape)
         modelled = means.shape[-1] - programs
