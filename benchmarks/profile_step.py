@@ -116,8 +116,10 @@ def main() -> None:
             work / "trace", create_perfetto_trace=True, profiler_options=options
         )
 
-    threading.Timer(arguments.start, begin).start()
-    threading.Timer(arguments.stop, jax.profiler.stop_trace).start()
+    starter = threading.Timer(arguments.start, begin)
+    stopper = threading.Timer(arguments.stop, jax.profiler.stop_trace)
+    starter.start()
+    stopper.start()
     started = time.perf_counter()
     model = LCD.fit(
         adata,
@@ -128,6 +130,11 @@ def main() -> None:
         progress_bar=False,
         chunk_size=1,
     )
+    if starter.is_alive():  # still waiting: nothing was traced
+        starter.cancel()
+        stopper.cancel()
+        sys.exit("the fit ended before --start: lower it (after the first step's compilation)")
+    stopper.join()  # the trace is written when it stops
     seconds = model.posterior.config["chunk_seconds"]
     print(
         f"# fit {time.perf_counter() - started:.0f} s; seconds per step: "
