@@ -284,14 +284,18 @@ def stationary_moments_of_knockouts(
     Research Group, Princeton University.
     """
     check_linear_shapes(drift, sigma, intervention)
-    knocked = jnp.asarray(intervention.knockout, bool)
-    if knocked.ndim != 2:
-        raise ValueError(f"intervention must be a batch [P, d], got shape {knocked.shape}.")
-    if is_concrete(knocked) and int(knocked.sum(-1).max(initial=0)) > rank:
+    if np.ndim(intervention.knockout) != 2:
         raise ValueError(
-            f"a condition knocks out {int(knocked.sum(-1).max())} genes, more than rank={rank}: "
-            "pass a larger rank."
+            f"intervention must be a batch [P, d], got shape {np.shape(intervention.knockout)}."
         )
+    # Read before any jnp call, which would make even a NumPy mask a tracer under jit.
+    if is_concrete(intervention.knockout):
+        most = int(np.asarray(intervention.knockout, bool).sum(-1).max(initial=0))
+        if most > rank:
+            raise ValueError(
+                f"a condition knocks out {most} genes, more than rank={rank}: pass a larger rank."
+            )
+    knocked = jnp.asarray(intervention.knockout, bool)
     matrix, biases, sigma = intervene_linear(drift, sigma, intervention)
     _check_stable_if_concrete(matrix, intervention)
     inverse, shift, resolvent = _updated_inverses(drift, knocked, rank, inverses)

@@ -91,6 +91,14 @@ def test_a_condition_beyond_the_rank_raises_or_is_nan_under_jit():
     drift, sigma, intervention = screen()
     with pytest.raises(ValueError, match="knocks out 3 genes, more than rank=2"):
         stationary_moments_of_knockouts(drift, sigma, intervention, rank=2)
+    # A NumPy mask is concrete while a jit is traced: it raises there too, before any work.
+    numpy_mask = intervention._replace(knockout=np.asarray(intervention.knockout))
+    with pytest.raises(ValueError, match="knocks out 3 genes, more than rank=2"):
+        jax.jit(
+            lambda w: stationary_moments_of_knockouts(
+                LinearDrift(drift.log_decay, w, drift.bias), sigma, numpy_mask, rank=2
+            )
+        )(drift.weights)
     # Traced, it cannot raise: that condition's moments are NaN, the others exact.
     means, covariances = jax.jit(
         lambda knocked: stationary_moments_of_knockouts(

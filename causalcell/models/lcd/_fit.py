@@ -194,7 +194,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     update_rank = knockout_rank_of(intervention, arrays.condition_targets)
     pooled = None
     if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
-        pooled = np.asarray(arrays.counts.mean(axis=0), np.float32).ravel()
+        pooled = arrays.counts.mean(axis=0)  # float32 [genes], dense
     return fit(
         lcd_model,
         data,

@@ -38,6 +38,23 @@ def _held_out_table(adata, model, held_out, split):
     return table.pivot(index="model", columns="metric", values="value")
 
 
+def _drift_gaps(exact, other):
+    """``|mean difference| / sd of the difference`` of two fits' drift posteriors, entrywise
+    (200 draws each)."""
+    draws = [model.drift(num_samples=200) for model in (exact, other)]
+    gap = np.abs(draws[0].mean(0) - draws[1].mean(0))
+    spread = np.sqrt(draws[0].var(0) + draws[1].var(0))
+    return gap, spread
+
+
+def _held_out_ed(adata, models: dict, split) -> dict:
+    """LCD's energy distance on the held-out doubles, per model."""
+    return {
+        name: _held_out_table(adata, model, split.held_out, split).loc["lcd", "energy_distance"]
+        for name, model in models.items()
+    }
+
+
 @pytest.fixture(scope="module")
 def shift_screen():
     """Every gene shifted alone, plus doubles; half of each single's cells and half of the
@@ -136,20 +153,14 @@ def test_condition_batches_give_the_exact_paths_answers(knockout_screen):
     adata, split, train, exact = knockout_screen
     batched = _fit(train, "knockout", condition_batch=3)
     assert batched.posterior.config["strata_per_batch"] == 3
-    models = {"exact": exact, "batched": batched}
-    draws = {name: model.drift(num_samples=200) for name, model in models.items()}
-    gap = np.abs(draws["exact"].mean(0) - draws["batched"].mean(0))
-    spread = np.sqrt(draws["exact"].var(0) + draws["batched"].var(0))
+    gap, spread = _drift_gaps(exact, batched)
     # Two fits of one posterior differ by their optimisation noise, a fraction of the
     # posterior sd; 3 sds of the difference bound it for every entry of the 8 x 8 drift
     # (measured: 1.9 at most).
     assert np.all(gap <= 3.0 * spread + 1e-3), (gap / spread).max()
-    tables = {
-        name: _held_out_table(adata, model, split.held_out, split) for name, model in models.items()
-    }
     # Held-out doubles: the batched fit keeps the exact fit's clear win over additive, within
     # the noise of ~150-cell pseudobulks (measured: 0.07 against 0.05; additive 0.59).
-    ed = {name: table.loc["lcd", "energy_distance"] for name, table in tables.items()}
+    ed = _held_out_ed(adata, {"exact": exact, "batched": batched}, split)
     assert ed["batched"] < ed["exact"] + 0.1, ed
 
 
@@ -173,17 +184,11 @@ def test_pooled_message_precisions_give_the_exact_paths_answers(shift_screen, mo
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     pooled = _fit(adata[np.isin(labels, split.train) & ~test_cells].copy(), "shift")
     assert factorised and set(factorised) == {1}, factorised  # one for every condition
-    models = {"exact": exact, "pooled": pooled}
-    draws = {name: model.drift(num_samples=200) for name, model in models.items()}
-    gap = np.abs(draws["exact"].mean(0) - draws["pooled"].mean(0))
-    spread = np.sqrt(draws["exact"].var(0) + draws["pooled"].var(0))
+    gap, spread = _drift_gaps(exact, pooled)
     # Another member of the variational family and its own optimisation noise: 3 sds of the
     # difference, as for condition batches above (measured: 0.14 at most).
     assert np.all(gap <= 3.0 * spread + 1e-3), (gap / spread).max()
-    ed = {
-        name: _held_out_table(adata, model, split.held_out, split).loc["lcd", "energy_distance"]
-        for name, model in models.items()
-    }
+    ed = _held_out_ed(adata, {"exact": exact, "pooled": pooled}, split)
     # Held-out doubles: as good as the per-condition guide's (measured: 0.0187 against 0.0183);
     # 0.03 (more than the measured value itself) fails a clearly worse guide and leaves room
     # for the two fits' optimisation noise, which this test does not measure separately.
