@@ -62,11 +62,11 @@ from causalcell.diffusion import (
     stationary_mean,
 )
 from causalcell.interventions import Intervention
+from causalcell.models.lcd._drift import linear_drift_from_sites
 from causalcell.models.lcd._program import (
     PARAMETER_SITE,
     condition_interventions,
     intervention_parameters,
-    linear_drift_from_sites,
 )
 from causalcell.noise import NegativeBinomial
 

@@ -13,11 +13,11 @@ import numpy as np
 
 from causalcell.clipr import linear_responses
 from causalcell.models.lcd._cells import generated_cells
+from causalcell.models.lcd._drift import linear_drift_from_sites
 from causalcell.models.lcd._gene_space import reduce_programs
 from causalcell.models.lcd._program import (
     condition_laws,
     knockout_rank_of,
-    linear_drift_from_sites,
 )
 from causalcell.models.lcd._targets import perturbation_targets
 

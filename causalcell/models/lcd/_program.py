@@ -1,23 +1,10 @@
 """The NumPyro program of LCD with linear drift (DESIGN 3.1), stable by construction.
 
-Drift ``A = -diag(d) + diag(e^s) W' diag(e^-s)`` where ``W'`` is the raw off-diagonal weight
-matrix ``R`` mapped row-wise into strict diagonal dominance, ``W'_j = R_j rho d_j / (rho d_j +
-|R_j|_1)`` (so ``sum_k |W'_jk| < rho d_j``), and ``s`` a learned log-scaling. The map is a
-bijection from every raw row onto the open dominance set. A hard shrink (``R_j`` scaled down
-to the boundary wherever its sum exceeded ``rho d_j``) sent all the prior mass beyond the
-boundary onto it: the posterior piled up there (50-84% of NUTS draws in five of six rows of a
-simulated screen), the likelihood was flat along the raw weights beyond it, and the
-credible intervals of the direct effects in those rows were too narrow.
-
-``A`` is similar to a diagonally dominant matrix with a negative diagonal, so every
-eigenvalue has a negative real part (Gershgorin) for all parameter values, including after
-knockouts (principal submatrices stay dominant). The scaling lets one-way regulation exceed
-the target's decay (``A_ij = W'_ij e^{s_i - s_j}``), so every DAG drift is
-reachable; only two-cycles are bounded (``A_ij A_ji = W'_ij W'_ji``).
-
-The latent state is one coordinate per modelled gene followed by ``programs`` latent programs;
-genes that are not modelled are decoded linearly from it (:mod:`._gene_space`, which states
-the choice and its cost). With every gene modelled and no programs it is the full model.
+The drift comes from its unconstrained sites by :func:`._drift.drift_from_sites` (stable for
+every parameter value; the module states the map and the raw weights' prior). The latent
+state is one coordinate per modelled gene followed by ``programs`` latent programs; genes
+that are not modelled are decoded linearly from it (:mod:`._gene_space`, which states the
+choice and its cost). With every gene modelled and no programs it is the full model.
 """
 
 from __future__ import annotations
@@ -32,11 +19,9 @@ import numpyro.distributions as dist
 
 from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import cho_solve, cholesky
-from causalcell._core.neumann import neumann_inverse
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion import (
     LinearDrift,
-    cayley_shift,
     stationary_moments,
     stationary_moments_of_knockouts,
     stationary_moments_of_shifts,
@@ -45,6 +30,12 @@ from causalcell.handlers import intervention as intervention_request
 from causalcell.inference import batch_strata
 from causalcell.interventions import Intervention, compose
 from causalcell.models.lcd._decoder import decode, sample_decoder
+from causalcell.models.lcd._drift import (
+    WEIGHT_SCALE,
+    drift_inverses,
+    drift_weight_prior,
+    linear_drift_from_sites,
+)
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
@@ -55,10 +46,8 @@ __all__ = [
     "condition_interventions",
     "condition_laws",
     "condition_shifts",
-    "drift_from_sites",
     "intervention_parameters",
     "lcd_model",
-    "linear_drift_from_sites",
     "sample_screen_sites",
 ]
 
@@ -73,43 +62,6 @@ PARAMETER_SITE = {
     "knockdown": "knockdown_strength",
     "knockout": "knockout_depth",
 }
-#: Strength of the diagonal dominance that keeps the drift stable (see module docstring).
-_DOMINANCE = 0.95
-
-
-def drift_from_sites(raw_weights, log_decay, log_scaling, baseline) -> LinearDrift:
-    """The stable drift from its unconstrained sites; bias makes ``baseline`` the control mean."""
-    decay = jnp.exp(log_decay)
-    off_diagonal = raw_weights * (1.0 - jnp.eye(raw_weights.shape[-1], dtype=raw_weights.dtype))
-    row_sum = jnp.sum(jnp.abs(off_diagonal), axis=-1)
-    limit = _DOMINANCE * decay
-    shrink = limit / (limit + row_sum)  # a bijection onto the open dominance set
-    dominated = off_diagonal * shrink[..., :, None]
-    scaling = jnp.exp(log_scaling)
-    weights = scaling[..., :, None] * dominated / scaling[..., None, :]
-    matrix = weights - jnp.eye(decay.shape[-1]) * decay[..., None, :]
-    bias = -jnp.einsum("...ij,...j->...i", matrix, baseline)
-    return LinearDrift(log_decay, weights, bias)
-
-
-def drift_inverses(drift: LinearDrift):
-    """``(A^{-1}, s, (s I - A)^{-1})`` of a drift built by :func:`drift_from_sites`, by matrix
-    products only.
-
-    Its off-diagonal weights are ``W = S V S^{-1}`` (``S`` the scalings) with the absolute row
-    sums of ``V`` below ``0.95 D`` (``D`` the decays). For a diagonal ``E >= D``, ``E^{-1} W =
-    S (E^{-1} V) S^{-1}`` is similar to a contraction of norm below 0.95, so ``(E - W)^{-1} =
-    (I - E^{-1} W)^{-1} E^{-1}`` is a Neumann series
-    (:func:`causalcell._core.neumann.neumann_inverse`): ``A = W - D`` takes ``E = D`` (and a
-    sign), ``s I - A`` takes ``E = s + D``, ``s`` the Lyapunov solver's Cayley shift."""
-    decay = drift.decay
-    shift = cayley_shift(drift.matrix())
-
-    def inverse_minus_weights(diagonal):
-        """``(diag(diagonal) - W)^{-1}``."""
-        return neumann_inverse(drift.weights / diagonal[:, None]) / diagonal[None, :]
-
-    return -inverse_minus_weights(decay), shift, inverse_minus_weights(shift + decay)
 
 
 def knockout_rank_of(kind: str, condition_targets) -> int | None:
@@ -118,14 +70,6 @@ def knockout_rank_of(kind: str, condition_targets) -> int | None:
     if kind != "knockout":
         return None
     return int(np.asarray(condition_targets).sum(axis=-1).max(initial=0))
-
-
-def linear_drift_from_sites(values, prior_mask=None) -> LinearDrift:
-    """The drift of one draw of the global sites ``values`` (a dict), with the prior mask."""
-    raw = values["drift_weights"]
-    if prior_mask is not None:
-        raw = raw * prior_mask
-    return drift_from_sites(raw, values["log_decay"], values["log_scaling"], values["baseline"])
 
 
 def condition_interventions(condition_targets, kind: str, parameters: dict, drift: LinearDrift):
@@ -273,7 +217,7 @@ def lcd_model(
     response_scales=None,
     intervention: str = "shift",
     noise: NoiseModel | None = None,
-    weight_scale: float = 0.3,
+    weight_scale: float = WEIGHT_SCALE,
     programs: int = 0,
     loading_scale: float = 1.0,
     coordinates=None,
@@ -317,7 +261,8 @@ def lcd_model(
     noise
         Observation model; negative binomial by default.
     weight_scale
-        Scale of the Laplace (sparsity) prior on raw off-diagonal weights.
+        Scale of a row's raw off-diagonal weights taken together: each is Cauchy, the scale
+        shared out over the row's allowed regulators (:mod:`._drift`).
     programs
         Number of latent programs (the last coordinates of the state).
     loading_scale
@@ -356,9 +301,7 @@ def lcd_model(
     noise = noise if noise is not None else NegativeBinomial()
     size = condition_targets.shape[-1]  # latent coordinates: modelled genes, then programs
     mask = jnp.ones((size, size)) if prior_mask is None else jnp.asarray(prior_mask, float)
-    raw = numpyro.sample(
-        "drift_weights", dist.Laplace(0.0, weight_scale).expand([size, size]).to_event(2)
-    )
+    raw = numpyro.sample("drift_weights", drift_weight_prior(mask, weight_scale))
     log_decay = numpyro.sample("log_decay", dist.Normal(0.0, 0.5).expand([size]).to_event(1))
     log_scaling = numpyro.sample("log_scaling", dist.Normal(0.0, 1.0).expand([size]).to_event(1))
     values = {

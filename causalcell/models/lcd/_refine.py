@@ -47,6 +47,7 @@ from numpyro.infer import init_to_value
 from causalcell._core.keys import as_key
 from causalcell._core.linalg import cho_solve, cholesky
 from causalcell.inference import fit_nuts
+from causalcell.models.lcd._drift import WEIGHT_SCALE
 from causalcell.models.lcd._guide import PSEUDO_COUNT, message_mean, message_precision
 from causalcell.models.lcd._program import condition_laws, lcd_model
 from causalcell.noise import NegativeBinomial, Poisson
@@ -128,7 +129,7 @@ def collapsed_lcd_model(
     prior_mask=None,
     intervention: str = "shift",
     noise=None,
-    weight_scale: float = 0.3,
+    weight_scale: float = WEIGHT_SCALE,
     knockout_rank: int | None = None,
 ):
     """LCD's globals with the per-cell latents integrated out by Laplace messages.

@@ -20,11 +20,11 @@ from causalcell.models.lcd._counterfactual import (
     counterfactual_latents,
     paired_stationary_moments,
 )
+from causalcell.models.lcd._drift import linear_drift_from_sites
 from causalcell.models.lcd._program import (
     PARAMETER_SITE,
     condition_interventions,
     intervention_parameters,
-    linear_drift_from_sites,
 )
 
 EXACT = 1e-4  # float32 identities (see the module docstring)

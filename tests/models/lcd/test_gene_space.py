@@ -24,6 +24,7 @@ from causalcell.diffusion import stationary_moments
 from causalcell.handlers import WORLDS
 from causalcell.inference._trace import abstract_trace
 from causalcell.models.lcd import LCD, UnseenTargetError
+from causalcell.models.lcd._drift import drift_from_sites
 from causalcell.models.lcd._gene_space import (
     DEFAULT_PROGRAMS,
     FULL_GENE_LIMIT,
@@ -31,7 +32,7 @@ from causalcell.models.lcd._gene_space import (
     reduce_programs,
 )
 from causalcell.models.lcd._guide import lcd_local_posterior
-from causalcell.models.lcd._program import condition_interventions, drift_from_sites, lcd_model
+from causalcell.models.lcd._program import condition_interventions, lcd_model
 
 
 def _dense(matrix):
@@ -104,7 +105,9 @@ def test_without_programs_the_program_is_the_full_model_site_by_site():
     means, covariances = _laws(values, targets)
     stats = scipy.stats
     expected = (
-        stats.laplace.logpdf(values["drift_weights"], 0.0, 0.3).sum()
+        0.0
+        # Cauchy, the row's scale shared out over its 2 regulators (_drift.drift_weight_prior).
+        + stats.cauchy.logpdf(values["drift_weights"], 0.0, 1.0 / (3 * (1 + np.log(3)))).sum()
         + stats.norm.logpdf(values["log_decay"], 0.0, 0.5).sum()
         + stats.norm.logpdf(values["log_scaling"], 0.0, 1.0).sum()
         + stats.norm.logpdf(values["baseline"], data["baseline_prior"], 1.5).sum()

@@ -10,13 +10,11 @@ from numpyro.handlers import condition, seed, trace
 
 from causalcell.diffusion import spectral_abscissa, stationary_moments
 from causalcell.interventions import compose, from_targets
+from causalcell.models.lcd._drift import drift_from_sites, drift_inverses, linear_drift_from_sites
 from causalcell.models.lcd._program import (
     condition_interventions,
     condition_laws,
-    drift_from_sites,
-    drift_inverses,
     lcd_model,
-    linear_drift_from_sites,
 )
 
 
