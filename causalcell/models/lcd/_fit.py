@@ -176,7 +176,8 @@ def initial_drift(arrays, intervention: str, space, prior_mask) -> dict:
             estimate = direct_effects(responses, targets=targets[single].argmax(axis=-1))
         effects[:modelled, :modelled] = np.nan_to_num(estimate.mean)
     off = ~np.eye(latent_size, dtype=bool)
-    noise = 1.4826 * np.median(np.abs(effects[:modelled, :modelled][off[:modelled, :modelled]]))
+    entries = np.abs(effects[:modelled, :modelled][off[:modelled, :modelled]])
+    noise = 1.4826 * np.median(entries) if entries.size else 0.0  # one gene: no entry
     effects = np.sign(effects) * np.maximum(np.abs(effects) - 2.0 * noise, 0.0) * off
     if prior_mask is not None:
         effects = effects * np.asarray(prior_mask)
