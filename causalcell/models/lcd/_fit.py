@@ -249,7 +249,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
                 intervention,
                 condition_means(arrays.counts, arrays),
                 space.programs,
-                None if space.is_full else condition_rates(arrays),
+                condition_rates(arrays),
                 update_rank,
                 pooled,
             ),

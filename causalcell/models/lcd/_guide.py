@@ -14,6 +14,17 @@ Built from the globals drawn in the same guide call, it tracks the model during 
 there is no amortization gap to close: the encoder only adds a learned correction to the
 message mean.
 
+``LCD.fit`` linearises every message at the condition's mean rate (the Fisher information
+there, one Newton step from it) and then relinearises each count at the cell's own current
+log-rate, :data:`SCORING_STEPS` times (Fisher scoring with the condition's precisions, so the
+factorisations stay per condition; the score is taken at the rate's lognormal mean under
+``q``). Messages fixed at each count's own mode biased the noise parameters that the ELBO
+fits through ``q``: on a 46-gene shift screen the negative binomial concentrations came out
+up to 4 times too high on deep genes and too low on shallow ones, each gene's variance was
+split wrongly between latent noise and overdispersion, and through the cross-covariances the
+direct effects a gene exerts were scaled by up to 1.55 (CLIPR intervals then missed them).
+With the relinearised means the same fit's edge RMSE fell from 0.109 to 0.064.
+
 In a reduced gene space (:mod:`._gene_space`) the log-rates of a cell in condition ``p`` are
 ``D_full z + o_p`` with ``D_full`` stacking identity rows for the modelled genes and the
 loadings ``F`` for decoded genes, and offsets ``o_p`` (zero for modelled genes,
@@ -43,6 +54,9 @@ __all__ = ["lcd_local_posterior", "linearised_mean", "message_mean", "message_pr
 
 #: Pseudo-count added to every count so that zero counts have a finite message mode.
 PSEUDO_COUNT = 0.5
+#: Fisher-scoring steps that relinearise each count at the cell's own log-rate
+#: (:func:`lcd_local_posterior`).
+SCORING_STEPS = 2
 #: Smallest condition rate a decoded gene's message is linearised at (rates per unit size
 #: factor; a gene with no count in a condition has mean count 0, hence message precision 0).
 _RATE_FLOOR = 1e-12
@@ -101,15 +115,16 @@ def lcd_local_posterior(
     another member of the variational family (a covariance that does not follow a condition's
     count depth); its means still use every cell's own message.
 
-    ``condition_rates`` ``[P, genes]`` (needed with decoded genes): mean of ``counts / size
-    factor`` of each gene in each condition. With them, every message linearises its count's
-    likelihood at the condition's rate (:func:`linearised_mean`; precision the Fisher
-    information ``mu theta / (mu + theta)`` at the mean count ``mu``) instead of at the count's
-    pseudo-counted mode. A reduced space is for screens of thousands of genes, many at a count
-    or less per cell, where the mode message is biased up by the pseudo-count and
-    overconfident (precision about 0.5 against a Fisher information of the mean count): at
-    1,000 genes it pulled knocked-out cells toward the control state and halved the learned
-    knockout depths. Without them (the full model), the mode messages.
+    ``condition_rates`` ``[P, genes]`` (needed with decoded genes; ``LCD.fit`` always passes
+    them): mean of ``counts / size factor`` of each gene in each condition. With them, every
+    message linearises its count's likelihood at the condition's rate (:func:`linearised_mean`;
+    precision the Fisher information ``mu theta / (mu + theta)`` at the mean count ``mu``)
+    instead of at the count's pseudo-counted mode, and is then relinearised at the cell's own
+    log-rate (module docstring). A reduced space is for screens of thousands of genes, many at a
+    count or less per cell, where the mode message is biased up by the pseudo-count and
+    overconfident (precision about 0.5 against a Fisher information of the mean count): at 1,000
+    genes it pulled knocked-out cells toward the control state and halved the learned knockout
+    depths. Without them, the mode messages (no relinearisation).
 
     Under a fit's condition-by-condition minibatches (:func:`causalcell.inference.batch_strata`)
     only the batch's conditions get laws and factorisations.
@@ -173,8 +188,34 @@ def lcd_local_posterior(
             offsets = decoded_offsets(means, values["baseline"], decoder, modelled)  # [K, decoded]
             residual = messages[:, modelled:] - offsets[condition] + loc @ loadings.T
             information = information + (of_cell(decoded) * residual) @ loadings
+        # Half the posterior variance of each log-rate [K (or 1), genes]: the rate's lognormal
+        # mean is e^(eta + variance / 2).
+        half_variance = 0.5 * jnp.sum(factor**2, axis=-1)[..., :modelled]
+        if decoder is not None:
+            decoded_variance = jnp.sum(jnp.einsum("gi,pij->pgj", loadings, factor) ** 2, axis=-1)
+            half_variance = jnp.concatenate([half_variance, 0.5 * decoded_variance], axis=-1)
+        half_variance = of_cell(half_variance)
         factor = of_cell(factor)  # [cells, m, m], or the shared [m, m]
         mean = jnp.einsum("...ij,...kj,...k->...i", factor, factor, information)
+        concentration = values.get("noise_concentration")
+        for _ in range(SCORING_STEPS if linearised else 0):
+            # Relinearise every count at the cell's own current log-rate (Fisher scoring with
+            # the condition's precisions): information ``lambda eta + score(eta)``.
+            eta = mean[:, :modelled] + half_variance[..., :modelled]
+            score = _score(counts[:, :modelled], size_factors, eta, _genes(concentration, modelled))
+            information = (
+                prior_information[condition] + of_cell(own) * (mean + loc) + _pad(score, programs)
+            )
+            if decoder is not None:
+                eta = offsets[condition] + mean @ loadings.T + half_variance[..., modelled:]
+                score = _score(
+                    counts[:, modelled:], size_factors, eta, _genes(concentration, None, modelled)
+                )
+                information = (
+                    information
+                    + (of_cell(decoded) * ((mean + loc) @ loadings.T) + score) @ loadings
+                )
+            mean = jnp.einsum("...ij,...kj,...k->...i", factor, factor, information)
         return {"latent": MultivariateNormal(mean, scale_tril=factor)}
 
     return local_posterior
@@ -185,3 +226,17 @@ def _pad(values, programs: int):
     if programs == 0:
         return values
     return jnp.concatenate([values, jnp.zeros((*values.shape[:-1], programs), values.dtype)], -1)
+
+
+def _genes(concentration, stop, start: int = 0):
+    """Concentrations of genes ``start:stop`` (None stays None: Poisson)."""
+    return None if concentration is None else concentration[start:stop]
+
+
+def _score(counts, size_factors, log_rates, concentration):
+    """Derivative of each count's log-likelihood in its log-rate: ``y - (y + theta) mu /
+    (theta + mu)`` under a negative binomial of mean ``mu = l e^eta`` (``y - mu``, Poisson)."""
+    rate = size_factors[:, None] * jnp.exp(log_rates)
+    if concentration is None:
+        return counts - rate
+    return counts - (counts + concentration) * rate / (concentration + rate)
