@@ -117,17 +117,17 @@ def raw_weights_of(direct) -> tuple[np.ndarray, np.ndarray]:
     effects ``direct`` ``[m, m]`` (drift orientation, diagonal ignored): the inverse of
     :func:`drift_from_sites` where fitting starts from an estimate of the effects.
 
-    The dominance set holds the rows ``E x / x_i`` (``x = e^s``) only when the spectral radius
-    of ``|E|`` is below the dominance strength; ``E`` is scaled down to 80% of that bound when
-    it is not. ``x = (I - |E| / c)^{-1} 1`` (``c`` 95% of the bound) then gives row sums
-    ``c (x_i - 1) / x_i < c``.
+    Some scaling ``x = e^s`` puts every row ``E_i x / x_i`` in the dominance set only when the
+    spectral radius of ``|E|`` is below the dominance strength ``rho``. With ``c = 0.95 rho``,
+    ``E`` is scaled down (direction kept) to a spectral radius of at most ``0.8 c``; then
+    ``x = (I - |E| / c)^{-1} 1`` is positive and gives row sums ``c (x_i - 1) / x_i < c``.
     """
     effects = np.asarray(direct, np.float64) * (1.0 - np.eye(np.shape(direct)[-1]))
-    magnitude = np.abs(effects)
-    bound = 0.95 * _DOMINANCE
-    radius = float(np.max(np.abs(np.linalg.eigvals(magnitude)), initial=0.0))
+    bound = 0.95 * _DOMINANCE  # c
+    radius = float(np.max(np.abs(np.linalg.eigvals(np.abs(effects))), initial=0.0))
     if radius > 0.8 * bound:
-        effects, magnitude = effects * (0.8 * bound / radius), magnitude * (0.8 * bound / radius)
+        effects = effects * (0.8 * bound / radius)
+    magnitude = np.abs(effects)
     scaling = np.linalg.solve(np.eye(len(effects)) - magnitude / bound, np.ones(len(effects)))
     dominated = effects * scaling[None, :] / scaling[:, None]
     row_sum = np.abs(dominated).sum(axis=-1)  # below the limit, _DOMINANCE at unit decays
