@@ -149,7 +149,7 @@ def initial_values(arrays, intervention: str) -> dict:
     return {name: np.asarray(value, np.float32) for name, value in values.items()}
 
 
-def initial_drift(arrays, intervention: str, space, prior_mask) -> dict:
+def initial_drift(rates, condition_targets, intervention: str, space, prior_mask) -> dict:
     """Where the drift's raw weights and log-scalings start on a shift or knockdown screen:
     closed-form CLIPR of the pseudobulk responses, denoised (empty on knockout screens).
 
@@ -159,21 +159,23 @@ def initial_drift(arrays, intervention: str, space, prior_mask) -> dict:
     the noise level (1.4826 times the median absolute entry, a robust scale when most
     entries are zero) are soft-thresholded to zero; :func:`._drift.raw_weights_of` maps the
     rest into the dominance set. Starting at zero instead, SVI left weak true edges in the
-    prior's spike at zero. ``space`` is the gene space, ``prior_mask`` in latent coordinates.
+    prior's spike at zero. ``rates`` are :func:`condition_rates`, ``condition_targets`` the
+    screen's ``[P, genes]``, ``space`` its gene space, ``prior_mask`` in latent coordinates.
     """
     if intervention not in BIAS_KINDS:
         return {}
-    levels = np.log(condition_rates(arrays) + 1e-6)
-    targets = arrays.condition_targets.astype(bool)
+    levels = np.log(rates + 1e-6)
+    targets = np.asarray(condition_targets, bool)
     single = np.flatnonzero(targets.sum(axis=-1) == 1)
-    single = single[np.unique(targets[single].argmax(axis=-1), return_index=True)[1]]
+    genes, first = np.unique(targets[single].argmax(axis=-1), return_index=True)
+    single = single[first]
     latent_size, modelled = space.latent_size, len(space.modelled)  # modelled genes lead
     effects = np.zeros((latent_size, latent_size))
     if single.size:
         responses = (levels[single, :modelled] - levels[0, :modelled]).T
         with warnings.catch_warnings():  # a poor start is still a start
             warnings.simplefilter("ignore", IllConditionedResponsesWarning)
-            estimate = direct_effects(responses, targets=targets[single].argmax(axis=-1))
+            estimate = direct_effects(responses, targets=genes)
         effects[:modelled, :modelled] = np.nan_to_num(estimate.mean)
     off = ~np.eye(latent_size, dtype=bool)
     entries = np.abs(effects[:modelled, :modelled][off[:modelled, :modelled]])
@@ -232,6 +234,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     # Knockout screens: each condition's law by low-rank updates of one inverse (the most
     # targets of a condition is the rank), instead of one solve of order m per condition.
     update_rank = knockout_rank_of(intervention, arrays.condition_targets)
+    rates = condition_rates(arrays)
     pooled = None
     if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
         pooled = arrays.counts.mean(axis=0)  # float32 [genes], dense
@@ -249,13 +252,15 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
                 intervention,
                 condition_means(arrays.counts, arrays),
                 space.programs,
-                condition_rates(arrays),
+                rates,
                 update_rank,
                 pooled,
             ),
             "init_values": {
                 **start,
-                **initial_drift(arrays, intervention, space, data.get("prior_mask")),
+                **initial_drift(
+                    rates, arrays.condition_targets, intervention, space, data.get("prior_mask")
+                ),
             },
             "global_guide": global_guide,
             "rank": rank,

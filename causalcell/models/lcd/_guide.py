@@ -174,49 +174,52 @@ def lcd_local_posterior(
                 raise ValueError("Decoded genes need condition_rates (see lcd_local_posterior).")
             loadings, decoded = decoder["loadings"], weights[:, modelled:]
             precision = precision + jnp.einsum("gi,pg,gj->pij", loadings, decoded, loadings)
-        factor = covariance_factor(precision)  # T T^T: the posterior covariance
+        factor = covariance_factor(precision)  # T T^T: the posterior covariance, [K or 1]
         loc, _ = heads["latent"]
         counts, size_factors = data["counts"][index], data["size_factors"][index]
         if linearised:
             messages = linearised_mean(counts, size_factors, condition_rates[conditions[condition]])
         else:
             messages = message_mean(counts, size_factors)
-        information = prior_information[condition] + of_cell(own) * (
-            _pad(messages[:, :modelled], programs) + loc
-        )
+        offsets = 0.0  # of the log-rates from D_full z: zero for modelled genes
         if decoder is not None:
-            offsets = decoded_offsets(means, values["baseline"], decoder, modelled)  # [K, decoded]
-            residual = messages[:, modelled:] - offsets[condition] + loc @ loadings.T
-            information = information + (of_cell(decoded) * residual) @ loadings
-        # Half the posterior variance of each log-rate [K (or 1), genes]: the rate's lognormal
-        # mean is e^(eta + variance / 2).
-        half_variance = 0.5 * jnp.sum(factor**2, axis=-1)[..., :modelled]
-        if decoder is not None:
-            decoded_variance = jnp.sum(jnp.einsum("gi,pij->pgj", loadings, factor) ** 2, axis=-1)
-            half_variance = jnp.concatenate([half_variance, 0.5 * decoded_variance], axis=-1)
-        half_variance = of_cell(half_variance)
-        factor = of_cell(factor)  # [cells, m, m], or the shared [m, m]
-        mean = jnp.einsum("...ij,...kj,...k->...i", factor, factor, information)
-        concentration = values.get("noise_concentration")
-        for _ in range(SCORING_STEPS if linearised else 0):
-            # Relinearise every count at the cell's own current log-rate (Fisher scoring with
-            # the condition's precisions): information ``lambda eta + score(eta)``.
-            eta = mean[:, :modelled] + half_variance[..., :modelled]
-            score = _score(counts[:, :modelled], size_factors, eta, _genes(concentration, modelled))
+            decoded_part = decoded_offsets(means, values["baseline"], decoder, modelled)[condition]
+            offsets = _pad_left(decoded_part, modelled)
+        gene_weights = of_cell(weights)
+        cell_factor = of_cell(factor)  # [cells, m, m], or the shared [m, m]
+
+        def posterior_mean(weighted):
+            """Mean of ``q`` from each count's weighted response ``lambda (m - o)`` [cells,
+            genes]: ``P^{-1} (Sigma^{-1} mu + D_full^T (weighted + lambda D_full loc))``."""
             information = (
-                prior_information[condition] + of_cell(own) * (mean + loc) + _pad(score, programs)
+                prior_information[condition]
+                + of_cell(own) * loc
+                + _pad(weighted[:, :modelled], programs)
             )
             if decoder is not None:
-                eta = offsets[condition] + mean @ loadings.T + half_variance[..., modelled:]
-                score = _score(
-                    counts[:, modelled:], size_factors, eta, _genes(concentration, None, modelled)
-                )
-                information = (
-                    information
-                    + (of_cell(decoded) * ((mean + loc) @ loadings.T) + score) @ loadings
-                )
-            mean = jnp.einsum("...ij,...kj,...k->...i", factor, factor, information)
-        return {"latent": MultivariateNormal(mean, scale_tril=factor)}
+                shifted = weighted[:, modelled:] + of_cell(decoded) * (loc @ loadings.T)
+                information = information + shifted @ loadings
+            return jnp.einsum("...ij,...kj,...k->...i", cell_factor, cell_factor, information)
+
+        mean = posterior_mean(gene_weights * (messages - offsets))
+        if linearised and SCORING_STEPS:
+            # Half the posterior variance of each log-rate: the rate's lognormal mean is
+            # e^(eta + variance / 2).
+            variance = jnp.sum(factor**2, axis=-1)[..., :modelled]
+            if decoder is not None:
+                decoded_variance = jnp.einsum("gi,pij->pgj", loadings, factor)
+                variance = jnp.concatenate([variance, jnp.sum(decoded_variance**2, -1)], -1)
+            half_variance = 0.5 * of_cell(variance)
+            concentration = values.get("noise_concentration")
+        for _ in range(SCORING_STEPS if linearised else 0):
+            # Relinearise every count at the cell's own current log-rate (Fisher scoring with
+            # the condition's precisions): weighted response ``lambda D_full z + score``.
+            projected = mean[:, :modelled]
+            if decoder is not None:
+                projected = jnp.concatenate([projected, mean @ loadings.T], axis=-1)
+            rates = size_factors[:, None] * jnp.exp(projected + offsets + half_variance)
+            mean = posterior_mean(gene_weights * projected + _score(counts, rates, concentration))
+        return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
 
     return local_posterior
 
@@ -228,15 +231,14 @@ def _pad(values, programs: int):
     return jnp.concatenate([values, jnp.zeros((*values.shape[:-1], programs), values.dtype)], -1)
 
 
-def _genes(concentration, stop, start: int = 0):
-    """Concentrations of genes ``start:stop`` (None stays None: Poisson)."""
-    return None if concentration is None else concentration[start:stop]
+def _pad_left(values, width: int):
+    """``values`` ``[..., decoded]`` after ``width`` zero columns (the modelled genes)."""
+    return jnp.concatenate([jnp.zeros((*values.shape[:-1], width), values.dtype), values], -1)
 
 
-def _score(counts, size_factors, log_rates, concentration):
-    """Derivative of each count's log-likelihood in its log-rate: ``y - (y + theta) mu /
-    (theta + mu)`` under a negative binomial of mean ``mu = l e^eta`` (``y - mu``, Poisson)."""
-    rate = size_factors[:, None] * jnp.exp(log_rates)
+def _score(counts, rates, concentration):
+    """Derivative of each count's log-likelihood in its log-rate at mean ``rates``: ``y -
+    (y + theta) mu / (theta + mu)`` under a negative binomial (``y - mu``: Poisson, None)."""
     if concentration is None:
-        return counts - rate
-    return counts - (counts + concentration) * rate / (concentration + rate)
+        return counts - rates
+    return counts - (counts + concentration) * rates / (concentration + rates)

@@ -75,10 +75,11 @@ def test_a_shift_fit_starts_from_closed_form_clipr_of_the_pseudobulk():
     registry = register(adata, size_factor_key="size_factor")
     arrays = to_arrays(adata, registry)
     space = choose_gene_space(arrays, registry.targets, "all", 0)
-    start = initial_drift(arrays, "shift", space, None)
+    rates = condition_rates(arrays)
+    start = initial_drift(rates, arrays.condition_targets, "shift", space, None)
     started = _direct(start["drift_weights"], start["log_scaling"])
     # The same closed form by hand: log mean rates, control subtracted, one column per target.
-    levels = np.log(condition_rates(arrays) + 1e-6)
+    levels = np.log(rates + 1e-6)
     targets = arrays.condition_targets[1:].argmax(axis=-1)
     closed = clipr.direct_effects((levels[1:] - levels[0]).T, targets=targets).mean
     kept = started != 0
@@ -92,4 +93,4 @@ def test_a_shift_fit_starts_from_closed_form_clipr_of_the_pseudobulk():
     assert np.all(np.sign(started[strong]) == np.sign(truth[strong]))
     assert np.mean(kept[(truth == 0) & ~np.eye(genes, dtype=bool)]) < 0.2
     # Knockout screens keep the zero start (their responses are not -A^{-1} e_j delta_j).
-    assert initial_drift(arrays, "knockout", space, None) == {}
+    assert initial_drift(rates, arrays.condition_targets, "knockout", space, None) == {}
