@@ -104,10 +104,10 @@ def test_without_programs_the_program_is_the_full_model_site_by_site():
     )
     means, covariances = _laws(values, targets)
     stats = scipy.stats
+    # drift_weights: Cauchy, the row's scale shared out over its 2 regulators (n = 3 in
+    # _drift.drift_weight_prior).
     expected = (
-        0.0
-        # Cauchy, the row's scale shared out over its 2 regulators (_drift.drift_weight_prior).
-        + stats.cauchy.logpdf(values["drift_weights"], 0.0, 1.0 / (3 * (1 + np.log(3)))).sum()
+        stats.cauchy.logpdf(values["drift_weights"], 0.0, 1.0 / (3 * (1 + np.log(3)))).sum()
         + stats.norm.logpdf(values["log_decay"], 0.0, 0.5).sum()
         + stats.norm.logpdf(values["log_scaling"], 0.0, 1.0).sum()
         + stats.norm.logpdf(values["baseline"], data["baseline_prior"], 1.5).sum()
