@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from causalcell._core.overdispersion import split_overdispersion
 from causalcell.clipr import IllConditionedResponsesWarning, direct_effects
 from causalcell.inference import Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
@@ -19,6 +20,7 @@ from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._drift import raw_weights_of
 from causalcell.models.lcd._guide import lcd_local_posterior
 from causalcell.models.lcd._program import BIAS_KINDS, knockout_rank_of, lcd_model
+from causalcell.noise import NegativeBinomial
 
 __all__ = [
     "PreparedScreen",
@@ -126,14 +128,15 @@ def condition_rates(arrays) -> np.ndarray:
     return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
 
 
-def initial_values(arrays, intervention: str) -> dict:
+def initial_values(arrays, intervention: str, latent_variance) -> dict:
     """Where the global guide starts: control baseline and per-target effects from pseudobulk.
 
-    Log mean fractions per condition give the control baseline and, for each target, the mean
+    Log mean fractions per condition, less half the genes' ``latent_variance`` (a lognormal
+    rate's mean is ``e^(mu + v / 2)``), give the control baseline and, for each target, the mean
     change of its own level over the conditions that carry it (shift effect, knockout depth, or
     the knockdown strength whose ``-softplus`` is that change).
     """
-    levels = np.log(condition_rates(arrays) + 1e-6)
+    levels = np.log(condition_rates(arrays) + 1e-6) - 0.5 * latent_variance
     control = levels[0]
     targets = arrays.condition_targets.astype(bool)
     carried = np.maximum(targets.sum(axis=0), 1)
@@ -190,7 +193,13 @@ def initial_drift(rates, condition_targets, intervention: str, space, prior_mask
 def screen_data(arrays, space, intervention: str, prior_mask):
     """The program's data (internal gene order, latent coordinates), where the global guide
     starts, and the prior mask in latent coordinates (``None`` stays ``None``)."""
-    start = space.latent_values(initial_values(arrays, intervention), arrays)
+    concentration, latent_variance = split_overdispersion(
+        arrays.counts, arrays.size_factors, arrays.condition_index
+    )
+    start = space.latent_values(initial_values(arrays, intervention, latent_variance), arrays)
+    # Every gene's overdispersion, modelled or decoded: a start away from the split of the
+    # count variance that the data favour is not left by the fit (_core.overdispersion).
+    start[NegativeBinomial().site_name("concentration")] = concentration.astype(np.float32)
     data = {
         "counts": arrays.counts,
         "condition_index": arrays.condition_index,

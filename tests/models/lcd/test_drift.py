@@ -1,5 +1,6 @@
 """The drift's parametrisation outside the program: the raw weights' prior at any number of
-coordinates, the inverse map, and the closed-form start of a fit (issue 14)."""
+coordinates, the inverse map, and the closed-form start of a fit, overdispersion included
+(issue 14)."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from causalcell.models.lcd._drift import (
     drift_weight_prior,
     raw_weights_of,
 )
-from causalcell.models.lcd._fit import condition_rates, initial_drift
+from causalcell.models.lcd._fit import condition_rates, initial_drift, screen_data
 from causalcell.models.lcd._gene_space import choose_gene_space
 
 
@@ -94,3 +95,12 @@ def test_a_shift_fit_starts_from_closed_form_clipr_of_the_pseudobulk():
     assert np.mean(kept[(truth == 0) & ~np.eye(genes, dtype=bool)]) < 0.2
     # Knockout screens keep the zero start (their responses are not -A^{-1} e_j delta_j).
     assert initial_drift(rates, arrays.condition_targets, "knockout", space, None) == {}
+    # Every gene's negative binomial concentration starts at the split of its count variance
+    # (_core.overdispersion), not at the prior's median of 10: the simulator's concentrations
+    # (log-normal around 5, spread 0.5) are met to a median log error of 0.05-0.1 on
+    # screens of this size (0.15 bounds it), where 10 is 0.7 off.
+    _, start, _ = screen_data(arrays, space, "shift", None)
+    true = adata.uns["simulation"]["noise_parameters"]["concentration"]
+    error = np.abs(np.log(start["noise_concentration"] / true))
+    assert start["noise_concentration"].shape == (genes,)
+    assert np.median(error) < 0.15 < np.median(np.abs(np.log(10.0 / true)))
