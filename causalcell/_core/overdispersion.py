@@ -52,9 +52,10 @@ def split_overdispersion(counts, size_factors, condition_index, *, max_cells: in
     _, condition = np.unique(condition_index, return_inverse=True)
     group_cells = np.bincount(condition).astype(np.float64)
     rates = counts / size_factors[:, None]
-    mean_rate = np.stack(
-        [np.bincount(condition, weights=column) for column in rates.T], axis=1
-    ) / group_cells[:, None]  # [conditions, genes]
+    mean_rate = (
+        np.stack([np.bincount(condition, weights=column) for column in rates.T], axis=1)
+        / group_cells[:, None]
+    )  # [conditions, genes]
     cell_rate = mean_rate[condition]
     excess = ((rates - cell_rate) ** 2 - cell_rate / size_factors[:, None]).sum(0)
     phi = excess / np.maximum((cell_rate**2).sum(0), 1e-12)
