@@ -6,6 +6,7 @@ from causalcell.inference._guides import (
     AmortizedGuide,
     default_encoder_inputs,
 )
+from causalcell.inference._importance import LocalImportanceELBO
 from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
@@ -19,6 +20,7 @@ __all__ = [
     "AutoKroneckerNormal",
     "EarlyStopping",
     "FitDivergedError",
+    "LocalImportanceELBO",
     "Posterior",
     "Strata",
     "batch_strata",

@@ -102,13 +102,13 @@ class LCD:
 
         The encoder sees each cell's log1p-normalised counts and its condition (one-hot). The
         step size decays tenfold over the fit. ``global_guide`` picks the posterior family of
-        the globals (drift, intervention and noise parameters): ``"full"`` (every correlation;
-        needed for credible intervals of the drift and of CLIPR's direct effects that cover),
-        ``"lowrank"`` (``rank``), ``"kronecker"`` (drift rows and columns correlated,
-        :class:`causalcell.inference.AutoKroneckerNormal`), ``"normal"`` (mean-field, intervals
-        2-3x too narrow) or ``"auto"``: ``"full"`` up to ``inference.FULL_RANK_LIMIT`` global
-        dimensions (about 20 genes), else ``"normal"``. Other keyword arguments go to
-        :func:`causalcell.inference.fit` (e.g. ``checkpoint``).
+        the globals (drift, intervention and noise parameters): ``"full"`` (every correlation,
+        for intervals that cover), ``"lowrank"`` (``rank``), ``"kronecker"`` (drift rows and
+        columns correlated, :class:`causalcell.inference.AutoKroneckerNormal`), ``"normal"``
+        (mean-field, intervals 2-3x too narrow) or ``"auto"``: ``"full"`` up to
+        ``inference.FULL_RANK_LIMIT`` global dimensions (about 20 genes), else ``"normal"``.
+        Other keywords go to :func:`causalcell.inference.fit` (``checkpoint``; with
+        ``loss=LocalImportanceELBO(8)`` the latent noise and overdispersion split unbiased).
 
         ``condition_batch`` conditions per minibatch (:func:`._fit.condition_strata`): each
         step draws ``batch_size`` cells from that many conditions and computes only their
