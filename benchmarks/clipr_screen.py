@@ -6,6 +6,7 @@ Usage::
     python benchmarks/clipr_screen.py [--genes 107] [--intervention shift|knockout]
         [--cells-per-condition 100] [--steps 3000] [--condition-batch auto] [--draws 200]
         [--seed 0] [--size-factors true|total] [--guide auto] [--chunk-size 100]
+        [--particles 1]
 
 The screen is linear (``causalcell.datasets.simulate_screen``): every gene perturbed alone,
 ``cells_per_condition`` cells in each of the ``genes + 1`` conditions, no doubles, so every
@@ -43,6 +44,9 @@ after the first, which compiles) and the peak resident memory of the process.
 and more the coverage columns measure that guide (the header names the guide that was used);
 ``"lowrank"`` is the middle way at 100 genes.
 
+``--particles K`` above 1 fits with ``loss=causalcell.inference.LocalImportanceELBO(K)`` (each
+cell's term importance-weighted over ``K`` draws of its latents) instead of the ELBO.
+
 Orientation: the truth and every ``DirectEffects`` matrix are in drift orientation (row =
 target); :mod:`causalcell.metrics` scores graph orientation ``[source, target]``, which
 ``adjacency_scores`` returns and ``.T`` gives for the means.
@@ -61,6 +65,7 @@ from causalcell.data import register, to_arrays
 from causalcell.datasets import ground_truth, simulate_screen
 from causalcell.evaluation import observed_expression
 from causalcell.graph import to_adjacency
+from causalcell.inference import LocalImportanceELBO
 from causalcell.models.lcd import LCD
 
 COLUMNS = (
@@ -173,7 +178,9 @@ def main() -> None:
         "--guide", choices=("auto", "normal", "lowrank", "full", "kronecker"), default="auto"
     )
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
+    parser.add_argument("--particles", type=int, default=1, help="latent draws per cell")
     arguments = parser.parse_args()
+    loss = {} if arguments.particles == 1 else {"loss": LocalImportanceELBO(arguments.particles)}
     condition_batch = arguments.condition_batch
     if condition_batch not in ("auto", "none"):
         condition_batch = int(condition_batch)
@@ -204,6 +211,7 @@ def main() -> None:
         chunk_size=arguments.chunk_size,
         key=arguments.seed,
         progress_bar=False,
+        **loss,
     )
     fit_seconds = time.perf_counter() - started
     effects = model.effects(num_samples=arguments.draws, key=arguments.seed)
@@ -238,6 +246,7 @@ def main() -> None:
     )
     print(
         f"# LCD: {arguments.steps} steps, guide {arguments.guide!r} ({global_guide}), "
+        f"{arguments.particles} particle(s) per cell, "
         f"condition_batch="
         f"{model.posterior.config['strata_per_batch']}, {step_seconds:.3f} s/step after "
         f"compilation (first chunk {chunks[0]:.0f} s), fit {fit_seconds:.0f} s; "

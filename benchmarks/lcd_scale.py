@@ -4,7 +4,7 @@ held-out accuracy against the baselines, on simulated screens shaped like publis
 Usage::
 
     python benchmarks/lcd_scale.py [--screen norman] [--steps 3000] [--condition-batch auto]
-        [--cache DIR] [--size-factors true|total]
+        [--cache DIR] [--size-factors true|total] [--particles 1]
 
 Screens (``--screen``, each simulated by ``simulate_screen`` with a linear drift):
 
@@ -27,7 +27,8 @@ distance and pseudobulk L2 of a model with the true law that generates as many c
 ``--genes`` and ``--cells`` override the screen's size: the time per step does not grow with
 the cells (a step sees ``batch_size`` of them), so a smaller screen measures it where the
 simulator's memory (about 16 GB at 100,000 cells of 1,000 genes) or time (one Lyapunov
-equation of order 1,000 per knockout condition) is the limit. ``--cache DIR`` keeps the
+equation of order 1,000 per knockout condition) is the limit. ``--particles K`` above 1 fits with
+``loss=causalcell.inference.LocalImportanceELBO(K)`` instead of the ELBO. ``--cache DIR`` keeps the
 simulated screen as an ``.h5ad`` there (simulating 100,000 cells of
 1,000 genes takes about 5 minutes).
 """
@@ -46,6 +47,7 @@ from lcd_screen import noise_floor  # the expected scores of a model with the tr
 
 from causalcell import evaluation
 from causalcell.datasets import simulate_screen
+from causalcell.inference import LocalImportanceELBO
 from causalcell.models.baselines import shift_control_cells
 from causalcell.models.lcd import LCD
 
@@ -119,7 +121,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
     parser.add_argument("--genes", type=int, default=None, help="override the screen's genes")
     parser.add_argument("--cells", type=int, default=None, help="override the screen's cells")
+    parser.add_argument("--particles", type=int, default=1, help="latent draws per cell")
     arguments = parser.parse_args()
+    loss = {} if arguments.particles == 1 else {"loss": LocalImportanceELBO(arguments.particles)}
     condition_batch = arguments.condition_batch
     if condition_batch not in ("auto", "none"):
         condition_batch = int(condition_batch)
@@ -149,6 +153,7 @@ def main() -> None:
         key=arguments.seed,
         progress_bar=False,
         chunk_size=arguments.chunk_size,
+        **loss,
     )
     fit_seconds = time.perf_counter() - started
     chunks = np.asarray(model.posterior.config["chunk_seconds"])
@@ -162,7 +167,8 @@ def main() -> None:
     print(
         f"# LCD: {len(model.modelled_genes)} modelled genes + {model.space.programs} programs, "
         f"condition_batch={model.posterior.config['strata_per_batch']}, {arguments.steps} "
-        f"steps in {fit_seconds:.0f} s ({step_seconds:.3f} s per step after compilation, "
+        f"steps, {arguments.particles} particle(s) per cell, in {fit_seconds:.0f} s "
+        f"({step_seconds:.3f} s per step after compilation, "
         f"first chunk {chunks[0]:.0f} s); peak memory {peak:.0f} MB"
     )
     if not split.held_out:
