@@ -40,16 +40,16 @@ __all__ = ["LocalImportanceELBO"]
 class LocalImportanceELBO(ELBO):
     """Importance-weighted bound over the sample sites inside ``plate`` (module docstring).
 
+    A site is local when ``plate`` is among its plates, in the model and in the guide alike;
+    every other sample site is global and enters once, as in ``Trace_ELBO``. The guide's local
+    sites must be reparameterised draws.
+
     Parameters
     ----------
     particles
         ``K``, draws of each element's local latents per step (1 gives the ELBO).
     plate
         Name of the plate whose sites are local (``"cells"`` in LCD).
-
-    A site is local when ``plate`` is among its plates, in the model and in the guide alike;
-    every other sample site is global and enters once, as in ``Trace_ELBO``. The guide's local
-    sites must be reparameterised draws.
     """
 
     def __init__(self, particles: int = 8, plate: str = "cells"):
