@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["split_overdispersion"]
 
-#: Fractions of the log excess variance given to the latent, searched in this order.
+#: The grid of fractions of the log excess variance given to the latent.
 FRACTIONS = np.linspace(0.02, 0.98, 49)
 #: Gauss-Hermite nodes of the quadrature over the latent log-rate.
 NODES = 16
