@@ -39,24 +39,20 @@ MAX_CELLS = 4000
 CONCENTRATION_RANGE = (0.05, 1e3)
 
 
-def split_overdispersion(counts, size_factors, condition_index, *, max_cells: int = MAX_CELLS):
+def split_overdispersion(
+    counts, size_factors, condition_index, condition_rates, *, max_cells: int = MAX_CELLS
+):
     """``(concentration, latent_variance)``, each ``[genes]``, of the model in the module
-    docstring, from counts ``[cells, genes]``, size factors ``[cells]`` and each cell's
-    condition ``[cells]`` (integers)."""
+    docstring, from counts ``[cells, genes]``, size factors ``[cells]``, each cell's condition
+    ``[cells]`` (integers indexing the rows of ``condition_rates``) and each condition's mean
+    of ``counts / size_factors`` ``[conditions, genes]`` (``r_c``)."""
     cells = counts.shape[0]
     keep = np.linspace(0, cells - 1, min(cells, max_cells)).round().astype(int)
     counts = counts[keep]  # the subsample only: an atlas is not copied
     counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts, np.float64)
     size_factors = np.asarray(size_factors, np.float64)[keep]
-    condition_index = np.asarray(condition_index)[keep]
-    _, condition = np.unique(condition_index, return_inverse=True)
-    group_cells = np.bincount(condition).astype(np.float64)
+    cell_rate = np.asarray(condition_rates, np.float64)[np.asarray(condition_index)[keep]]
     rates = counts / size_factors[:, None]
-    mean_rate = (
-        np.stack([np.bincount(condition, weights=column) for column in rates.T], axis=1)
-        / group_cells[:, None]
-    )  # [conditions, genes]
-    cell_rate = mean_rate[condition]
     excess = ((rates - cell_rate) ** 2 - cell_rate / size_factors[:, None]).sum(0)
     phi = excess / np.maximum((cell_rate**2).sum(0), 1e-12)
     log_total = np.log1p(np.maximum(phi, 1e-3))  # [genes]

@@ -6,6 +6,12 @@ import numpy as np
 from causalcell._core.overdispersion import split_overdispersion
 
 
+def _condition_rates(counts, size_factors, condition):
+    """Each condition's mean of ``counts / size_factors`` ``[conditions, genes]``."""
+    rates = counts / size_factors[:, None]
+    return np.stack([rates[condition == c].mean(axis=0) for c in range(condition.max() + 1)])
+
+
 def test_split_recovers_the_concentration_and_latent_variance_of_known_counts():
     rng = np.random.default_rng(0)
     theta = np.array([1.0, 3.0, 5.0, 10.0])
@@ -19,7 +25,9 @@ def test_split_recovers_the_concentration_and_latent_variance_of_known_counts():
     rate = size_factors[:, None] * np.exp(latent)
     counts = rng.poisson(rng.gamma(theta, rate / theta))
     original = counts.copy()
-    concentration, latent_variance = split_overdispersion(counts, size_factors, condition)
+    concentration, latent_variance = split_overdispersion(
+        counts, size_factors, condition, _condition_rates(counts, size_factors, condition)
+    )
     np.testing.assert_array_equal(counts, original)
     # Over five seeds of this design, |log(theta_hat / theta)| reached 0.30 and |v_hat - v|
     # 0.05 (the fraction grid's step is 2% of the log excess): 0.35 and 0.06 bound both. The
@@ -32,8 +40,9 @@ def test_split_of_a_poisson_gene_gives_a_large_concentration_and_reads_a_subsamp
     rng = np.random.default_rng(1)
     cells = 6000
     counts = rng.poisson(np.exp(rng.normal(np.log(50.0), 0.3, (cells, 1))))
+    sizes, condition = np.ones(cells), np.zeros(cells, int)
     concentration, latent_variance = split_overdispersion(
-        counts, np.ones(cells), np.zeros(cells, int), max_cells=3000
+        counts, sizes, condition, _condition_rates(counts, sizes, condition), max_cells=3000
     )
     # No overdispersion beyond the latent: theta well above the latent's 1/v = 11, and v
     # within the 0.06 of the test above of 0.09.

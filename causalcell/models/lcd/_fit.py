@@ -48,14 +48,19 @@ class PreparedScreen(NamedTuple):
     intervention: str
     start: dict
     prior_mask: object
+    rates: np.ndarray  # condition_rates(arrays)
 
 
 def prepare_screen(arrays, space, registry, intervention: str, prior_mask) -> PreparedScreen:
-    """The program's data, the guide's start, the encoder's inputs and the prior mask in latent
-    coordinates, from the registered screen's ``arrays`` in ``space``'s gene order."""
-    data, start, prior_mask = screen_data(arrays, space, intervention, prior_mask)
+    """The program's data, the guide's start, the encoder's inputs, the prior mask in latent
+    coordinates and the condition rates, from the registered screen's ``arrays`` in
+    ``space``'s gene order."""
+    rates = condition_rates(arrays)  # once per fit: the start and the guide's messages
+    data, start, prior_mask = screen_data(arrays, rates, space, intervention, prior_mask)
     encoder_inputs = condition_encoder_inputs(len(registry.conditions))
-    return PreparedScreen(data, arrays, space, encoder_inputs, intervention, start, prior_mask)
+    return PreparedScreen(
+        data, arrays, space, encoder_inputs, intervention, start, prior_mask, rates
+    )
 
 
 #: Shift and knockdown screens with more latent coordinates than this take the guide's message
@@ -128,17 +133,18 @@ def condition_rates(arrays) -> np.ndarray:
     return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
 
 
-def initial_values(arrays, intervention: str, latent_variance) -> dict:
+def initial_values(rates, condition_targets, intervention: str, latent_variance) -> dict:
     """Where the global guide starts: control baseline and per-target effects from pseudobulk.
 
-    Log mean fractions per condition, less half the genes' ``latent_variance`` (a lognormal
-    rate's mean is ``e^(mu + v / 2)``), give the control baseline and, for each target, the mean
-    change of its own level over the conditions that carry it (shift effect, knockout depth, or
-    the knockdown strength whose ``-softplus`` is that change).
+    Log mean fractions per condition (``rates``, :func:`condition_rates`), less half the genes'
+    ``latent_variance`` (a lognormal rate's mean is ``e^(mu + v / 2)``), give the control
+    baseline and, for each target, the mean change of its own level over the conditions that
+    carry it (shift effect, knockout depth, or the knockdown strength whose ``-softplus`` is
+    that change).
     """
-    levels = np.log(condition_rates(arrays) + 1e-6) - 0.5 * latent_variance
+    levels = np.log(rates + 1e-6) - 0.5 * latent_variance
     control = levels[0]
-    targets = arrays.condition_targets.astype(bool)
+    targets = np.asarray(condition_targets, bool)
     carried = np.maximum(targets.sum(axis=0), 1)
     change = ((levels - control) * targets).sum(axis=0) / carried
     values = {"baseline": control.astype(np.float32)}
@@ -190,13 +196,15 @@ def initial_drift(rates, condition_targets, intervention: str, space, prior_mask
     return {"drift_weights": raw, "log_scaling": log_scaling}
 
 
-def screen_data(arrays, space, intervention: str, prior_mask):
+def screen_data(arrays, rates, space, intervention: str, prior_mask):
     """The program's data (internal gene order, latent coordinates), where the global guide
-    starts, and the prior mask in latent coordinates (``None`` stays ``None``)."""
+    starts, and the prior mask in latent coordinates (``None`` stays ``None``); ``rates`` are
+    :func:`condition_rates`."""
     concentration, latent_variance = split_overdispersion(
-        arrays.counts, arrays.size_factors, arrays.condition_index
+        arrays.counts, arrays.size_factors, arrays.condition_index, rates
     )
-    start = space.latent_values(initial_values(arrays, intervention, latent_variance), arrays)
+    values = initial_values(rates, arrays.condition_targets, intervention, latent_variance)
+    start = space.latent_values(values, arrays)
     # Every gene's overdispersion, modelled or decoded: a start away from the split of the
     # count variance that the data favour is not left by the fit (_core.overdispersion).
     start[NegativeBinomial().site_name("concentration")] = concentration.astype(np.float32)
@@ -243,7 +251,7 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     # Knockout screens: each condition's law by low-rank updates of one inverse (the most
     # targets of a condition is the rank), instead of one solve of order m per condition.
     update_rank = knockout_rank_of(intervention, arrays.condition_targets)
-    rates = condition_rates(arrays)
+    rates = screen.rates
     pooled = None
     if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
         pooled = arrays.counts.mean(axis=0)  # float32 [genes], dense

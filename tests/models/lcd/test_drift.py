@@ -99,7 +99,7 @@ def test_a_shift_fit_starts_from_closed_form_clipr_of_the_pseudobulk():
     # (_core.overdispersion), not at the prior's median of 10: the simulator's concentrations
     # (log-normal around 5, spread 0.5) are met to a median log error of 0.05-0.1 on
     # screens of this size (0.15 bounds it), where 10 is 0.7 off.
-    _, start, _ = screen_data(arrays, space, "shift", None)
+    _, start, _ = screen_data(arrays, rates, space, "shift", None)
     true = adata.uns["simulation"]["noise_parameters"]["concentration"]
     error = np.abs(np.log(start["noise_concentration"] / true))
     assert start["noise_concentration"].shape == (genes,)
