@@ -128,8 +128,8 @@ def _scale(site):
 
 
 def _per_element(site, plate: str):
-    """A local site's log density summed over every batch dimension but ``plate``'s."""
+    """A local site's log density ``[batch]``, summed over its batch dimensions but
+    ``plate``'s."""
     log_prob = _log_prob(site)
     (dim,) = [frame.dim for frame in site["cond_indep_stack"] if frame.name == plate]
-    log_prob = jnp.moveaxis(log_prob, dim, -1) if log_prob.ndim >= -dim else log_prob
-    return log_prob.reshape(-1, log_prob.shape[-1]).sum(0) if log_prob.ndim > 1 else log_prob
+    return jnp.moveaxis(log_prob, dim, -1).reshape(-1, log_prob.shape[dim]).sum(0)

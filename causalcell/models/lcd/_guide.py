@@ -166,7 +166,7 @@ def lcd_local_posterior(
             values.get("noise_concentration"),
             pseudo_count=0.0 if linearised else PSEUDO_COUNT,
         )
-        own = _pad(weights[:, :modelled], programs)  # the identity rows of D_full
+        own = _pad(weights[:, :modelled], after=programs)  # the identity rows of D_full
         precision = prior_precision + eye * own[:, None, :]
         decoder = decoder_from_sites(values)
         if decoder is not None:
@@ -184,7 +184,7 @@ def lcd_local_posterior(
         offsets = 0.0  # of the log-rates from D_full z: zero for modelled genes
         if decoder is not None:
             decoded_part = decoded_offsets(means, values["baseline"], decoder, modelled)[condition]
-            offsets = _pad_left(decoded_part, modelled)
+            offsets = _pad(decoded_part, before=modelled)
         gene_weights = of_cell(weights)
         cell_factor = of_cell(factor)  # [cells, m, m], or the shared [m, m]
 
@@ -194,7 +194,7 @@ def lcd_local_posterior(
             information = (
                 prior_information[condition]
                 + of_cell(own) * loc
-                + _pad(weighted[:, :modelled], programs)
+                + _pad(weighted[:, :modelled], after=programs)
             )
             if decoder is not None:
                 shifted = weighted[:, modelled:] + of_cell(decoded) * (loc @ loadings.T)
@@ -202,16 +202,17 @@ def lcd_local_posterior(
             return jnp.einsum("...ij,...kj,...k->...i", cell_factor, cell_factor, information)
 
         mean = posterior_mean(gene_weights * (messages - offsets))
-        if linearised and SCORING_STEPS:
-            # Half the posterior variance of each log-rate: the rate's lognormal mean is
-            # e^(eta + variance / 2).
-            variance = jnp.sum(factor**2, axis=-1)[..., :modelled]
-            if decoder is not None:
-                decoded_variance = jnp.einsum("gi,pij->pgj", loadings, factor)
-                variance = jnp.concatenate([variance, jnp.sum(decoded_variance**2, -1)], -1)
-            half_variance = 0.5 * of_cell(variance)
-            concentration = values.get("noise_concentration")
-        for _ in range(SCORING_STEPS if linearised else 0):
+        if not linearised:  # mode messages are not relinearised
+            return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
+        # Half the posterior variance of each log-rate: the rate's lognormal mean is
+        # e^(eta + variance / 2).
+        variance = jnp.sum(factor**2, axis=-1)[..., :modelled]
+        if decoder is not None:
+            decoded_variance = jnp.einsum("gi,pij->pgj", loadings, factor)
+            variance = jnp.concatenate([variance, jnp.sum(decoded_variance**2, -1)], -1)
+        half_variance = 0.5 * of_cell(variance)
+        concentration = values.get("noise_concentration")
+        for _ in range(SCORING_STEPS):
             # Relinearise every count at the cell's own current log-rate (Fisher scoring with
             # the condition's precisions): weighted response ``lambda D_full z + score``.
             projected = mean[:, :modelled]
@@ -224,16 +225,10 @@ def lcd_local_posterior(
     return local_posterior
 
 
-def _pad(values, programs: int):
-    """``values`` ``[..., modelled]`` with ``programs`` zero columns appended (no copy at 0)."""
-    if programs == 0:
-        return values
-    return jnp.concatenate([values, jnp.zeros((*values.shape[:-1], programs), values.dtype)], -1)
-
-
-def _pad_left(values, width: int):
-    """``values`` ``[..., decoded]`` after ``width`` zero columns (the modelled genes)."""
-    return jnp.concatenate([jnp.zeros((*values.shape[:-1], width), values.dtype), values], -1)
+def _pad(values, before: int = 0, after: int = 0):
+    """``values`` ``[..., n]`` between ``before`` and ``after`` zero columns: modelled genes'
+    entries followed by the programs', or decoded genes' after the modelled genes'."""
+    return jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(before, after)])
 
 
 def _score(counts, rates, concentration):

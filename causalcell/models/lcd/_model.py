@@ -107,8 +107,8 @@ class LCD:
         columns correlated, :class:`causalcell.inference.AutoKroneckerNormal`), ``"normal"``
         (mean-field, intervals 2-3x too narrow) or ``"auto"``: ``"full"`` up to
         ``inference.FULL_RANK_LIMIT`` global dimensions (about 20 genes), else ``"normal"``.
-        Other keywords go to :func:`causalcell.inference.fit` (``checkpoint``; with
-        ``loss=LocalImportanceELBO(8)`` the latent noise and overdispersion split unbiased).
+        Other keywords go to :func:`causalcell.inference.fit` (``checkpoint``; or
+        ``loss=LocalImportanceELBO(8)``, which unbiases the split of count variance).
 
         ``condition_batch`` conditions per minibatch (:func:`._fit.condition_strata`): each
         step draws ``batch_size`` cells from that many conditions and computes only their
