@@ -6,7 +6,7 @@ Usage::
     python benchmarks/clipr_screen.py [--genes 107] [--intervention shift|knockout]
         [--cells-per-condition 100] [--steps 3000] [--condition-batch auto] [--draws 200]
         [--seed 0] [--size-factors true|total] [--guide auto] [--chunk-size 100]
-        [--particles 1]
+        [--particles 1] [--save effects.npz]
 
 The screen is linear (``causalcell.datasets.simulate_screen``): every gene perturbed alone,
 ``cells_per_condition`` cells in each of the ``genes + 1`` conditions, no doubles, so every
@@ -46,6 +46,9 @@ and more the coverage columns measure that guide (the header names the guide tha
 
 ``--particles K`` above 1 fits with ``loss=causalcell.inference.LocalImportanceELBO(K)`` (each
 cell's term importance-weighted over ``K`` draws of its latents) instead of the ELBO.
+
+``--save FILE`` writes the true effects, the masks of true edges and zeros, LCD's effect draws
+and its SVI losses to ``FILE`` (``numpy.savez``), to study which intervals miss.
 
 Orientation: the truth and every ``DirectEffects`` matrix are in drift orientation (row =
 target); :mod:`causalcell.metrics` scores graph orientation ``[source, target]``, which
@@ -179,6 +182,7 @@ def main() -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
     parser.add_argument("--particles", type=int, default=1, help="latent draws per cell")
+    parser.add_argument("--save", default=None, help="write truth and effect draws (.npz)")
     arguments = parser.parse_args()
     loss = {} if arguments.particles == 1 else {"loss": LocalImportanceELBO(arguments.particles)}
     condition_batch = arguments.condition_batch
@@ -219,6 +223,15 @@ def main() -> None:
     if list(model.modelled_genes) != genes or not effects.identified[off_diagonal].all():
         raise AssertionError("LCD's effects are not over every gene, all identified")
     rows = {"lcd": score(effects, effects, truth)}
+    if arguments.save:
+        np.savez(
+            arguments.save,
+            truth=truth.direct,
+            edges=truth.edges,
+            zeros=truth.zeros,
+            draws=np.asarray(effects.draws),
+            losses=np.asarray(model.posterior.losses),
+        )
     rows["lcd"]["seconds"] = time.perf_counter() - started
 
     registry = register(adata, size_factor_key=size_factor_key)
