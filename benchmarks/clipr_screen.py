@@ -182,7 +182,9 @@ def main() -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
     parser.add_argument("--particles", type=int, default=1, help="latent draws per cell")
-    parser.add_argument("--save", default=None, help="write truth and effect draws (.npz)")
+    parser.add_argument(
+        "--save", default=None, help="write the truth, effect draws and losses (.npz)"
+    )
     arguments = parser.parse_args()
     loss = {} if arguments.particles == 1 else {"loss": LocalImportanceELBO(arguments.particles)}
     condition_batch = arguments.condition_batch
