@@ -4,7 +4,16 @@ the counterfactual-worlds machinery built on them (abduction, action, prediction
 Causal meaning lives in handlers applied from outside a model, never inside it.
 """
 
-from causalcell.handlers._do import UnknownSiteError, do
+from causalcell.handlers._abduction import (
+    NOISE_SUFFIX,
+    abduce,
+    abduction_model,
+    check_site_names,
+    exogenize,
+    model_trace,
+    unit_sites,
+)
+from causalcell.handlers._do import NATURAL_SUFFIX, UnknownSiteError, do
 from causalcell.handlers._ops import (
     InterventionSpec,
     intervention,
@@ -14,21 +23,11 @@ from causalcell.handlers._ops import (
     noise_scale,
     shift,
 )
-from causalcell.handlers._worlds import (
-    COUPLINGS,
-    NOISE_SUFFIX,
-    WORLDS,
-    abduce,
-    abduction_model,
-    check_site_names,
-    exogenize,
-    model_trace,
-    predict_worlds,
-    unit_sites,
-)
+from causalcell.handlers._worlds import COUPLINGS, WORLDS, predict_worlds, world_labels
 
 __all__ = [
     "COUPLINGS",
+    "NATURAL_SUFFIX",
     "NOISE_SUFFIX",
     "WORLDS",
     "InterventionSpec",
@@ -47,4 +46,5 @@ __all__ = [
     "predict_worlds",
     "shift",
     "unit_sites",
+    "world_labels",
 ]

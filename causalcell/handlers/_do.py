@@ -15,7 +15,19 @@ from causalcell._core.tracing import is_concrete
 from causalcell.handlers._ops import INTERVENTION_MESSAGE, LEARNED, InterventionSpec
 from causalcell.interventions import INTERVENTION_KINDS, Intervention, compose, from_targets
 
-__all__ = ["UnknownSiteError", "do"]
+__all__ = ["NATURAL_SUFFIX", "UnknownSiteError", "do", "natural_of"]
+
+#: Suffix of the sample site that holds the natural (pre-intervention) value of a site under a
+#: functional intervention (:class:`do`).
+NATURAL_SUFFIX = "__natural"
+#: Key, in a natural draw's ``infer``, of the name of the site it is the natural value of.
+_NATURAL = "causalcell_natural_of"
+
+
+def natural_of(msg) -> str:
+    """The name a site's randomness is keyed by: the intervened site's own name for the
+    natural draw of a functional intervention (:data:`NATURAL_SUFFIX`), else the site's name."""
+    return (msg.get("infer") or {}).get(_NATURAL, msg["name"])
 
 
 class UnknownSiteError(DataKeyError):
@@ -30,6 +42,17 @@ class do(Messenger):
       deterministic site carrying the intervened value, so ``trace`` and ``Predictive`` report
       the intervened value, it adds nothing to the log density, and outer ``substitute`` or
       ``condition`` handlers (e.g. posterior samples in ``Predictive``) cannot override it.
+    - A **function** of the site's own value, ``{"x": lambda x: x + 1}`` (a functional
+      intervention): the site's natural value is still drawn from its law, as the sample site
+      ``f"{x}__natural"`` (:data:`NATURAL_SUFFIX`; it carries the site's density, and
+      counterfactual worlds give it the noise abducted for ``"x"``), and ``"x"`` is recorded
+      as a deterministic site with the function's value, which the rest of the model sees.
+    - A **distribution** (a stochastic intervention): the site keeps its name and is drawn
+      from the given law instead of its own; outer handlers still act on it (in
+      counterfactual worlds its noise or quantile is coupled to the factual value).
+    - A **deterministic site** (``numpyro.deterministic``, e.g. ``X = f(W, e_X)`` written with
+      explicit noise) takes a value or a function of its computed value; the model continues
+      with it and its recorded value is the intervened one.
     - A **vectorised site** ``"genes"`` (a model calling
       :func:`causalcell.handlers.intervention`) takes a mapping from entry names to
       :class:`InterventionSpec` (``shift``, ``knockdown``, ``knockout``, ``noise_scale``, or
@@ -106,16 +129,28 @@ class do(Messenger):
                 msg["learned_mask"] = msg["learned_mask"] | asked
             return
         name = msg.get("name")
-        if msg["type"] == "deterministic" and msg.get("infer", {}).get("intervened"):
+        infer = msg.get("infer") or {}
+        if msg["type"] == "deterministic" and infer.get("intervened"):
             self._visited.add(name)  # an inner do already fixed this site: its value stands
             return
-        if msg["type"] != "sample":
-            return
+        if msg["type"] not in ("sample", "deterministic") or infer.get(_NATURAL):
+            return  # the natural draw of a functional intervention is not intervened again
         self._visited.add(name)
         # a mapping addresses the vectorised site's intervention(), not its sample site
         if name not in self.data or isinstance(self.data[name], Mapping):
             return
-        value = _check_shape(name, msg["fn"], self.data[name])
+        action = self.data[name]
+        if msg["type"] == "deterministic":
+            _intervene_deterministic(msg, action)
+            return
+        if isinstance(action, dist.Distribution):
+            msg["fn"] = _check_law(name, msg["fn"], action)
+            return
+        if callable(action):
+            natural = _natural_value(msg)
+            value = _check_shape(name, msg["fn"], action(natural), "function's value")
+        else:
+            value = _check_shape(name, msg["fn"], action)
         # The model continues with the intervened value; the message stops here so that no
         # outer handler (substitute, condition, trace) can replace or score it ...
         msg["value"] = value
@@ -134,19 +169,72 @@ class do(Messenger):
         )
 
 
-def _check_shape(name, fn: dist.Distribution, value):
+def _natural_value(msg):
+    """Draw the site of ``msg`` as its law has it, as the sample site ``f"{name}__natural"``
+    sent through the whole handler stack (so outer ``condition``, ``substitute`` or a world's
+    replay act on it, keyed by the original name in its ``infer``), and return its value."""
+    name = msg["name"]
+    natural = {
+        **msg,
+        "name": name + NATURAL_SUFFIX,
+        "infer": {**(msg.get("infer") or {}), _NATURAL: name},
+        "stop": False,
+    }
+    return apply_stack(natural)["value"]
+
+
+def _intervene_deterministic(msg, action) -> None:
+    """A value, or a function of the computed value, in place of a deterministic site's."""
+    name, computed = msg["name"], jnp.asarray(msg["value"])
+    if isinstance(action, dist.Distribution):
+        raise TypeError(
+            f"do() gives a distribution for {name!r}, a deterministic site: a distribution "
+            "replaces a sample site's law. Intervene on the deterministic site with a value or "
+            "a function of its value (lambda x: x + 1), or give the distribution to the sample "
+            "site of its exogenous noise."
+        )
+    value = jnp.asarray(action(computed) if callable(action) else action)
+    _broadcast(name, value, computed.shape, "value")
+    msg["value"] = jnp.broadcast_to(value, computed.shape)  # its own dtype: counts stay counts
+    msg["infer"] = {**(msg.get("infer") or {}), "intervened": True}
+
+
+def _check_law(name, fn: dist.Distribution, law: dist.Distribution) -> dist.Distribution:
+    """``law`` expanded to the site's batch shape, after checking that its event shape is the
+    site's (a stochastic intervention draws values of the same shape)."""
+    if tuple(law.event_shape) != tuple(fn.event_shape):
+        raise ValueError(
+            f"do() gives {name!r} a distribution with event shape {tuple(law.event_shape)}, "
+            f"but the site's event shape is {tuple(fn.event_shape)}; use .to_event() or a "
+            "law of the site's shape."
+        )
+    try:
+        return law.expand(tuple(fn.batch_shape))
+    except ValueError as error:
+        raise ValueError(
+            f"do() gives {name!r} a distribution of batch shape {tuple(law.batch_shape)}, which "
+            f"does not broadcast to the site's batch shape {tuple(fn.batch_shape)}."
+        ) from error
+
+
+def _check_shape(name, fn: dist.Distribution, value, what: str = "value"):
     value = jnp.asarray(value)
     shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    _broadcast(name, value, shape, what)
+    return jnp.broadcast_to(value, shape).astype(jnp.result_type(value, jnp.float32))
+
+
+def _broadcast(name, value, shape: tuple, what: str) -> None:
+    """Raise unless ``value`` broadcasts to the site's ``shape``."""
     try:
         broadcast = jnp.broadcast_shapes(value.shape, shape)
     except ValueError:
         broadcast = None
     if broadcast != shape:
         raise ValueError(
-            f"do() value for {name!r} has shape {value.shape}, which does not broadcast to the "
-            f"site's shape {shape}; pass a scalar or an array of shape {shape}."
+            f"do() {what} for {name!r} has shape {value.shape}, which does not broadcast to "
+            f"the site's shape {shape}; pass a scalar or an array of shape {shape}."
         )
-    return jnp.broadcast_to(value, shape).astype(jnp.result_type(value, jnp.float32))
 
 
 def _resolve(

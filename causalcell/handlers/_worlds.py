@@ -1,22 +1,20 @@
 """Counterfactual worlds: abduction, action, prediction (Pearl 2009, ch. 7).
 
 1. **Abduction**: the posterior of the exogenous noise (and of the parameters) given the
-   evidence. :class:`exogenize` rewrites a model so that every Gaussian unit-level site
-   ``x ~ Normal(loc, scale)`` reads ``x = loc + scale * eps`` with an explicit standard-normal
-   site ``f"{x}__noise"``; for observed sites the noise is the inversion
-   ``(x - loc) / scale``. :func:`abduce` samples that posterior with NUTS (or, when every
-   Gaussian site is observed and parameter draws are given, computes it exactly).
+   evidence (:mod:`._abduction`: :func:`abduce`, :class:`exogenize`).
 2. **Action**: :class:`causalcell.handlers.do` on the model.
 3. **Prediction**: :func:`predict_worlds` pushes the same noise through the factual and the
-   intervened model and stacks the two worlds on a leading axis (``world = 0`` factual,
-   ``1`` counterfactual).
+   intervened model (or models: one world per action) and stacks the worlds on a leading axis
+   (``world = 0`` factual, then the counterfactuals).
 
 Gaussian noise is shared exactly. A unit-level site of any other law keeps its factual value
 wherever its law is the same in both worlds (no intervention reaches it: Pearl's definition,
 whatever the law). Where the intervention changes its law it follows ``coupling``:
 ``"resample"`` (independent draw in the counterfactual world) or ``"quantile"`` (same quantile
-of the new law; see :mod:`causalcell._core.coupling`). Global sites (outside every plate: the
-parameters) keep their abducted values in both worlds.
+of the new law; see :mod:`causalcell._core.coupling`). Sites outside every plate (the
+parameters) keep their abducted values wherever no intervention reaches them; a model without
+plates is one unit, whose Gaussian sites outside plates share the noise of their factual
+values (``(x - loc) / scale`` from the factual world's trace) where the action reaches them.
 
 References
 ----------
@@ -36,11 +34,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpyro
-import numpyro.distributions as dist
 from numpyro.handlers import condition, seed, trace
-from numpyro.infer import MCMC, NUTS, Predictive
-from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 from numpyro.primitives import Messenger
 
 from causalcell._core.coupling import (
@@ -51,67 +45,14 @@ from causalcell._core.coupling import (
     same_law,
     to_noise,
 )
-from causalcell._core.names import did_you_mean
-from causalcell.handlers._do import UnknownSiteError, do
+from causalcell._core.tracing import is_concrete
+from causalcell.handlers._abduction import NOISE_SUFFIX, unit_sites
+from causalcell.handlers._do import do, natural_of
 
-__all__ = [
-    "COUPLINGS",
-    "NOISE_SUFFIX",
-    "WORLDS",
-    "abduce",
-    "abduction_model",
-    "check_site_names",
-    "exogenize",
-    "model_trace",
-    "predict_worlds",
-    "unit_sites",
-]
+__all__ = ["COUPLINGS", "WORLDS", "predict_worlds", "world_labels"]
 
-#: Suffix of the explicit exogenous-noise site of a Gaussian site.
-NOISE_SUFFIX = "__noise"
-#: Labels of the leading world axis.
+#: Labels of the leading world axis (one counterfactual world).
 WORLDS = ("factual", "counterfactual")
-
-
-def _is_unit_site(msg) -> bool:
-    return msg["type"] == "sample" and bool(msg["cond_indep_stack"])
-
-
-def unit_sites(traced) -> list[str]:
-    """Names of the unit-level (in-plate) sample and deterministic sites, noise sites aside."""
-    return [
-        name
-        for name, site in traced.items()
-        if site["type"] in ("sample", "deterministic")
-        and site.get("cond_indep_stack")
-        and not name.endswith(NOISE_SUFFIX)
-    ]
-
-
-class exogenize(Messenger):
-    """Make the exogenous noise of Gaussian unit-level sites explicit (abduction-ready).
-
-    A latent site ``x`` becomes a deterministic site with value ``loc + scale * eps`` and a new
-    latent site ``f"{x}__noise" ~ Normal(0, 1)``; an observed site keeps its likelihood and
-    records its noise as the deterministic site ``f"{x}__noise"``. Sites outside every plate
-    (parameters) and non-Gaussian sites are unchanged.
-    """
-
-    def process_message(self, msg):
-        if not _is_unit_site(msg) or msg["infer"].get("causalcell_noise"):
-            return
-        fn = msg["fn"]
-        if not is_shareable(fn):
-            return
-        noise_name = msg["name"] + NOISE_SUFFIX
-        if msg["is_observed"]:
-            numpyro.deterministic(noise_name, to_noise(fn, msg["value"]))
-            return
-        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        standard = dist.Normal(jnp.zeros(shape), 1.0).to_event(len(fn.event_shape))
-        noise = numpyro.sample(noise_name, standard, infer={"causalcell_noise": True})
-        msg["value"] = from_noise(fn, noise)
-        msg["type"] = "deterministic"
 
 
 class _replay(Messenger):
@@ -127,194 +68,35 @@ class _replay(Messenger):
     def process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"]:
             return
-        name = msg["name"]
-        if not msg["cond_indep_stack"]:
-            if name in self.draw:
-                msg["value"] = self.draw[name]
-            return
-        if is_shareable(msg["fn"]) and name + NOISE_SUFFIX in self.draw:
+        name = natural_of(msg)  # a functional intervention's natural draw: the site's own
+        unit = bool(msg["cond_indep_stack"])
+        if unit and is_shareable(msg["fn"]) and name + NOISE_SUFFIX in self.draw:
             msg["value"] = from_noise(msg["fn"], self.draw[name + NOISE_SUFFIX])
         elif name in self.factual:
-            msg["value"] = self._carry(msg)
+            msg["value"] = self._carry(msg, name)
         elif name in self.draw:
-            msg["value"] = self.draw[name]  # an abducted latent of the factual world
+            msg["value"] = self.draw[name]  # a parameter or an abducted latent (factual world)
 
-    def _carry(self, msg):
-        """The counterfactual value of a non-Gaussian site: its factual value wherever its
-        law is unchanged (no intervention reaches it), else coupled or drawn afresh."""
-        factual_fn, factual_value = self.factual[msg["name"]]
+    def _carry(self, msg, name: str):
+        """The counterfactual value of a site from its factual law and value: the factual
+        value wherever its law is unchanged (no intervention reaches it); where it changed,
+        the factual noise pushed through the new law if both are Gaussian (a site outside
+        every plate, e.g. of a model without plates), else coupled or drawn afresh."""
+        factual_fn, factual_value = self.factual[name]
+        same = same_law(factual_fn, msg["fn"])
+        if is_concrete(same) and bool(jnp.all(same)):
+            return factual_value  # e.g. a parameter's prior: nothing to couple
         self.key, subkey = jax.random.split(self.key)
-        if self.coupling == "quantile":
+        if is_shareable(factual_fn) and is_shareable(msg["fn"]):
+            changed = from_noise(msg["fn"], to_noise(factual_fn, factual_value))
+        elif self.coupling == "quantile":
             changed = couple(subkey, factual_fn, factual_value, msg["fn"])
         else:
             sample_shape = msg["kwargs"].get("sample_shape", ())
             changed = msg["fn"](rng_key=subkey, sample_shape=sample_shape)
-        same = same_law(factual_fn, msg["fn"])
         same = jnp.reshape(same, same.shape + (1,) * len(msg["fn"].event_shape))
         dtype = jnp.result_type(factual_value)
         return jnp.where(same, factual_value, jnp.asarray(changed).astype(dtype))
-
-
-def model_trace(model, model_args=(), model_kwargs=None) -> dict:
-    """One seeded trace of ``model`` (site names, shapes, plates)."""
-    return trace(seed(model, jax.random.key(0))).get_trace(*model_args, **(model_kwargs or {}))
-
-
-def check_site_names(kind: str, names, sites) -> None:
-    """Raise :class:`UnknownSiteError` if ``names`` (of ``kind``: evidence, sites, ...) are not
-    among the model's ``sites``, with close matches."""
-    unknown = [name for name in names if name not in sites]
-    if unknown:
-        raise UnknownSiteError(
-            f"{kind} names {unknown}, which the model does not have."
-            f"{did_you_mean(unknown[0], sites)} "
-            f"The model's sample sites: {sorted(sites)}."
-        )
-
-
-def abduction_model(model, evidence: Mapping):
-    """The model whose posterior is the abduction: ``exogenize(condition(model, evidence))``.
-
-    Fit a guide to it (e.g. ``numpyro.infer.autoguide.AutoNormal`` with SVI) and pass the guide
-    to :func:`abduce` for abduction by a fitted guide instead of NUTS (large models).
-    """
-    return exogenize(condition(model, data=dict(evidence)))
-
-
-def abduce(
-    model,
-    evidence: Mapping,
-    *,
-    key,
-    posterior_samples: Mapping | None = None,
-    guide=None,
-    guide_params: Mapping | None = None,
-    num_samples: int = 500,
-    num_warmup: int = 500,
-    model_args: tuple = (),
-    model_kwargs: Mapping | None = None,
-) -> dict:
-    """Posterior draws of parameters and exogenous noise given ``evidence``.
-
-    Parameters
-    ----------
-    model
-        A NumPyro program.
-    evidence
-        Observed values by site name (the unit(s) asked about, and any training data).
-    key
-        PRNG key.
-    posterior_samples
-        Optional parameter draws ``{site: [S, ...]}`` (e.g. from a fit). When given, the noise
-        is abducted per draw: exactly if every Gaussian unit-level site is observed, else by
-        NUTS over the noise of all draws at once (``num_samples`` noise draws per parameter
-        draw). When omitted, NUTS samples parameters and noise jointly from prior x evidence.
-    num_samples, num_warmup
-        NUTS settings.
-
-    Returns
-    -------
-    dict
-        Draws with a leading sample axis: global sites, ``f"{x}__noise"`` for every Gaussian
-        unit-level site, and other latent sites. With ``posterior_samples`` of ``S`` draws and
-        NUTS abduction there are ``num_samples * S`` draws, noise-major: draw ``i * S + s``
-        pairs noise draw ``i`` with parameter draw ``s``. NUTS then runs over the noise of all
-        ``S`` draws at once (``S`` times the latent dimension): keep ``S`` moderate.
-
-    Raises
-    ------
-    UnknownSiteError
-        If ``evidence`` names a site the model lacks.
-    """
-    model_kwargs = dict(model_kwargs or {})
-    sites = model_trace(model, model_args, model_kwargs)
-    check_site_names("evidence", evidence, [n for n, s in sites.items() if s["type"] == "sample"])
-    abduction = abduction_model(model, evidence)
-    if guide is not None:
-        if guide_params is None:
-            raise ValueError("A guide needs its fitted parameters: pass guide_params.")
-        sampler = Predictive(guide, params=dict(guide_params), num_samples=num_samples)
-        draws = sampler(key, *model_args, **model_kwargs)
-        model_sites = model_trace(abduction, model_args, model_kwargs)
-        draws = {name: value for name, value in draws.items() if name in model_sites}
-        return _with_deterministic(abduction, draws, model_args, model_kwargs)
-    if posterior_samples is None:
-        sampler = MCMC(
-            NUTS(abduction), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False
-        )
-        sampler.run(key, *model_args, **model_kwargs)
-        return _with_deterministic(abduction, sampler.get_samples(), model_args, model_kwargs)
-    draws = {name: jnp.asarray(value) for name, value in posterior_samples.items()}
-    first = jax.tree_util.tree_map(lambda value: value[0], draws)
-    conditioned = model_trace(condition(abduction, data=first), model_args, model_kwargs)
-    latent = [
-        n
-        for n, s in conditioned.items()
-        if s["type"] == "sample" and not s["is_observed"] and n not in first
-    ]
-    if not latent:
-        return _with_deterministic(abduction, draws, model_args, model_kwargs)
-    return _noise_by_nuts(
-        abduction, draws, first, key, num_samples, num_warmup, model_args, model_kwargs
-    )
-
-
-def _with_deterministic(model, draws, model_args, model_kwargs) -> dict:
-    """Add the recorded noise of observed sites (deterministic) to the draws."""
-    predictive = Predictive(model, posterior_samples=draws, condition_deterministic=False)
-    recorded = predictive(jax.random.key(0), *model_args, **model_kwargs)
-    return {
-        **{name: value for name, value in recorded.items() if name.endswith(NOISE_SUFFIX)},
-        **draws,
-    }
-
-
-def _noise_by_nuts(abduction, draws, first, key, num_samples, num_warmup, model_args, model_kwargs):
-    """NUTS over the noise of every parameter draw at once (independent given the draws)."""
-    init_key, run_key = jax.random.split(key)
-    start = initialize_model(
-        init_key,
-        condition(abduction, data=first),
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-    )
-    count = next(iter(draws.values())).shape[0]
-    initial = jax.tree_util.tree_map(
-        lambda value: jnp.broadcast_to(value, (count, *value.shape)), start.param_info.z
-    )
-
-    def one(unconstrained, parameters):
-        return potential_energy(
-            condition(abduction, data=parameters), model_args, model_kwargs, unconstrained
-        )
-
-    def potential(unconstrained):
-        return jnp.sum(jax.vmap(one)(unconstrained, draws))
-
-    sampler = MCMC(
-        NUTS(potential_fn=potential),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        progress_bar=False,
-    )
-    sampler.run(run_key, init_params=initial)
-    samples = sampler.get_samples()  # [num_samples, count, ...]
-
-    def constrain(unconstrained, parameters):
-        return constrain_fn(
-            condition(abduction, data=parameters),
-            model_args,
-            model_kwargs,
-            unconstrained,
-            return_deterministic=True,
-        )
-
-    values = jax.vmap(jax.vmap(constrain), in_axes=(0, None))(samples, draws)
-    repeated = jax.tree_util.tree_map(
-        lambda value: jnp.broadcast_to(value, (num_samples, *value.shape)), draws
-    )
-    merged = {**values, **repeated}
-    return jax.tree_util.tree_map(lambda value: value.reshape(-1, *value.shape[2:]), merged)
 
 
 def predict_worlds(
@@ -322,7 +104,7 @@ def predict_worlds(
     draws: Mapping,
     *,
     evidence: Mapping,
-    actions: Mapping,
+    actions,
     key,
     coupling: str = "resample",
     sites=None,
@@ -340,7 +122,12 @@ def predict_worlds(
     evidence
         The evidence used for abduction (fixes the factual world's observed sites).
     actions
-        The intervention, as for :class:`causalcell.handlers.do`.
+        The intervention, as for :class:`causalcell.handlers.do`: one counterfactual world.
+        A list of them makes one world each, all sharing the abducted noise (multi-world
+        counterfactuals); an entry may be a function that takes the worlds before it (a list
+        of ``{site: value}``, the factual world first, for one draw) and returns the action,
+        e.g. ``lambda worlds: {"t": 1.0, "m": worlds[1]["m"]}`` for a nested counterfactual
+        ``Y(t = 1, M(t = 0))`` (natural direct effects, :func:`causalcell.queries.mediation`).
     key
         PRNG key (for resampled sites and randomised quantiles).
     coupling
@@ -351,43 +138,72 @@ def predict_worlds(
     Returns
     -------
     dict
-        ``{site: [sample, world, ...]}`` with ``world`` ordered as :data:`WORLDS`.
+        ``{site: [sample, world, ...]}`` with ``world`` ordered as :func:`world_labels`: the
+        factual world, then one per action.
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}.")
+    worlds = _action_list(actions)
     model_kwargs = dict(model_kwargs or {})
     evidence = dict(evidence)
 
     def one(draw, draw_key):
-        factual_key, action_key, coupling_key = jax.random.split(draw_key, 3)
+        factual_key, *world_keys = jax.random.split(draw_key, 1 + 2 * len(worlds))
         factual_model = _replay(condition(model, data=evidence), draw=draw, coupling=coupling)
         factual = trace(seed(factual_model, factual_key)).get_trace(*model_args, **model_kwargs)
-        carried = {
+        carried = {  # every sample site's factual law and value, in plates or not
             name: (site["fn"], site["value"])
             for name, site in factual.items()
-            if _is_unit_site(site) and not is_shareable(site["fn"])
+            if site["type"] == "sample"
         }
-        action_model = _replay(
-            do(model, dict(actions)),
-            draw=draw,
-            coupling=coupling,
-            factual=carried,
-            key=coupling_key,
-        )
-        counterfactual = trace(seed(action_model, action_key)).get_trace(
-            *model_args, **model_kwargs
-        )
+        values = [{name: site["value"] for name, site in factual.items() if "value" in site}]
+        for index, action in enumerate(worlds):
+            action = action(values) if callable(action) else action
+            action_model = _replay(
+                do(model, dict(action)),
+                draw=draw,
+                coupling=coupling,
+                factual=carried,
+                key=world_keys[2 * index],
+            )
+            world = trace(seed(action_model, world_keys[2 * index + 1])).get_trace(
+                *model_args, **model_kwargs
+            )
+            values.append({name: site["value"] for name, site in world.items() if "value" in site})
         return {
             name: jnp.stack(
-                [
-                    jnp.asarray(factual[name]["value"]),
-                    jnp.broadcast_to(
-                        counterfactual[name]["value"], jnp.shape(factual[name]["value"])
-                    ),
-                ]
+                [jnp.broadcast_to(world[name], jnp.shape(values[0][name])) for world in values]
             )
             for name in sites or unit_sites(factual)
         }
 
-    count = next(iter(draws.values())).shape[0]
+    count = next(iter(draws.values())).shape[0] if draws else 1  # no unknowns: one draw
     return jax.vmap(one)(dict(draws), jax.random.split(key, count))
+
+
+def world_labels(actions) -> tuple[str, ...]:
+    """Labels of the world axis of :func:`predict_worlds` for ``actions``: :data:`WORLDS` for
+    one action, else ``"factual"`` then ``"counterfactual_1"``, ``"counterfactual_2"``, ..."""
+    count = len(_action_list(actions))
+    if count == 1 and not _is_action_list(actions):
+        return WORLDS
+    return ("factual", *(f"counterfactual_{k}" for k in range(1, count + 1)))
+
+
+def _is_action_list(actions) -> bool:
+    return isinstance(actions, list | tuple)
+
+
+def _action_list(actions) -> list:
+    """``actions`` as a list of worlds' actions (mappings, or functions of earlier worlds)."""
+    worlds = list(actions) if _is_action_list(actions) else [actions]
+    if not worlds:
+        raise ValueError("actions is an empty list: give at least one world's action.")
+    for action in worlds:
+        if not (isinstance(action, Mapping) or callable(action)):
+            raise TypeError(
+                "Each world's action must be a mapping of sites to interventions (or a "
+                "function of the earlier worlds returning one); got "
+                f"{type(action).__name__}."
+            )
+    return worlds

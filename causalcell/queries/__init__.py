@@ -1,4 +1,5 @@
-"""Causal queries with posterior uncertainty: interventional, counterfactual, effect.
+"""Causal queries with posterior uncertainty: interventional, counterfactual, effect,
+mediation.
 
 Each returns a :class:`causalcell.results.CausalResult` whose draws carry a leading ``sample``
 axis. With ``posterior_samples`` (parameter draws from a fit) the answers integrate over the
@@ -13,5 +14,13 @@ Pearl, J. (2009). Causality, 2nd ed. Cambridge University Press.
 from causalcell.queries._counterfactual import counterfactual
 from causalcell.queries._effect import ESTIMANDS, effect
 from causalcell.queries._interventional import interventional
+from causalcell.queries._mediation import MEDIATION_WORLDS, mediation
 
-__all__ = ["ESTIMANDS", "counterfactual", "effect", "interventional"]
+__all__ = [
+    "ESTIMANDS",
+    "MEDIATION_WORLDS",
+    "counterfactual",
+    "effect",
+    "interventional",
+    "mediation",
+]

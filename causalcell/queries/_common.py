@@ -9,14 +9,17 @@ __all__ = ["global_draws", "site_dims"]
 
 
 def global_draws(model, traced, key, posterior_samples, num_samples, model_args, model_kwargs):
-    """Parameter draws ``{site: [S, ...]}``: the given posterior, or the prior's global sites."""
+    """Parameter draws ``{site: [S, ...]}``: the given posterior, or the prior's global sites
+    (none for a model without them: ``{}``, whatever ``num_samples``)."""
     if posterior_samples is not None:
         return {name: jnp.asarray(value) for name, value in posterior_samples.items()}
+    names = [n for n, s in traced.items() if s["type"] == "sample" and not s["cond_indep_stack"]]
+    if not names:
+        return {}
     if num_samples is None:
         raise ValueError("Give posterior_samples (from a fit) or num_samples (prior draws).")
-    names = [n for n, s in traced.items() if s["type"] == "sample" and not s["cond_indep_stack"]]
     prior = Predictive(model, num_samples=num_samples, return_sites=names)
-    return prior(key, *model_args, **model_kwargs) if names else {}
+    return prior(key, *model_args, **model_kwargs)
 
 
 def site_dims(traced, names, leading=()) -> dict:

@@ -9,12 +9,12 @@ import jax
 
 from causalcell._core.keys import as_key
 from causalcell.handlers import (
-    WORLDS,
     abduce,
     check_site_names,
     model_trace,
     predict_worlds,
     unit_sites,
+    world_labels,
 )
 from causalcell.queries._common import site_dims
 from causalcell.results import CausalResult
@@ -46,11 +46,15 @@ def counterfactual(
     Parameters
     ----------
     model
-        A NumPyro program whose unit-level sites sit inside a plate.
+        A NumPyro program whose unit-level sites sit inside a plate; a model without plates
+        is one unit (every site is returned).
     evidence
         Observed values of the unit(s), by site name.
     actions
-        The intervention.
+        The intervention, as for :class:`causalcell.handlers.do`: per site a value, a
+        function of the site's own value (``lambda x: x + 1``) or a distribution. A list of
+        them asks several counterfactual worlds at once, sharing the same noise; an entry may
+        be a function of the worlds before it (see :func:`causalcell.handlers.predict_worlds`).
     key
         PRNG key.
     posterior_samples
@@ -70,7 +74,8 @@ def counterfactual(
     -------
     CausalResult
         Quantities with axes ``(sample, world, <plates>, ...)``, ``world`` labelled
-        ``("factual", "counterfactual")``.
+        ``("factual", "counterfactual")``, or ``("factual", "counterfactual_1", ...)`` for a
+        list of actions.
 
     Notes
     -----
@@ -89,6 +94,7 @@ def counterfactual(
     traced = model_trace(model, model_args, model_kwargs)
     names = list(sites) if sites is not None else unit_sites(traced)
     check_site_names("sites", names, traced)  # before the abduction, which may run NUTS
+    labels = world_labels(actions)  # checks the actions, also before
     abduction_key, prediction_key = jax.random.split(as_key(key))
     draws = abduce(
         model,
@@ -114,6 +120,6 @@ def counterfactual(
     return CausalResult(
         worlds,
         dims=site_dims(traced, names, leading=("world",)),
-        coords={"world": WORLDS},
-        attrs={"actions": repr(dict(actions)), "coupling": coupling},
+        coords={"world": labels},
+        attrs={"actions": repr(actions), "coupling": coupling},
     )

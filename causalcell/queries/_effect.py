@@ -93,7 +93,7 @@ def effect(
     parameters = global_draws(
         model, traced, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
     )
-    count = next(iter(parameters.values())).shape[0] if parameters else num_samples
+    count = next(iter(parameters.values())).shape[0] if parameters else (num_samples or 1)
     if estimand == "ate":
         arms = [
             _arm_outcomes(

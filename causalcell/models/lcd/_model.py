@@ -102,10 +102,10 @@ class LCD:
 
         The encoder sees each cell's log1p-normalised counts and its condition (one-hot). The
         step size decays tenfold over the fit. ``global_guide`` picks the posterior family of
-        the globals (drift, intervention and noise parameters): ``"full"`` (every correlation,
-        for intervals that cover), ``"lowrank"`` (``rank``), ``"kronecker"`` (drift rows and
+        the globals (drift, intervention and noise parameters): ``"full"`` (every correlation),
+        ``"lowrank"`` (``rank``), ``"kronecker"`` (drift rows and
         columns correlated, :class:`causalcell.inference.AutoKroneckerNormal`), ``"normal"``
-        (mean-field, intervals 2-3x too narrow) or ``"auto"``: ``"full"`` up to
+        (mean-field, narrower intervals) or ``"auto"``: ``"full"`` up to
         ``inference.FULL_RANK_LIMIT`` global dimensions (about 20 genes), else ``"normal"``.
         Other keywords go to :func:`causalcell.inference.fit` (``checkpoint``; or
         ``loss=LocalImportanceELBO(8)``, which unbiases the split of count variance).
