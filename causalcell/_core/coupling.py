@@ -1,7 +1,9 @@
 """How one site's randomness is carried from the factual to a counterfactual world.
 
-- Gaussian (location-scale) sites and distributions with the ``to_noise``/``from_noise``
-  protocol share their standard-normal exogenous noise exactly: ``eps = (x - loc) / scale``.
+- Gaussian (location-scale) sites, normal laws through bijective transforms (``LogNormal``
+  and any ``TransformedDistribution`` of a normal: ``eps = (T^{-1}(x) - loc) / scale``) and
+  distributions with the ``to_noise``/``from_noise`` protocol share their standard-normal
+  exogenous noise exactly.
 - Other sites follow the chosen coupling: ``"resample"`` draws them afresh in the
   counterfactual world; ``"quantile"`` keeps their quantile ``u = F_factual(x)`` and returns
   ``F_counterfactual^{-1}(u)``. For counts, ``u`` is drawn uniformly in
@@ -51,26 +53,44 @@ def _base(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
+def _gaussian(fn: dist.Distribution):
+    """``(normal, transforms)`` when ``fn`` is a normal law pushed through bijections (a
+    ``TransformedDistribution`` such as ``LogNormal``; none for a plain normal), else None."""
+    base, transforms = _base(fn), []
+    while isinstance(base, dist.TransformedDistribution):
+        transforms = list(base.transforms) + transforms
+        base = _base(base.base_dist)
+    return (base, transforms) if type(base) is dist.Normal else None
+
+
 def is_shareable(fn: dist.Distribution) -> bool:
-    """Whether ``fn`` exposes its exogenous noise (Gaussian or the noise protocol)."""
-    base = _base(fn)
-    return type(base) is dist.Normal or hasattr(base, "to_noise")
+    """Whether ``fn`` exposes its exogenous noise: a normal law, a normal law through
+    bijective transforms (log-normal and other transformed laws), or the noise protocol."""
+    return _gaussian(fn) is not None or hasattr(_base(fn), "to_noise")
 
 
 def to_noise(fn: dist.Distribution, value):
-    """Standard-normal exogenous noise of ``value`` under a shareable ``fn``."""
-    base = _base(fn)
-    if type(base) is dist.Normal:
-        return (value - base.loc) / base.scale
-    return base.to_noise(value)
+    """Standard-normal exogenous noise of ``value`` under a shareable ``fn``: for a transformed
+    normal law, the transforms are inverted first."""
+    gaussian = _gaussian(fn)
+    if gaussian is None:
+        return _base(fn).to_noise(value)
+    normal, transforms = gaussian
+    for transform in reversed(transforms):
+        value = transform.inv(value)
+    return (value - normal.loc) / normal.scale
 
 
 def from_noise(fn: dist.Distribution, noise):
     """Inverse of :func:`to_noise`: the value a shareable ``fn`` gives to exogenous ``noise``."""
-    base = _base(fn)
-    if type(base) is dist.Normal:
-        return base.loc + base.scale * noise
-    return base.from_noise(noise)
+    gaussian = _gaussian(fn)
+    if gaussian is None:
+        return _base(fn).from_noise(noise)
+    normal, transforms = gaussian
+    value = normal.loc + normal.scale * noise
+    for transform in transforms:
+        value = transform(value)
+    return value
 
 
 def same_law(first: dist.Distribution, second: dist.Distribution):

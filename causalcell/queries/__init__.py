@@ -1,5 +1,5 @@
 """Causal queries with posterior uncertainty: interventional, counterfactual, effect,
-mediation.
+mediation, probabilities of causation.
 
 Each returns a :class:`causalcell.results.CausalResult` whose draws carry a leading ``sample``
 axis. With ``posterior_samples`` (parameter draws from a fit) the answers integrate over the
@@ -11,6 +11,7 @@ References
 Pearl, J. (2009). Causality, 2nd ed. Cambridge University Press.
 """
 
+from causalcell.queries._causation import probabilities_of_causation
 from causalcell.queries._counterfactual import counterfactual
 from causalcell.queries._effect import ESTIMANDS, effect
 from causalcell.queries._interventional import interventional
@@ -23,4 +24,5 @@ __all__ = [
     "effect",
     "interventional",
     "mediation",
+    "probabilities_of_causation",
 ]

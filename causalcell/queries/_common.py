@@ -1,11 +1,14 @@
-"""What the queries share: parameter draws (posterior or prior) and axis names of results."""
+"""What the queries share: parameter draws (posterior or prior), units' prior noise, and axis
+names of results."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from numpyro.infer import Predictive
 
-__all__ = ["global_draws", "site_dims"]
+from causalcell.handlers import exogenize
+
+__all__ = ["global_draws", "prior_noise", "site_dims"]
 
 
 def global_draws(model, traced, key, posterior_samples, num_samples, model_args, model_kwargs):
@@ -33,3 +36,16 @@ def site_dims(traced, names, leading=()) -> dict:
         events = [f"{name}_dim_{k}" for k in range(ndim - len(plate_names))]
         dims[name] = (*leading, *plate_names, *events)
     return dims
+
+
+def prior_noise(model, parameters, count, repeats, key, model_args, model_kwargs) -> dict:
+    """Units' noise (and other unit latents) from the prior, ``repeats`` per parameter draw,
+    parameter-major, with the parameters repeated alongside: the draws of
+    :func:`causalcell.handlers.predict_worlds` for population-level questions."""
+    repeated = {name: jnp.repeat(draw, repeats, axis=0) for name, draw in parameters.items()}
+    predictive = Predictive(
+        exogenize(model),
+        posterior_samples=repeated or None,
+        num_samples=None if repeated else count * repeats,
+    )
+    return {**predictive(key, *model_args, **model_kwargs), **repeated}

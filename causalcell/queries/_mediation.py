@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import Predictive
 
 from causalcell._core.keys import as_key
-from causalcell.handlers import abduce, check_site_names, exogenize, model_trace, predict_worlds
-from causalcell.queries._common import global_draws
+from causalcell.handlers import abduce, check_site_names, model_trace, predict_worlds
+from causalcell.queries._common import global_draws, prior_noise
 from causalcell.results import CausalResult
 
 __all__ = ["MEDIATION_WORLDS", "mediation"]
@@ -117,7 +115,7 @@ def mediation(
             model_kwargs=model_kwargs,
         )
     else:
-        draws = _prior_noise(
+        draws = prior_noise(
             model, parameters, count, num_noise_samples, noise_key, model_args, model_kwargs
         )
     control, treated = values
@@ -161,15 +159,3 @@ def mediation(
             "values": repr(tuple(values)),
         },
     )
-
-
-def _prior_noise(model, parameters, count, repeats, key, model_args, model_kwargs):
-    """Unit noise (and other unit latents) from the prior, ``repeats`` per parameter draw,
-    parameter-major; the parameters repeated alongside."""
-    repeated = {name: jnp.repeat(draw, repeats, axis=0) for name, draw in parameters.items()}
-    predictive = Predictive(
-        exogenize(model),
-        posterior_samples=repeated or None,
-        num_samples=None if repeated else count * repeats,
-    )
-    return {**predictive(key, *model_args, **model_kwargs), **repeated}

@@ -172,3 +172,26 @@ def test_a_model_without_plates_is_one_unit_and_its_sites_follow_the_action():
     # Abduction: z | x = 1, y = 2 is N(1.5, 1/2); 2,000 NUTS draws put the mean within 0.1
     # (about 6 standard errors at an effective sample size near 1,000).
     assert abs(float(np.mean(z[:, 0])) - 1.5) < 0.1
+
+
+def log_normal_model(num_units=1):
+    """ChiRho's ambiguity model's log-normal site, here downstream of the action."""
+    with numpyro.plate("units", num_units):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        return numpyro.sample("x", dist.LogNormal(z, 0.5))
+
+
+@pytest.mark.parametrize("coupling", ["resample", "quantile"])
+def test_a_transformed_normal_site_shares_its_noise_under_either_coupling(coupling):
+    evidence = {"z": jnp.array([0.2]), "x": jnp.array([1.5])}
+    result = counterfactual(
+        log_normal_model,
+        evidence=evidence,
+        actions={"z": 1.0},
+        key=jax.random.key(5),
+        posterior_samples={},
+        coupling=coupling,
+    )
+    # x = exp(z + 0.5 eps): eps = (log 1.5 - 0.2) / 0.5, so x' = 1.5 e^(1 - 0.2) (float32).
+    np.testing.assert_allclose(result["x"][:, 1, 0], 1.5 * np.exp(0.8), rtol=1e-5)
+    np.testing.assert_allclose(result["x"][:, 0, 0], 1.5, rtol=1e-6)

@@ -1,8 +1,12 @@
-"""Multi-world counterfactuals and mediation against hand-derived exact answers.
+"""Multi-world counterfactuals, mediation and probabilities of causation against
+hand-derived exact answers.
 
 Linear-Gaussian mediation (Pearl 2001, section 4: the natural direct effect is the path
 coefficient of t -> y, the indirect one the product along t -> m -> y) and its interaction
-variant, where the two effects depend on the treatment levels."""
+variant, where the two effects depend on the treatment levels; ChiRho's connected and
+independent coin models (``tests/explainable/test_handlers_explanation.py``,
+``test_edge_eq_neq``) for necessity and sufficiency, and a Bernoulli risk model whose answers
+Tian and Pearl (2000) give under monotonicity."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +15,12 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from causalcell.queries import MEDIATION_WORLDS, counterfactual, mediation
+from causalcell.queries import (
+    MEDIATION_WORLDS,
+    counterfactual,
+    mediation,
+    probabilities_of_causation,
+)
 
 # Parameter draws of the path coefficients: t -> m (a), t -> y (b), m -> y (c), t x m (d).
 DRAWS = {
@@ -107,3 +116,64 @@ def test_bad_mediation_questions_name_the_problem():
         mediation(model, treatment="t", mediator="m", outcome="y", values=(0,), key=0)
     with pytest.raises(ValueError, match="empty list"):
         counterfactual(model, evidence={}, actions=[], key=0, posterior_samples=DRAWS)
+
+
+def copy_model(num_units=1):
+    """ChiRho's connected model, Y = X: a fair coin X and Y computed from it."""
+    with numpyro.plate("units", num_units):
+        x = numpyro.sample("x", dist.Bernoulli(0.5))
+        return numpyro.deterministic("y", x)
+
+
+def independent_model(num_units=1):
+    """ChiRho's independent model: two fair coins."""
+    with numpyro.plate("units", num_units):
+        numpyro.sample("x", dist.Bernoulli(0.5))
+        return numpyro.sample("y", dist.Bernoulli(0.5))
+
+
+def risk_model(num_units=1):
+    """X a fair coin; P(Y = 1 | X) = 0.3 untreated, 0.9 treated (Bernoulli, no noise)."""
+    with numpyro.plate("units", num_units):
+        x = numpyro.sample("x", dist.Bernoulli(0.5))
+        return numpyro.sample("y", dist.Bernoulli(jnp.where(x > 0.5, 0.9, 0.3)))
+
+
+def _causation(model, coupling, key):
+    return probabilities_of_causation(
+        model,
+        treatment="x",
+        outcome="y",
+        values=(0.0, 1.0),
+        outcome_values=(0.0, 1.0),
+        key=key,
+        num_noise_samples=4000,
+        coupling=coupling,
+    )
+
+
+@pytest.mark.parametrize("coupling", ["resample", "quantile"])
+def test_a_copied_cause_is_necessary_and_sufficient_and_an_independent_one_neither(coupling):
+    copied, independent = (_causation(m, coupling, 3) for m in (copy_model, independent_model))
+    for name in ("necessity", "sufficiency", "necessity_and_sufficiency"):
+        np.testing.assert_array_equal(copied[name], [1.0])
+        # x does not reach y: y keeps its factual value in every world, whatever the coupling.
+        np.testing.assert_array_equal(independent[name], [0.0])
+
+
+@pytest.mark.parametrize(
+    ("coupling", "expected"),
+    [
+        # Monotone worlds (Tian and Pearl 2000): PNS = 0.9 - 0.3, PN = PNS / 0.9, PS = PNS / 0.7.
+        ("quantile", (0.6 / 0.9, 0.6 / 0.7, 0.6)),
+        # Independent worlds: PN = P(Y = 0 | do(0)), PS = P(Y = 1 | do(1)), PNS their product.
+        ("resample", (0.7, 0.9, 0.63)),
+    ],
+)
+def test_probabilities_of_causation_of_a_bernoulli_outcome(coupling, expected):
+    result = _causation(risk_model, coupling, 4)
+    got = [float(result[name][0]) for name in ("necessity", "sufficiency")]
+    got.append(float(result["necessity_and_sufficiency"][0]))
+    # 4,000 units, about 2,000 in each conditioning event: 4 binomial standard errors of a
+    # proportion near 0.7 over 1,800 units are at most 0.045.
+    np.testing.assert_allclose(got, expected, atol=0.045)
