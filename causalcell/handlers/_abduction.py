@@ -15,15 +15,17 @@ Pearl, J. (2009). Causality, 2nd ed., section 7.1.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.handlers import condition, seed, trace
 from numpyro.infer import MCMC, NUTS, Predictive
-from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
+from numpyro.infer.util import constrain_fn, initialize_model, log_density, potential_energy
 from numpyro.primitives import Messenger
 
 from causalcell._core.coupling import from_noise, is_shareable, to_noise
@@ -31,6 +33,7 @@ from causalcell._core.names import did_you_mean
 from causalcell.handlers._do import UnknownSiteError
 
 __all__ = [
+    "MAX_CONFIGURATIONS",
     "NOISE_SUFFIX",
     "abduce",
     "abduction_model",
@@ -43,6 +46,8 @@ __all__ = [
 
 #: Suffix of the explicit exogenous-noise site of a Gaussian site.
 NOISE_SUFFIX = "__noise"
+#: Most joint configurations of discrete unknowns that :func:`abduce` enumerates.
+MAX_CONFIGURATIONS = 2**16
 
 
 def is_unit_site(msg) -> bool:
@@ -142,6 +147,9 @@ def abduce(
         is abducted per draw: exactly if every Gaussian unit-level site is observed, else by
         NUTS over the noise of all draws at once (``num_samples`` noise draws per parameter
         draw). When omitted, NUTS samples parameters and noise jointly from prior x evidence.
+        Discrete unknowns (hidden states; every unknown discrete once the parameters are
+        given) are abducted exactly instead, by enumerating their joint configurations (at
+        most :data:`MAX_CONFIGURATIONS`), so the factual world follows their posterior.
     num_samples, num_warmup
         NUTS settings.
 
@@ -158,6 +166,8 @@ def abduce(
     ------
     UnknownSiteError
         If ``evidence`` names a site the model lacks.
+    NotImplementedError
+        For discrete unknowns together with continuous ones.
     """
     model_kwargs = dict(model_kwargs or {})
     sites = model_trace(model, model_args, model_kwargs)
@@ -171,31 +181,87 @@ def abduce(
         model_sites = model_trace(abduction, model_args, model_kwargs)
         draws = {name: value for name, value in draws.items() if name in model_sites}
         return _with_deterministic(abduction, draws, model_args, model_kwargs)
-    if posterior_samples is None:
-        if not _latent_sites(abduction, {}, model_args, model_kwargs):
-            return _with_deterministic(abduction, {}, model_args, model_kwargs)  # no unknowns
+    draws = {name: jnp.asarray(value) for name, value in (posterior_samples or {}).items()}
+    first = jax.tree_util.tree_map(lambda value: value[0], draws)
+    latent = _latent_sites(abduction, first, model_args, model_kwargs)
+    if not latent:  # nothing left unknown: exact
+        return _with_deterministic(abduction, draws, model_args, model_kwargs)
+    discrete = {name: site for name, site in latent.items() if site["fn"].support.is_discrete}
+    if discrete:
+        if len(discrete) < len(latent):
+            raise NotImplementedError(
+                f"Abduction of discrete unknowns {sorted(discrete)} together with continuous "
+                f"ones {sorted(set(latent) - set(discrete))} is not supported: give the "
+                "parameters as posterior_samples, or observe the continuous sites."
+            )
+        return _enumerate_discrete(
+            abduction, draws, discrete, key, num_samples, model_args, model_kwargs
+        )
+    if not draws:
         sampler = MCMC(
             NUTS(abduction), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False
         )
         sampler.run(key, *model_args, **model_kwargs)
         return _with_deterministic(abduction, sampler.get_samples(), model_args, model_kwargs)
-    draws = {name: jnp.asarray(value) for name, value in posterior_samples.items()}
-    first = jax.tree_util.tree_map(lambda value: value[0], draws)
-    if not _latent_sites(abduction, first, model_args, model_kwargs):
-        return _with_deterministic(abduction, draws, model_args, model_kwargs)
     return _noise_by_nuts(
         abduction, draws, first, key, num_samples, num_warmup, model_args, model_kwargs
     )
 
 
-def _latent_sites(abduction, given: Mapping, model_args, model_kwargs) -> list[str]:
+def _latent_sites(abduction, given: Mapping, model_args, model_kwargs) -> dict:
     """The abduction model's sample sites that are neither observed nor ``given``."""
     conditioned = model_trace(condition(abduction, data=dict(given)), model_args, model_kwargs)
-    return [
-        name
+    return {
+        name: site
         for name, site in conditioned.items()
         if site["type"] == "sample" and not site["is_observed"] and name not in given
-    ]
+    }
+
+
+def _enumerate_discrete(abduction, draws, sites, key, num_samples, model_args, model_kwargs):
+    """Exact posterior of discrete unknowns (e.g. hidden states) by enumerating their joint
+    configurations, per parameter draw, then ``num_samples`` configurations drawn from it per
+    parameter draw (noise-major, as :func:`_noise_by_nuts`)."""
+    shapes = {name: tuple(jnp.shape(site["value"])) for name, site in sites.items()}
+    supports = {
+        name: jnp.ravel(site["fn"].enumerate_support(expand=False)) for name, site in sites.items()
+    }
+    elements = [(name, int(np.prod(shapes[name]))) for name in sites]
+    count = int(np.prod([len(supports[name]) ** size for name, size in elements]))
+    if count > MAX_CONFIGURATIONS:
+        raise ValueError(
+            f"Abduction would enumerate {count:,} joint configurations of the discrete unknowns "
+            f"{sorted(sites)} (at most {MAX_CONFIGURATIONS:,}): ask about fewer units at once, "
+            "or observe more of their sites."
+        )
+    grid = np.array(
+        list(
+            itertools.product(
+                *[range(len(supports[n])) for n, size in elements for _ in range(size)]
+            )
+        )
+    ).reshape(count, -1)
+    configurations, offset = {}, 0
+    for name, size in elements:
+        index = grid[:, offset : offset + size].reshape(count, *shapes[name])
+        configurations[name] = supports[name][index]
+        offset += size
+
+    def log_joint(parameters, values):
+        return log_density(abduction, model_args, model_kwargs, {**parameters, **values})[0]
+
+    def per_draw(parameters):
+        return jax.vmap(lambda values: log_joint(parameters, values))(configurations)
+
+    logits = jax.vmap(per_draw)(draws) if draws else per_draw({})[None]  # [S, C]
+    parameters_count = logits.shape[0]
+    chosen = jax.random.categorical(key, logits, shape=(num_samples, parameters_count))
+    values = {name: configuration[chosen.ravel()] for name, configuration in configurations.items()}
+    repeated = {
+        name: jnp.broadcast_to(draw, (num_samples, *draw.shape)).reshape(-1, *draw.shape[1:])
+        for name, draw in draws.items()
+    }
+    return _with_deterministic(abduction, {**values, **repeated}, model_args, model_kwargs)
 
 
 def _with_deterministic(model, draws, model_args, model_kwargs) -> dict:

@@ -218,10 +218,14 @@ def _check_law(name, fn: dist.Distribution, law: dist.Distribution) -> dist.Dist
 
 
 def _check_shape(name, fn: dist.Distribution, value, what: str = "value"):
+    """``value`` broadcast to the site's shape; floating, except that integers given to a
+    discrete site stay integers (a hidden state indexes arrays)."""
     value = jnp.asarray(value)
     shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
     _broadcast(name, value, shape, what)
-    return jnp.broadcast_to(value, shape).astype(jnp.result_type(value, jnp.float32))
+    integer = fn.support.is_discrete and jnp.issubdtype(value.dtype, jnp.integer)
+    dtype = value.dtype if integer else jnp.result_type(value, jnp.float32)
+    return jnp.broadcast_to(value, shape).astype(dtype)
 
 
 def _broadcast(name, value, shape: tuple, what: str) -> None:

@@ -195,3 +195,53 @@ def test_a_transformed_normal_site_shares_its_noise_under_either_coupling(coupli
     # x = exp(z + 0.5 eps): eps = (log 1.5 - 0.2) / 0.5, so x' = 1.5 e^(1 - 0.2) (float32).
     np.testing.assert_allclose(result["x"][:, 1, 0], 1.5 * np.exp(0.8), rtol=1e-5)
     np.testing.assert_allclose(result["x"][:, 0, 0], 1.5, rtol=1e-6)
+
+
+# A two-step hidden Markov model (NumPyro's and ChiRho's categorical HMM examples, shrunk):
+# states z1 -> z2, emissions x_t ~ N(MU[z_t], 1).
+START, TRANSITION, MU = (
+    jnp.array([0.6, 0.4]),
+    jnp.array([[0.7, 0.3], [0.2, 0.8]]),
+    jnp.array([-1.0, 1.0]),
+)
+
+
+def hmm(num_units=1):
+    with numpyro.plate("units", num_units):
+        z1 = numpyro.sample("z1", dist.Categorical(START))
+        z2 = numpyro.sample("z2", dist.Categorical(TRANSITION[z1]))
+        numpyro.sample("x1", dist.Normal(MU[z1], 1.0))
+        return numpyro.sample("x2", dist.Normal(MU[z2], 1.0))
+
+
+def test_hidden_states_are_abducted_exactly_and_the_emissions_keep_their_noise():
+    x1, x2 = 0.5, 1.2
+    result = counterfactual(
+        hmm,
+        evidence={"x1": jnp.array([x1]), "x2": jnp.array([x2])},
+        actions={"z1": 1},
+        key=jax.random.key(6),
+        num_samples=4000,
+    )
+    # The posterior of (z1, z2) by hand: start x transition x both emission densities.
+    weights = np.array(
+        [
+            [
+                START[a] * TRANSITION[a, b] * np.exp(-0.5 * ((x1 - MU[a]) ** 2 + (x2 - MU[b]) ** 2))
+                for b in range(2)
+            ]
+            for a in range(2)
+        ]
+    )
+    weights /= weights.sum()
+    z1, z2 = np.asarray(result["z1"][:, 0, 0]), np.asarray(result["z2"][:, 0, 0])
+    # 4,000 exact draws: 4 binomial standard errors are at most 0.032.
+    np.testing.assert_allclose(np.mean(z1), weights[1].sum(), atol=0.032)
+    np.testing.assert_allclose(np.mean(z2), weights[:, 1].sum(), atol=0.032)
+    # do(z1 = 1): z2 follows (resampled from TRANSITION[1]), x2 keeps its noise x2 - MU[z2].
+    changed = np.asarray(result["z2"][:, 1, 0])
+    np.testing.assert_allclose(np.mean(changed[z1 == 0]), 0.8, atol=0.05)  # ~1,000 draws
+    x2_counterfactual = np.asarray(result["x2"][:, 1, 0])
+    np.testing.assert_allclose(
+        x2_counterfactual - np.asarray(MU)[changed], x2 - np.asarray(MU)[z2], atol=1e-5
+    )
