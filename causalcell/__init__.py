@@ -31,7 +31,13 @@ from causalcell.data import Registry, register, to_arrays
 from causalcell.handlers import do, knockdown, knockout, learned, noise_scale, shift
 from causalcell.inference import Posterior, fit, fit_nuts
 from causalcell.models import LCD
-from causalcell.queries import counterfactual, effect, interventional
+from causalcell.queries import (
+    counterfactual,
+    effect,
+    interventional,
+    mediation,
+    probabilities_of_causation,
+)
 from causalcell.results import CausalResult
 
 __all__ = [
@@ -60,12 +66,14 @@ __all__ = [
     "knockdown",
     "knockout",
     "learned",
+    "mediation",
     "metrics",
     "models",
     "noise",
     "noise_scale",
     "perturbations",
     "preprocessing",
+    "probabilities_of_causation",
     "queries",
     "register",
     "results",

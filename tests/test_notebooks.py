@@ -97,3 +97,13 @@ def test_counterfactual_notebook_answers_are_right(executed):
     widths = namespace["intervals"]
     for gene in ("GATA1", "KLF1", "HBB", "SPI1"):
         assert widths.loc[gene, "HBB only"] > widths.loc[gene, "fully observed"]
+
+
+def test_causal_questions_notebook_answers_are_right(executed):
+    namespace = executed(NOTEBOOKS / "causal_questions.ipynb")
+    # The closed forms of the natural direct, indirect and total effects and of the three
+    # probabilities of causation lie inside their 90% posterior intervals (fixed keys:
+    # deterministic).
+    for table in (namespace["mediation_table"], namespace["causation_table"]):
+        for quantity, row in table.iterrows():
+            assert row["hdi_lower"] <= row["truth"] <= row["hdi_upper"], quantity
