@@ -206,3 +206,17 @@ def test_ate_credible_intervals_cover_the_true_effect():
     covered = int(np.sum((lower <= true_effect) & (true_effect <= upper)))
     # Measured: 14 of 16 (these seeds).
     assert covered >= 12, f"only {covered} of 16 90% intervals covered the true effect"
+
+
+def test_a_model_without_parameters_needs_no_draws_of_them():
+    def model(num_units=1):
+        with numpyro.plate("units", num_units):
+            t = numpyro.sample("t", dist.Normal(0.0, 1.0))
+            return numpyro.sample("y", dist.Normal(2.0 * t, 1.0))
+
+    result = effect(
+        model, treatment="t", values=(0.0, 1.0), outcome="y", key=0, model_kwargs={"num_units": 3}
+    )
+    # One (empty) parameter draw; the arms share every noise draw, so the effect is exactly 2
+    # (float32).
+    np.testing.assert_allclose(result["effect"], [2.0], rtol=1e-6)
