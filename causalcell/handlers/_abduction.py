@@ -33,6 +33,7 @@ from causalcell._core.names import did_you_mean
 from causalcell.handlers._do import UnknownSiteError
 
 __all__ = [
+    "EVIDENCE_SUFFIX",
     "MAX_CONFIGURATIONS",
     "NOISE_SUFFIX",
     "abduce",
@@ -41,11 +42,14 @@ __all__ = [
     "exogenize",
     "is_unit_site",
     "model_trace",
+    "observe_deterministic",
     "unit_sites",
 ]
 
 #: Suffix of the explicit exogenous-noise site of a Gaussian site.
 NOISE_SUFFIX = "__noise"
+#: Suffix of the factor that observes a deterministic site (:class:`observe_deterministic`).
+EVIDENCE_SUFFIX = "__evidence"
 #: Most joint configurations of discrete unknowns that :func:`abduce` enumerates.
 MAX_CONFIGURATIONS = 2**16
 
@@ -110,13 +114,53 @@ def check_site_names(kind: str, names, sites) -> None:
         )
 
 
-def abduction_model(model, evidence: Mapping):
-    """The model whose posterior is the abduction: ``exogenize(condition(model, evidence))``.
+class observe_deterministic(Messenger):
+    """Evidence on deterministic sites, observed through a Gaussian kernel (soft conditioning).
+
+    A deterministic site (``X = f(W, e_X)`` written with explicit noise) is a function of
+    upstream sites, so exact evidence on it is a constraint of probability zero that NUTS
+    cannot sample. Each observed value ``x`` instead adds the factor ``log N(x; X, tolerance)``
+    (a site ``f"{X}__evidence"``), which concentrates the upstream noise where ``f`` gives
+    ``x``, within ``tolerance``. Evidence on sample sites goes to ``condition`` as usual.
+    """
+
+    def __init__(self, fn=None, evidence: Mapping | None = None, tolerance: float = 1e-2):
+        if not tolerance > 0:
+            raise ValueError(f"tolerance must be positive, got {tolerance!r}.")
+        self.evidence = dict(evidence or {})
+        self.tolerance = tolerance
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "deterministic" or msg["name"] not in self.evidence:
+            return
+        observed = jnp.asarray(self.evidence[msg["name"]])
+        kernel = dist.Normal(msg["value"], self.tolerance).log_prob(observed)
+        numpyro.factor(msg["name"] + EVIDENCE_SUFFIX, jnp.sum(kernel))
+
+
+def abduction_model(
+    model,
+    evidence: Mapping,
+    *,
+    deterministic_tolerance: float = 1e-2,
+    model_args: tuple = (),
+    model_kwargs: Mapping | None = None,
+):
+    """The model whose posterior is the abduction: ``exogenize(condition(model, evidence))``,
+    with evidence on deterministic sites observed by :class:`observe_deterministic`.
 
     Fit a guide to it (e.g. ``numpyro.infer.autoguide.AutoNormal`` with SVI) and pass the guide
     to :func:`abduce` for abduction by a fitted guide instead of NUTS (large models).
     """
-    return exogenize(condition(model, data=dict(evidence)))
+    sites = model_trace(model, model_args, model_kwargs)
+    kinds = {name: site["type"] for name, site in sites.items()}
+    derived = {name: v for name, v in evidence.items() if kinds.get(name) == "deterministic"}
+    sampled = {name: v for name, v in evidence.items() if name not in derived}
+    conditioned = condition(model, data=sampled)
+    if derived:
+        conditioned = observe_deterministic(conditioned, derived, deterministic_tolerance)
+    return exogenize(conditioned)
 
 
 def abduce(
@@ -129,6 +173,7 @@ def abduce(
     guide_params: Mapping | None = None,
     num_samples: int = 500,
     num_warmup: int = 500,
+    deterministic_tolerance: float = 1e-2,
     model_args: tuple = (),
     model_kwargs: Mapping | None = None,
 ) -> dict:
@@ -139,7 +184,10 @@ def abduce(
     model
         A NumPyro program.
     evidence
-        Observed values by site name (the unit(s) asked about, and any training data).
+        Observed values by site name (the unit(s) asked about, and any training data). A
+        deterministic site (``X = f(W, e_X)`` with explicit noise) is observed through a
+        Gaussian kernel of sd ``deterministic_tolerance`` (:class:`observe_deterministic`),
+        so its upstream noise is abducted to give ``X`` within that tolerance.
     key
         PRNG key.
     posterior_samples
@@ -171,8 +219,15 @@ def abduce(
     """
     model_kwargs = dict(model_kwargs or {})
     sites = model_trace(model, model_args, model_kwargs)
-    check_site_names("evidence", evidence, [n for n, s in sites.items() if s["type"] == "sample"])
-    abduction = abduction_model(model, evidence)
+    observable = [n for n, s in sites.items() if s["type"] in ("sample", "deterministic")]
+    check_site_names("evidence", evidence, observable)
+    abduction = abduction_model(
+        model,
+        evidence,
+        deterministic_tolerance=deterministic_tolerance,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+    )
     if guide is not None:
         if guide_params is None:
             raise ValueError("A guide needs its fitted parameters: pass guide_params.")

@@ -245,3 +245,22 @@ def test_hidden_states_are_abducted_exactly_and_the_emissions_keep_their_noise()
     np.testing.assert_allclose(
         x2_counterfactual - np.asarray(MU)[changed], x2 - np.asarray(MU)[z2], atol=1e-5
     )
+
+
+def test_evidence_on_a_deterministic_site_abducts_its_upstream_noise():
+    # ChiRho's explicit-noise form observed on X itself (before: evidence on X was rejected).
+    result = counterfactual(
+        noise_model,
+        evidence={"x": jnp.array([1.5]), "y": jnp.array([3.2])},
+        actions={"x": lambda x: x - 1.0},
+        key=jax.random.key(7),
+        num_samples=500,
+        num_warmup=300,
+    )
+    noise = np.asarray(result["e_x"][:, 0, 0])
+    # X = 1 + e_X = 1.5 through a kernel of sd 0.01 (the default tolerance) on a N(0, 1)
+    # prior: e_X is 0.5 within 5 kernel widths in every draw.
+    np.testing.assert_allclose(noise, 0.5, atol=0.05)
+    np.testing.assert_allclose(result["x"][:, 0, 0], 1.0 + noise, rtol=1e-6)
+    # y' = y + 2 (x' - x) = 3.2 - 2 whatever the draw of e_X (its noise is (y - 2 x) / 0.1).
+    np.testing.assert_allclose(result["y"][:, 1, 0], 1.2, atol=1e-4)
