@@ -5,12 +5,14 @@ Causal meaning lives in handlers applied from outside a model, never inside it.
 """
 
 from causalcell.handlers._abduction import (
+    MAX_CONFIGURATIONS,
     NOISE_SUFFIX,
     abduce,
     abduction_model,
     check_site_names,
     exogenize,
     model_trace,
+    observe_deterministic,
     unit_sites,
 )
 from causalcell.handlers._do import NATURAL_SUFFIX, UnknownSiteError, do
@@ -27,6 +29,7 @@ from causalcell.handlers._worlds import COUPLINGS, WORLDS, predict_worlds, world
 
 __all__ = [
     "COUPLINGS",
+    "MAX_CONFIGURATIONS",
     "NATURAL_SUFFIX",
     "NOISE_SUFFIX",
     "WORLDS",
@@ -43,6 +46,7 @@ __all__ = [
     "learned",
     "model_trace",
     "noise_scale",
+    "observe_deterministic",
     "predict_worlds",
     "shift",
     "unit_sites",
