@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.handlers import condition, seed, trace
+from numpyro.handlers import condition, seed, substitute, trace
 from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer.util import constrain_fn, initialize_model, log_density, potential_energy
 from numpyro.primitives import Messenger
@@ -136,7 +136,12 @@ class observe_deterministic(Messenger):
             return
         observed = jnp.asarray(self.evidence[msg["name"]])
         kernel = dist.Normal(msg["value"], self.tolerance).log_prob(observed)
-        numpyro.factor(msg["name"] + EVIDENCE_SUFFIX, jnp.sum(kernel))
+        # One factor per unit of the site's plates (the factor sits in them too, so a total
+        # would be counted once per unit); entries beyond the plates are summed.
+        extra = jnp.ndim(kernel) - len(msg.get("cond_indep_stack", []))
+        if extra > 0:
+            kernel = jnp.sum(kernel, axis=tuple(range(-extra, 0)))
+        numpyro.factor(msg["name"] + EVIDENCE_SUFFIX, kernel)
 
 
 def abduction_model(
@@ -274,49 +279,106 @@ def _latent_sites(abduction, given: Mapping, model_args, model_kwargs) -> dict:
 
 
 def _enumerate_discrete(abduction, draws, sites, key, num_samples, model_args, model_kwargs):
-    """Exact posterior of discrete unknowns (e.g. hidden states) by enumerating their joint
-    configurations, per parameter draw, then ``num_samples`` configurations drawn from it per
-    parameter draw (noise-major, as :func:`_noise_by_nuts`)."""
-    shapes = {name: tuple(jnp.shape(site["value"])) for name, site in sites.items()}
+    """Exact posterior of discrete unknowns (e.g. hidden states) by enumeration, per parameter
+    draw, then ``num_samples`` configurations drawn from it per parameter draw (noise-major, as
+    :func:`_noise_by_nuts`).
+
+    Units of one plate are independent given the parameters, so where every discrete unknown
+    is one entry per unit of the same plate, each unit's configurations are enumerated and
+    drawn on their own (``C`` configurations of one unit, whatever the number of units);
+    otherwise the joint configurations of every entry are (at most
+    :data:`MAX_CONFIGURATIONS`)."""
+    first = jax.tree_util.tree_map(lambda value: value[0], draws)
     supports = {
         name: jnp.ravel(site["fn"].enumerate_support(expand=False)) for name, site in sites.items()
     }
-    elements = [(name, int(np.prod(shapes[name]))) for name in sites]
-    count = int(np.prod([len(supports[name]) ** size for name, size in elements]))
+    plate = _unit_plate(abduction, sites, first, model_args, model_kwargs)
+    if plate is None:
+        sizes = {name: int(np.prod(jnp.shape(site["value"]))) for name, site in sites.items()}
+    else:
+        sizes = dict.fromkeys(sites, 1)  # one entry per unit, enumerated unit by unit
+    count = int(np.prod([len(supports[name]) ** size for name, size in sizes.items()]))
     if count > MAX_CONFIGURATIONS:
         raise ValueError(
             f"Abduction would enumerate {count:,} joint configurations of the discrete unknowns "
             f"{sorted(sites)} (at most {MAX_CONFIGURATIONS:,}): ask about fewer units at once, "
             "or observe more of their sites."
         )
-    grid = np.array(
-        list(
-            itertools.product(
-                *[range(len(supports[n])) for n, size in elements for _ in range(size)]
-            )
-        )
-    ).reshape(count, -1)
-    configurations, offset = {}, 0
-    for name, size in elements:
-        index = grid[:, offset : offset + size].reshape(count, *shapes[name])
-        configurations[name] = supports[name][index]
+    axes = [range(len(supports[name])) for name, size in sizes.items() for _ in range(size)]
+    grid = np.array(list(itertools.product(*axes))).reshape(count, -1)
+    configurations, offset = {}, 0  # each [C, *entries]
+    for name, size in sizes.items():
+        entries = () if plate is not None else jnp.shape(sites[name]["value"])
+        configurations[name] = supports[name][
+            grid[:, offset : offset + size].reshape(count, *entries)
+        ]
         offset += size
 
-    def log_joint(parameters, values):
-        return log_density(abduction, model_args, model_kwargs, {**parameters, **values})[0]
+    def log_joint(parameters, configuration):  # [units] (one plate) or [1] (joint)
+        if plate is None:
+            return log_density(
+                abduction, model_args, model_kwargs, {**parameters, **configuration}
+            )[0][None]
+        values = {
+            name: jnp.broadcast_to(value, jnp.shape(sites[name]["value"]))
+            for name, value in configuration.items()
+        }
+        return _unit_log_joint(abduction, {**parameters, **values}, plate, model_args, model_kwargs)
 
     def per_draw(parameters):
-        return jax.vmap(lambda values: log_joint(parameters, values))(configurations)
+        return jax.vmap(lambda configuration: log_joint(parameters, configuration))(configurations)
 
-    logits = jax.vmap(per_draw)(draws) if draws else per_draw({})[None]  # [S, C]
-    parameters_count = logits.shape[0]
-    chosen = jax.random.categorical(key, logits, shape=(num_samples, parameters_count))
-    values = {name: configuration[chosen.ravel()] for name, configuration in configurations.items()}
+    logits = jax.vmap(per_draw)(draws) if draws else per_draw({})[None]  # [S, C, units]
+    logits = jnp.moveaxis(logits, 1, -1)  # [S, units, C]
+    chosen = jax.random.categorical(key, logits, shape=(num_samples, *logits.shape[:-1]))
+    chosen = chosen.reshape(-1, chosen.shape[-1])  # [N S, units] (units = 1 when joint)
+    if plate is None:
+        values = {name: value[chosen[:, 0]] for name, value in configurations.items()}
+    else:
+        values = {name: value[chosen] for name, value in configurations.items()}
     repeated = {
         name: jnp.broadcast_to(draw, (num_samples, *draw.shape)).reshape(-1, *draw.shape[1:])
         for name, draw in draws.items()
     }
     return _with_deterministic(abduction, {**values, **repeated}, model_args, model_kwargs)
+
+
+def _unit_plate(abduction, sites, given, model_args, model_kwargs):
+    """The plate over which the discrete unknowns ``sites`` factorise unit by unit: its name
+    when every one of them is a single entry per unit of that one plate and every site of
+    the plate has a log-density of one value per unit; else None."""
+    frames = {tuple(frame.name for frame in site["cond_indep_stack"]) for site in sites.values()}
+    shapes = {tuple(jnp.shape(site["value"])) for site in sites.values()}
+    if len(frames) != 1 or len(shapes) != 1 or len(next(iter(frames))) != 1:
+        return None
+    plate, shape = next(iter(frames))[0], next(iter(shapes))
+    if len(shape) != 1:
+        return None
+    values = {name: site["value"] for name, site in sites.items()}
+    traced = _plate_sites(abduction, {**given, **values}, plate, model_args, model_kwargs)
+    if any(jnp.shape(site["fn"].log_prob(site["value"])) != shape for site in traced):
+        return None
+    return plate
+
+
+def _plate_sites(abduction, values, plate, model_args, model_kwargs) -> list:
+    """Sample sites (observed, latent and factors) of ``plate`` with ``values`` substituted."""
+    substituted = seed(substitute(abduction, data=dict(values)), jax.random.key(0))
+    traced = trace(substituted).get_trace(*model_args, **model_kwargs)
+    return [
+        site
+        for site in traced.values()
+        if site["type"] == "sample"
+        and any(frame.name == plate for frame in site["cond_indep_stack"])
+    ]
+
+
+def _unit_log_joint(abduction, values, plate, model_args, model_kwargs):
+    """Each unit's log joint density ``[units]``: the sum over the plate's sites."""
+    return sum(
+        site["fn"].log_prob(site["value"])
+        for site in _plate_sites(abduction, values, plate, model_args, model_kwargs)
+    )
 
 
 def _with_deterministic(model, draws, model_args, model_kwargs) -> dict:
