@@ -1,9 +1,14 @@
-"""Peer cases: ChiRho's mediation model (``tests/counterfactual/test_mediation.py``; Pearl
-2001, figure 1a), translated to NumPyro and asked through causalcell's worlds.
+"""Peer cases from ChiRho's tests, translated to NumPyro and asked through causalcell's
+worlds, each against an answer derived by hand.
 
-The model writes every variable as a deterministic function of explicit noise and has no
-plate (one unit): W = U2 + U3 + e_W, X = U1 + U3 + U4 + e_X, Z = U4 + X + W + e_Z,
-Y = X + Z + U1 + U2 + e_Y, every U and e standard normal."""
+- ChiRho's mediation model (``tests/counterfactual/test_mediation.py``; Pearl 2001, figure
+  1a): every variable a deterministic function of explicit noise, no plate (one unit):
+  W = U2 + U3 + e_W, X = U1 + U3 + U4 + e_X, Z = U4 + X + W + e_Z, Y = X + Z + U1 + U2 + e_Y,
+  every U and e standard normal.
+- ``tests/counterfactual/test_counterfactual_handler.py``: several interventions on one
+  variable stacked as worlds (``test_nested_interventions_same_variable``), and conditioning
+  that commutes with intervention (``test_cf_condition_commutes``).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +16,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro.handlers import condition, seed, trace
 
+from causalcell.handlers import do
 from causalcell.queries import counterfactual
 
 
@@ -80,3 +87,46 @@ def test_a_dependent_intervention_on_the_mediator(shift):
     z, y = np.asarray(result["Z"]), np.asarray(result["Y"])
     np.testing.assert_allclose(z[:, 1], z[:, 0] + shift, atol=1e-5)
     np.testing.assert_allclose(y[:, 1], y[:, 0] + shift, atol=1e-5)
+
+
+@pytest.mark.parametrize("dependent", [False, True], ids=["values", "functions"])
+def test_several_interventions_on_one_variable_are_one_world_each(dependent):
+    # ChiRho's test_nested_interventions_same_variable, stacked form: x observed at 0, then
+    # x set to 2 and to 1 (or shifted by 2 and by 1) in two worlds; y = x + noise.
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        return numpyro.sample("y", dist.Normal(x, 1.0))
+
+    first, second = (lambda x: x + 2.0, lambda x: x + 1.0) if dependent else (2.0, 1.0)
+    result = counterfactual(
+        model,
+        evidence={"x": jnp.array(0.0), "y": jnp.array(0.7)},
+        actions=[{"x": first}, {"x": second}],
+        key=jax.random.key(3),
+    )
+    np.testing.assert_allclose(result["x"][0], [0.0, 2.0, 1.0])
+    # y keeps its noise 0.7 - x in every world.
+    np.testing.assert_allclose(result["y"][0] - result["x"][0], 0.7, atol=1e-6)
+
+
+def test_conditioning_commutes_with_intervention():
+    # ChiRho's test_cf_condition_commutes: z observed (outside the plate), x and y observed
+    # per unit; do(z = 0, x = [0.3, 0.4]) inside or outside the conditioning gives the same
+    # trace.
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0), obs=jnp.array(0.1))
+        with numpyro.plate("data", 2):
+            x = numpyro.sample("x", dist.Normal(z, 1.0))
+            return numpyro.sample("y", dist.Normal(x + z, 1.0))
+
+    data = {"x": jnp.array([0.0, 1.0]), "y": jnp.array([1.0, 2.0])}
+    actions = {"z": jnp.array(0.0), "x": jnp.array([0.3, 0.4])}
+    inside = trace(seed(do(condition(model, data), actions), 0)).get_trace()
+    outside = trace(seed(condition(do(model, actions), data), 0)).get_trace()
+    assert set(inside) == set(outside)
+    for name in ("z", "x", "y"):
+        np.testing.assert_array_equal(inside[name]["value"], outside[name]["value"])
+    # The intervened values stand, the observed y stays observed, and y's law follows them.
+    np.testing.assert_allclose(inside["x"]["value"], [0.3, 0.4])
+    np.testing.assert_array_equal(inside["y"]["value"], data["y"])
+    np.testing.assert_allclose(inside["y"]["fn"].loc, [0.3, 0.4])
