@@ -15,22 +15,21 @@ Pearl, J. (2009). Causality, 2nd ed., section 7.1.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.handlers import condition, seed, substitute, trace
+from numpyro.handlers import condition, seed, trace
 from numpyro.infer import MCMC, NUTS, Predictive
-from numpyro.infer.util import constrain_fn, initialize_model, log_density, potential_energy
+from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 from numpyro.primitives import Messenger
 
 from causalcell._core.coupling import from_noise, is_shareable, to_noise
 from causalcell._core.names import did_you_mean
 from causalcell.handlers._do import UnknownSiteError
+from causalcell.handlers._enumeration import MAX_CONFIGURATIONS, Enumeration
 
 __all__ = [
     "EVIDENCE_SUFFIX",
@@ -50,8 +49,6 @@ __all__ = [
 NOISE_SUFFIX = "__noise"
 #: Suffix of the factor that observes a deterministic site (:class:`observe_deterministic`).
 EVIDENCE_SUFFIX = "__evidence"
-#: Most joint configurations of discrete unknowns that :func:`abduce` enumerates.
-MAX_CONFIGURATIONS = 2**16
 
 
 def is_unit_site(msg) -> bool:
@@ -200,9 +197,11 @@ def abduce(
         is abducted per draw: exactly if every Gaussian unit-level site is observed, else by
         NUTS over the noise of all draws at once (``num_samples`` noise draws per parameter
         draw). When omitted, NUTS samples parameters and noise jointly from prior x evidence.
-        Discrete unknowns (hidden states; every unknown discrete once the parameters are
-        given) are abducted exactly instead, by enumerating their joint configurations (at
-        most :data:`MAX_CONFIGURATIONS`), so the factual world follows their posterior.
+        Discrete unknowns (hidden states) are summed out by enumerating their
+        configurations (unit by unit where they factorise over a plate, else jointly, at most
+        :data:`MAX_CONFIGURATIONS`): NUTS runs over the continuous unknowns alone, and the
+        discrete ones are drawn from their exact conditional, so the factual world follows
+        their posterior.
     num_samples, num_warmup
         NUTS settings.
 
@@ -219,8 +218,6 @@ def abduce(
     ------
     UnknownSiteError
         If ``evidence`` names a site the model lacks.
-    NotImplementedError
-        For discrete unknowns together with continuous ones.
     """
     model_kwargs = dict(model_kwargs or {})
     sites = model_trace(model, model_args, model_kwargs)
@@ -247,13 +244,18 @@ def abduce(
     if not latent:  # nothing left unknown: exact
         return _with_deterministic(abduction, draws, model_args, model_kwargs)
     discrete = {name: site for name, site in latent.items() if site["fn"].support.is_discrete}
+    if discrete and len(discrete) < len(latent):
+        return _nuts_with_discrete_summed_out(
+            abduction,
+            draws,
+            latent,
+            discrete,
+            key,
+            (num_samples, num_warmup),
+            model_args,
+            model_kwargs,
+        )
     if discrete:
-        if len(discrete) < len(latent):
-            raise NotImplementedError(
-                f"Abduction of discrete unknowns {sorted(discrete)} together with continuous "
-                f"ones {sorted(set(latent) - set(discrete))} is not supported: give the "
-                "parameters as posterior_samples, or observe the continuous sites."
-            )
         return _enumerate_discrete(
             abduction, draws, discrete, key, num_samples, model_args, model_kwargs
         )
@@ -279,63 +281,12 @@ def _latent_sites(abduction, given: Mapping, model_args, model_kwargs) -> dict:
 
 
 def _enumerate_discrete(abduction, draws, sites, key, num_samples, model_args, model_kwargs):
-    """Exact posterior of discrete unknowns (e.g. hidden states) by enumeration, per parameter
-    draw, then ``num_samples`` configurations drawn from it per parameter draw (noise-major, as
-    :func:`_noise_by_nuts`).
-
-    Units of one plate are independent given the parameters, so where every discrete unknown
-    is one entry per unit of the same plate, each unit's configurations are enumerated and
-    drawn on their own (``C`` configurations of one unit, whatever the number of units);
-    otherwise the joint configurations of every entry are (at most
-    :data:`MAX_CONFIGURATIONS`)."""
+    """Exact posterior of discrete unknowns (e.g. hidden states) by enumeration
+    (:class:`._enumeration.Enumeration`), per parameter draw, then ``num_samples``
+    configurations drawn from it per parameter draw (noise-major, as :func:`_noise_by_nuts`)."""
     first = jax.tree_util.tree_map(lambda value: value[0], draws)
-    supports = {
-        name: jnp.ravel(site["fn"].enumerate_support(expand=False)) for name, site in sites.items()
-    }
-    plate = _unit_plate(abduction, sites, first, model_args, model_kwargs)
-    if plate is None:
-        sizes = {name: int(np.prod(jnp.shape(site["value"]))) for name, site in sites.items()}
-    else:
-        sizes = dict.fromkeys(sites, 1)  # one entry per unit, enumerated unit by unit
-    count = int(np.prod([len(supports[name]) ** size for name, size in sizes.items()]))
-    if count > MAX_CONFIGURATIONS:
-        raise ValueError(
-            f"Abduction would enumerate {count:,} joint configurations of the discrete unknowns "
-            f"{sorted(sites)} (at most {MAX_CONFIGURATIONS:,}): ask about fewer units at once, "
-            "or observe more of their sites."
-        )
-    axes = [range(len(supports[name])) for name, size in sizes.items() for _ in range(size)]
-    grid = np.array(list(itertools.product(*axes))).reshape(count, -1)
-    configurations, offset = {}, 0  # each [C, *entries]
-    for name, size in sizes.items():
-        entries = () if plate is not None else jnp.shape(sites[name]["value"])
-        configurations[name] = supports[name][
-            grid[:, offset : offset + size].reshape(count, *entries)
-        ]
-        offset += size
-
-    def log_joint(parameters, configuration):  # [units] (one plate) or [1] (joint)
-        if plate is None:
-            return log_density(
-                abduction, model_args, model_kwargs, {**parameters, **configuration}
-            )[0][None]
-        values = {
-            name: jnp.broadcast_to(value, jnp.shape(sites[name]["value"]))
-            for name, value in configuration.items()
-        }
-        return _unit_log_joint(abduction, {**parameters, **values}, plate, model_args, model_kwargs)
-
-    def per_draw(parameters):
-        return jax.vmap(lambda configuration: log_joint(parameters, configuration))(configurations)
-
-    logits = jax.vmap(per_draw)(draws) if draws else per_draw({})[None]  # [S, C, units]
-    logits = jnp.moveaxis(logits, 1, -1)  # [S, units, C]
-    chosen = jax.random.categorical(key, logits, shape=(num_samples, *logits.shape[:-1]))
-    chosen = chosen.reshape(-1, chosen.shape[-1])  # [N S, units] (units = 1 when joint)
-    if plate is None:
-        values = {name: value[chosen[:, 0]] for name, value in configurations.items()}
-    else:
-        values = {name: value[chosen] for name, value in configurations.items()}
+    enumeration = Enumeration(abduction, sites, first, model_args, model_kwargs)
+    values = enumeration.sample(key, draws, num_samples)
     repeated = {
         name: jnp.broadcast_to(draw, (num_samples, *draw.shape)).reshape(-1, *draw.shape[1:])
         for name, draw in draws.items()
@@ -343,42 +294,58 @@ def _enumerate_discrete(abduction, draws, sites, key, num_samples, model_args, m
     return _with_deterministic(abduction, {**values, **repeated}, model_args, model_kwargs)
 
 
-def _unit_plate(abduction, sites, given, model_args, model_kwargs):
-    """The plate over which the discrete unknowns ``sites`` factorise unit by unit: its name
-    when every one of them is a single entry per unit of that one plate and every site of
-    the plate has a log-density of one value per unit; else None."""
-    frames = {tuple(frame.name for frame in site["cond_indep_stack"]) for site in sites.values()}
-    shapes = {tuple(jnp.shape(site["value"])) for site in sites.values()}
-    if len(frames) != 1 or len(shapes) != 1 or len(next(iter(frames))) != 1:
-        return None
-    plate, shape = next(iter(frames))[0], next(iter(shapes))
-    if len(shape) != 1:
-        return None
-    values = {name: site["value"] for name, site in sites.items()}
-    traced = _plate_sites(abduction, {**given, **values}, plate, model_args, model_kwargs)
-    if any(jnp.shape(site["fn"].log_prob(site["value"])) != shape for site in traced):
-        return None
-    return plate
+def _nuts_with_discrete_summed_out(
+    abduction, draws, latent, discrete, key, settings, model_args, model_kwargs
+):
+    """NUTS over the continuous unknowns with the discrete ones summed out
+    (:meth:`._enumeration.Enumeration.marginal`), then every discrete unknown drawn from its
+    exact conditional given each continuous draw; draws noise-major as :func:`_noise_by_nuts`.
+    """
+    num_samples, num_warmup = settings
+    continuous = {name: site for name, site in latent.items() if name not in discrete}
+    transforms = {name: dist.biject_to(site["fn"].support) for name, site in continuous.items()}
+    first = jax.tree_util.tree_map(lambda value: value[0], draws)
+    given = {**first, **{name: site["value"] for name, site in continuous.items()}}
+    enumeration = Enumeration(abduction, discrete, given, model_args, model_kwargs)
+    count = next(iter(draws.values())).shape[0] if draws else 1
+    start = {
+        name: jnp.broadcast_to(transforms[name].inv(site["value"]), (count, *site["value"].shape))
+        for name, site in continuous.items()
+    }
 
+    def constrained(unconstrained):
+        return {name: transforms[name](value) for name, value in unconstrained.items()}
 
-def _plate_sites(abduction, values, plate, model_args, model_kwargs) -> list:
-    """Sample sites (observed, latent and factors) of ``plate`` with ``values`` substituted."""
-    substituted = seed(substitute(abduction, data=dict(values)), jax.random.key(0))
-    traced = trace(substituted).get_trace(*model_args, **model_kwargs)
-    return [
-        site
-        for site in traced.values()
-        if site["type"] == "sample"
-        and any(frame.name == plate for frame in site["cond_indep_stack"])
-    ]
+    def one(unconstrained, parameters):
+        values = constrained(unconstrained)
+        jacobian = sum(
+            jnp.sum(transforms[name].log_abs_det_jacobian(value, values[name]))
+            for name, value in unconstrained.items()
+        )
+        return -(enumeration.marginal({**parameters, **values}) + jacobian)
 
+    def potential(unconstrained):
+        if draws:
+            return jnp.sum(jax.vmap(one)(unconstrained, draws))
+        return one(jax.tree_util.tree_map(lambda value: value[0], unconstrained), {})
 
-def _unit_log_joint(abduction, values, plate, model_args, model_kwargs):
-    """Each unit's log joint density ``[units]``: the sum over the plate's sites."""
-    return sum(
-        site["fn"].log_prob(site["value"])
-        for site in _plate_sites(abduction, values, plate, model_args, model_kwargs)
+    run_key, discrete_key = jax.random.split(key)
+    sampler = MCMC(
+        NUTS(potential_fn=potential),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        progress_bar=False,
     )
+    sampler.run(run_key, init_params=start)
+    values = constrained(sampler.get_samples())  # [num_samples, count, ...]
+    repeated = {
+        name: jnp.broadcast_to(draw, (num_samples, *draw.shape)) for name, draw in draws.items()
+    }
+    both = jax.tree_util.tree_map(
+        lambda value: value.reshape(-1, *value.shape[2:]), {**values, **repeated}
+    )
+    states = enumeration.sample(discrete_key, both, 1)
+    return _with_deterministic(abduction, {**both, **states}, model_args, model_kwargs)
 
 
 def _with_deterministic(model, draws, model_args, model_kwargs) -> dict:

@@ -353,3 +353,52 @@ def test_hidden_states_of_many_units_are_enumerated_unit_by_unit():
         exact = weights[1].sum() / weights.sum()
         # 1,000 exact draws per unit: 4 binomial standard errors are at most 0.064.
         np.testing.assert_allclose(np.mean(result["z1"][:, 0, unit]), exact, atol=0.064)
+
+
+def hmm_with_shift(num_units=1):
+    """The HMM above with an unknown emission offset: a continuous unknown beside the states."""
+    shift = numpyro.sample("shift", dist.Normal(0.0, 1.0))
+    with numpyro.plate("units", num_units):
+        z1 = numpyro.sample("z1", dist.Categorical(START))
+        z2 = numpyro.sample("z2", dist.Categorical(TRANSITION[z1]))
+        numpyro.sample("x1", dist.Normal(MU[z1] + shift, 1.0))
+        return numpyro.sample("x2", dist.Normal(MU[z2] + shift, 1.0))
+
+
+def test_hidden_states_beside_a_continuous_unknown_are_summed_out_for_nuts():
+    x1, x2 = jnp.array([0.5, -1.5, 2.0]), jnp.array([1.2, -0.3, 1.0])
+    result = counterfactual(
+        hmm_with_shift,
+        evidence={"x1": x1, "x2": x2},
+        actions={"z1": 1},
+        key=jax.random.key(11),
+        num_samples=2000,
+        num_warmup=500,
+        sites=["z1", "z2", "x2"],
+        model_kwargs={"num_units": 3},
+    )
+    # The exact posterior on a grid of the offset: prior x product over units of the sum over
+    # their four state paths.
+    grid = np.linspace(-5.0, 5.0, 2001)
+    start, transition, mu = (np.asarray(v) for v in (START, TRANSITION, MU))
+    a, b = np.meshgrid([0, 1], [0, 1], indexing="ij")
+    paths = start[a] * transition[a, b]  # [2, 2]
+    posterior = np.exp(-0.5 * grid**2)
+    first_state = np.zeros((3, grid.size))
+    for unit in range(3):
+        joint = paths[..., None] * np.exp(
+            -0.5 * (x1[unit] - mu[a][..., None] - grid) ** 2
+            - 0.5 * (x2[unit] - mu[b][..., None] - grid) ** 2
+        )  # [2, 2, grid]
+        posterior = posterior * joint.sum((0, 1))
+        first_state[unit] = joint[1].sum(0) / joint.sum((0, 1))
+    posterior /= posterior.sum()
+    exact = first_state @ posterior  # P(z1 = 1 | evidence) per unit
+    # 2,000 NUTS draws (effective size several hundred): 0.06 is about 3 standard errors.
+    np.testing.assert_allclose(np.mean(result["z1"][:, 0], axis=0), exact, atol=0.06)
+    # Under do(z1 = 1) x2 keeps its noise and the draw's offset: x2' - MU[z2'] = x2 - MU[z2].
+    mu_of = np.asarray(MU)
+    z2, x2_worlds = np.asarray(result["z2"]), np.asarray(result["x2"])
+    np.testing.assert_allclose(
+        x2_worlds[:, 1] - mu_of[z2[:, 1]], x2_worlds[:, 0] - mu_of[z2[:, 0]], atol=1e-5
+    )
