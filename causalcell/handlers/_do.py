@@ -74,6 +74,9 @@ class do(Messenger):
 
     Raises
     ------
+    TypeError
+        For a tuple on a named site: alternatives are several worlds (see
+        :func:`causalcell.handlers.predict_worlds`), not one intervention.
     UnknownSiteError
         For a site or entry name the model does not have (with close matches).
     ValueError
@@ -98,6 +101,14 @@ class do(Messenger):
     def __init__(self, fn=None, data: Mapping | None = None):
         if data is None or not isinstance(data, Mapping):
             raise TypeError("do(model, data) needs a mapping from site names to interventions.")
+        alternatives = [name for name, value in data.items() if isinstance(value, tuple)]
+        if alternatives:
+            raise TypeError(
+                f"do() got a tuple for {alternatives}: a tuple of alternatives makes one "
+                "counterfactual world each (pass the actions to queries.counterfactual or "
+                "handlers.predict_worlds, which expand it), while one world takes one value; "
+                "for values per unit pass an array."
+            )
         self.data = dict(data)
         self._visited: set[str] = set()
         super().__init__(fn)

@@ -30,6 +30,7 @@ model itself, for which LCD registers its own implementation (every draw, as a `
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import jax
@@ -128,6 +129,8 @@ def predict_worlds(
         of ``{site: value}``, the factual world first, for one draw) and returns the action,
         e.g. ``lambda worlds: {"t": 1.0, "m": worlds[1]["m"]}`` for a nested counterfactual
         ``Y(t = 1, M(t = 0))`` (natural direct effects, :func:`causalcell.queries.mediation`).
+        A tuple of alternatives on a site (``{"x": (0.0, 1.0)}``, as in ChiRho) makes one world
+        per alternative (per combination, for several sites).
     key
         PRNG key (for resampled sites and randomised quantiles).
     coupling
@@ -195,10 +198,13 @@ def _is_action_list(actions) -> bool:
 
 
 def _action_list(actions) -> list:
-    """``actions`` as a list of worlds' actions (mappings, or functions of earlier worlds)."""
+    """``actions`` as a list of worlds' actions (mappings, or functions of earlier worlds); a
+    mapping with tuples of alternatives (``{"x": (0.0, 1.0)}``) becomes one world per
+    combination of them, in order."""
     worlds = list(actions) if _is_action_list(actions) else [actions]
     if not worlds:
         raise ValueError("actions is an empty list: give at least one world's action.")
+    expanded = []
     for action in worlds:
         if not (isinstance(action, Mapping) or callable(action)):
             raise TypeError(
@@ -206,4 +212,18 @@ def _action_list(actions) -> list:
                 "function of the earlier worlds returning one); got "
                 f"{type(action).__name__}."
             )
-    return worlds
+        expanded.extend(_alternatives(action) if isinstance(action, Mapping) else [action])
+    return expanded
+
+
+def _alternatives(action: Mapping) -> list[dict]:
+    """One action per combination of the tuples of alternatives in ``action``."""
+    names = [name for name, value in action.items() if isinstance(value, tuple)]
+    if not names:
+        return [dict(action)]
+    if any(len(action[name]) == 0 for name in names):
+        raise ValueError(f"An empty tuple of alternatives for {names}: give at least one value.")
+    return [
+        {**action, **dict(zip(names, choice, strict=True))}
+        for choice in itertools.product(*(action[name] for name in names))
+    ]

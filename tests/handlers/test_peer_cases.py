@@ -130,3 +130,22 @@ def test_conditioning_commutes_with_intervention():
     np.testing.assert_allclose(inside["x"]["value"], [0.3, 0.4])
     np.testing.assert_array_equal(inside["y"]["value"], data["y"])
     np.testing.assert_allclose(inside["y"]["fn"].loc, [0.3, 0.4])
+
+
+def test_a_tuple_of_alternatives_makes_one_world_each():
+    # ChiRho's intervene(x, (a, b)): here a tuple in the actions of a counterfactual query.
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        return numpyro.sample("y", dist.Normal(x, 1.0))
+
+    result = counterfactual(
+        model,
+        evidence={"x": jnp.array(0.0), "y": jnp.array(0.7)},
+        actions={"x": (2.0, 1.0)},
+        key=jax.random.key(4),
+    )
+    assert result.coords["world"] == ("factual", "counterfactual_1", "counterfactual_2")
+    np.testing.assert_allclose(result["x"][0], [0.0, 2.0, 1.0])
+    # do() itself takes one world's value: a tuple there names the problem, not an array.
+    with pytest.raises(TypeError, match="tuple of alternatives makes one counterfactual world"):
+        do(model, {"x": (2.0, 1.0)})
