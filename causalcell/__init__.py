@@ -32,6 +32,7 @@ from causalcell.handlers import do, knockdown, knockout, learned, noise_scale, s
 from causalcell.inference import Posterior, fit, fit_nuts
 from causalcell.models import LCD
 from causalcell.queries import (
+    actual_causation,
     counterfactual,
     effect,
     interventional,
@@ -48,6 +49,7 @@ __all__ = [
     "Posterior",
     "Registry",
     "__version__",
+    "actual_causation",
     "clipr",
     "counterfactual",
     "data",

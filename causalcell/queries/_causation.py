@@ -1,18 +1,20 @@
-"""Probabilities of causation: necessity, sufficiency, and both (Pearl 2009, ch. 9)."""
+"""Explanation queries: probabilities of causation (necessity, sufficiency, both; Pearl 2009,
+ch. 9) and actual causation (Halpern 2015)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
 from causalcell._core.keys import as_key
-from causalcell.handlers import check_site_names, model_trace, predict_worlds
+from causalcell.handlers import abduce, check_site_names, model_trace, predict_worlds
 from causalcell.queries._common import global_draws, prior_noise
 from causalcell.results import CausalResult
 
-__all__ = ["probabilities_of_causation"]
+__all__ = ["actual_causation", "probabilities_of_causation"]
 
 
 def probabilities_of_causation(
@@ -122,4 +124,120 @@ def probabilities_of_causation(
             "necessity_and_sufficiency": (untreated_world & treated_world).mean(1),
         },
         attrs={"treatment": treatment, "outcome": outcome, "coupling": coupling},
+    )
+
+
+def actual_causation(
+    model,
+    *,
+    treatment: str,
+    alternative,
+    outcome: str,
+    evidence: Mapping,
+    key,
+    witnesses: Sequence[str] = (),
+    posterior_samples: Mapping | None = None,
+    num_samples: int = 500,
+    num_warmup: int = 500,
+    coupling: str = "quantile",
+    model_args: tuple = (),
+    model_kwargs: Mapping | None = None,
+) -> CausalResult:
+    """Whether the treatment's actual value is an actual cause of the outcome's actual value.
+
+    The modified Halpern-Pearl definition: in the units described by ``evidence`` (the
+    actual world), ``treatment`` and ``outcome`` take their actual values, and there is a set
+    ``W`` of ``witnesses`` such that setting the treatment to ``alternative`` while holding
+    ``W`` at its actual values changes the outcome. ``W`` empty is the but-for test; the
+    witnesses let a cause whose effect another process would have brought about anyway (a
+    preempted backup) count as a cause, as Sally's throw in the rock-throwing story does once
+    Bill's missed hit is held fixed. Every subset of ``witnesses`` is one world of a single
+    multi-world query (:func:`causalcell.handlers.predict_worlds`), all sharing each unit's
+    abducted noise.
+
+    Parameters
+    ----------
+    treatment, outcome
+        Site names; ``evidence`` should give both their actual values.
+    alternative
+        The treatment's value in the counterfactual worlds.
+    witnesses
+        Sites that may be held at their actual values (at most 10: ``2^k`` worlds).
+    posterior_samples, num_samples, num_warmup
+        As for :func:`causalcell.queries.counterfactual`.
+    coupling
+        For discrete sites the action reaches; ``"quantile"`` (default) keeps each one's
+        quantile, so a deterministic mechanism (probability 0 or 1) stays deterministic.
+
+    Returns
+    -------
+    CausalResult
+        ``actual_cause`` ``[sample, units...]`` (1 where some witness set makes the treatment
+        a cause; its mean is the posterior probability), ``but_for`` (the empty set alone) and
+        ``witness_set`` (index into ``attrs["witness_sets"]`` of the smallest set that does,
+        ``-1`` where none does).
+
+    References
+    ----------
+    Halpern, J. Y. (2015). A modification of the Halpern-Pearl definition of causality.
+    IJCAI, 3022-3033. Halpern, J. Y. and Pearl, J. (2005). Causes and explanations: a
+    structural-model approach. Part I. British Journal for the Philosophy of Science 56.
+    """
+    witnesses = list(witnesses)
+    if len(witnesses) > 10:
+        raise ValueError(f"At most 10 witnesses (2^k worlds), got {len(witnesses)}.")
+    if treatment in witnesses or outcome in witnesses:
+        raise ValueError("The treatment and the outcome cannot be witnesses.")
+    model_kwargs = dict(model_kwargs or {})
+    traced = model_trace(model, model_args, model_kwargs)
+    check_site_names("actual_causation", [treatment, outcome, *witnesses], traced)
+    subsets = [
+        subset
+        for size in range(len(witnesses) + 1)
+        for subset in itertools.combinations(witnesses, size)
+    ]
+
+    def held(subset):
+        def action(worlds):
+            return {treatment: alternative, **{name: worlds[0][name] for name in subset}}
+
+        return action
+
+    abduction_key, world_key = jax.random.split(as_key(key))
+    draws = abduce(
+        model,
+        evidence,
+        key=abduction_key,
+        posterior_samples=posterior_samples,
+        num_samples=num_samples,
+        num_warmup=num_warmup,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+    )
+    worlds = predict_worlds(
+        model,
+        draws,
+        evidence=evidence,
+        actions=[held(subset) for subset in subsets],
+        key=world_key,
+        coupling=coupling,
+        sites=[outcome],
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+    )
+    outcomes = np.asarray(worlds[outcome])  # [draws, 1 + subsets, units...]
+    changed = outcomes[:, 1:] != outcomes[:, :1]
+    first = np.where(changed.any(axis=1), changed.argmax(axis=1), -1)
+    return CausalResult(
+        {
+            "actual_cause": changed.any(axis=1).astype(np.float32),
+            "but_for": changed[:, 0].astype(np.float32),
+            "witness_set": first,
+        },
+        attrs={
+            "treatment": treatment,
+            "outcome": outcome,
+            "alternative": repr(alternative),
+            "witness_sets": repr([list(subset) for subset in subsets]),
+        },
     )

@@ -8,7 +8,11 @@ worlds, each against an answer derived by hand.
 - ``tests/counterfactual/test_counterfactual_handler.py``: several interventions on one
   variable stacked as worlds (``test_nested_interventions_same_variable``), and conditioning
   that commutes with intervention (``test_cf_condition_commutes``).
+- ``tests/explainable/test_handlers_explanation.py``: the rock-throwing model
+  (``stones_bayesian_model``) for actual causation.
 """
+
+import ast
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,7 @@ import pytest
 from numpyro.handlers import condition, seed, trace
 
 from causalcell.handlers import do
-from causalcell.queries import counterfactual
+from causalcell.queries import actual_causation, counterfactual
 
 
 def mediation_model():
@@ -149,3 +153,55 @@ def test_a_tuple_of_alternatives_makes_one_world_each():
     # do() itself takes one world's value: a tuple there names the problem, not an array.
     with pytest.raises(TypeError, match="tuple of alternatives makes one counterfactual world"):
         do(model, {"x": (2.0, 1.0)})
+
+
+def stones(p_sally=1.0, p_bill=1.0):
+    """ChiRho's rock-throwing model (``tests/explainable/test_handlers_explanation.py``,
+    ``stones_bayesian_model``) with every probability fixed: Sally's hit preempts Bill's."""
+    sally_throws = numpyro.sample("sally_throws", dist.Bernoulli(p_sally))
+    bill_throws = numpyro.sample("bill_throws", dist.Bernoulli(p_bill))
+    sally_hits = numpyro.sample(
+        "sally_hits", dist.Bernoulli(jnp.where(sally_throws == 1, 1.0, 0.0))
+    )
+    bill_free = (bill_throws == 1) & (sally_hits == 0)
+    bill_hits = numpyro.sample("bill_hits", dist.Bernoulli(jnp.where(bill_free, 1.0, 0.0)))
+    shattered = (bill_hits == 1) | (sally_hits == 1)
+    return numpyro.sample("bottle_shatters", dist.Bernoulli(jnp.where(shattered, 1.0, 0.0)))
+
+
+ACTUAL = {
+    "sally_throws": 1.0,
+    "bill_throws": 1.0,
+    "sally_hits": 1.0,
+    "bill_hits": 0.0,
+    "bottle_shatters": 1.0,
+}
+
+
+def test_sallys_throw_is_an_actual_cause_and_bills_is_not():
+    evidence = {name: jnp.array(value) for name, value in ACTUAL.items()}
+    sally = actual_causation(
+        stones,
+        treatment="sally_throws",
+        alternative=0.0,
+        outcome="bottle_shatters",
+        evidence=evidence,
+        witnesses=["bill_throws", "bill_hits"],
+        key=5,
+    )
+    # Not a but-for cause (Bill's stone would have hit), but one once Bill's actual miss is
+    # held: the smallest witness set is {bill_hits}.
+    assert float(sally["but_for"][0]) == 0.0 and float(sally["actual_cause"][0]) == 1.0
+    witness_sets = ast.literal_eval(sally.attrs["witness_sets"])  # a repr of lists of names
+    assert witness_sets[int(sally["witness_set"][0])] == ["bill_hits"]
+    bill = actual_causation(
+        stones,
+        treatment="bill_throws",
+        alternative=0.0,
+        outcome="bottle_shatters",
+        evidence=evidence,
+        witnesses=["sally_throws", "sally_hits"],
+        key=5,
+    )
+    # Bill's throw changes nothing, whatever of Sally's is held.
+    assert float(bill["actual_cause"][0]) == 0.0 and int(bill["witness_set"][0]) == -1
