@@ -1,7 +1,9 @@
 """How one site's randomness is carried from the factual to a counterfactual world.
 
-- Gaussian (location-scale) sites, normal laws through bijective transforms (``LogNormal``
-  and any ``TransformedDistribution`` of a normal: ``eps = (T^{-1}(x) - loc) / scale``) and
+- Gaussian sites, Laplace, Cauchy and logistic ones (symmetric location-scale families: the
+  standardised value is mapped to the normal noise of the same quantile), such laws through
+  bijective transforms (``LogNormal`` and any ``TransformedDistribution`` of them:
+  ``eps = (T^{-1}(x) - loc) / scale``) and
   distributions with the ``to_noise``/``from_noise`` protocol share their standard-normal
   exogenous noise exactly.
 - Other sites follow the chosen coupling: ``"resample"`` draws them afresh in the
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import scipy.stats
+from jax.scipy.special import ndtr, ndtri
 
 __all__ = [
     "COUPLINGS",
@@ -53,41 +56,64 @@ def _base(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
-def _gaussian(fn: dist.Distribution):
-    """``(normal, transforms)`` when ``fn`` is a normal law pushed through bijections (a
-    ``TransformedDistribution`` such as ``LogNormal``; none for a plain normal), else None."""
+#: Symmetric location-scale families whose noise is shared exactly, by the survival function
+#: ``S(a) = P(Z > a)`` of their standard law ``Z`` and its inverse (both precise in the tails).
+_SURVIVAL = {
+    dist.Laplace: (lambda a: 0.5 * jnp.exp(-a), lambda p: -jnp.log(2.0 * p)),
+    dist.Cauchy: (
+        lambda a: jnp.arctan2(1.0, a) / jnp.pi,
+        lambda p: jnp.cos(jnp.pi * p) / jnp.sin(jnp.pi * p),
+    ),
+    dist.Logistic: (lambda a: jax.nn.sigmoid(-a), lambda p: jnp.log1p(-p) - jnp.log(p)),
+}
+
+
+def _location_scale(fn: dist.Distribution):
+    """``(law, transforms)`` when ``fn`` is a normal law, or a Laplace, Cauchy or logistic one
+    (symmetric location-scale families), pushed through bijections (a
+    ``TransformedDistribution`` such as ``LogNormal``; none for a plain law), else None."""
     base, transforms = _base(fn), []
     while isinstance(base, dist.TransformedDistribution):
         transforms = list(base.transforms) + transforms
         base = _base(base.base_dist)
-    return (base, transforms) if type(base) is dist.Normal else None
+    return (base, transforms) if type(base) is dist.Normal or type(base) in _SURVIVAL else None
 
 
 def is_shareable(fn: dist.Distribution) -> bool:
-    """Whether ``fn`` exposes its exogenous noise: a normal law, a normal law through
-    bijective transforms (log-normal and other transformed laws), or the noise protocol."""
-    return _gaussian(fn) is not None or hasattr(_base(fn), "to_noise")
+    """Whether ``fn`` exposes its exogenous noise: a normal, Laplace, Cauchy or logistic law,
+    such a law through bijective transforms (log-normal and other transformed laws), or the
+    noise protocol."""
+    return _location_scale(fn) is not None or hasattr(_base(fn), "to_noise")
 
 
 def to_noise(fn: dist.Distribution, value):
-    """Standard-normal exogenous noise of ``value`` under a shareable ``fn``: for a transformed
-    normal law, the transforms are inverted first."""
-    gaussian = _gaussian(fn)
-    if gaussian is None:
+    """Standard-normal exogenous noise of ``value`` under a shareable ``fn``: transforms are
+    inverted first; a non-normal family's standardised value ``z`` has the normal noise of the
+    same quantile, ``sign(z) Phi^{-1}(1 - S(|z|))``."""
+    law = _location_scale(fn)
+    if law is None:
         return _base(fn).to_noise(value)
-    normal, transforms = gaussian
+    base, transforms = law
     for transform in reversed(transforms):
         value = transform.inv(value)
-    return (value - normal.loc) / normal.scale
+    standard = (value - base.loc) / base.scale
+    if type(base) is dist.Normal:
+        return standard
+    survival, _ = _SURVIVAL[type(base)]
+    return -jnp.sign(standard) * ndtri(survival(jnp.abs(standard)))
 
 
 def from_noise(fn: dist.Distribution, noise):
     """Inverse of :func:`to_noise`: the value a shareable ``fn`` gives to exogenous ``noise``."""
-    gaussian = _gaussian(fn)
-    if gaussian is None:
+    law = _location_scale(fn)
+    if law is None:
         return _base(fn).from_noise(noise)
-    normal, transforms = gaussian
-    value = normal.loc + normal.scale * noise
+    base, transforms = law
+    standard = noise
+    if type(base) is not dist.Normal:
+        _, inverse = _SURVIVAL[type(base)]
+        standard = jnp.sign(noise) * inverse(ndtr(-jnp.abs(noise)))
+    value = base.loc + base.scale * standard
     for transform in transforms:
         value = transform(value)
     return value
