@@ -10,6 +10,11 @@ worlds, each against an answer derived by hand.
   that commutes with intervention (``test_cf_condition_commutes``).
 - ``tests/explainable/test_handlers_explanation.py``: the rock-throwing model
   (``stones_bayesian_model``) for actual causation.
+- ``tests/interventional/test_do_messenger.py``: twin worlds of the confounded z -> x -> y
+  model, and batched interventions as one world each.
+- ``tests/counterfactual/test_exogenation.py``: the noise of transformed normal laws, and an
+  observed transformed outcome under an upstream intervention.
+- NumPyro's ``handlers.do`` docstring example.
 """
 
 import ast
@@ -20,9 +25,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro.distributions.transforms import AffineTransform, ExpTransform
 from numpyro.handlers import condition, seed, trace
+from numpyro.infer.util import log_density
 
-from causalcell.handlers import do
+from causalcell._core.coupling import from_noise, to_noise
+from causalcell.handlers import do, exogenize
 from causalcell.queries import actual_causation, counterfactual
 
 
@@ -205,3 +213,111 @@ def test_sallys_throw_is_an_actual_cause_and_bills_is_not():
     )
     # Bill's throw changes nothing, whatever of Sally's is held.
     assert float(bill["actual_cause"][0]) == 0.0 and int(bill["witness_set"][0]) == -1
+
+
+def confounded():
+    """ChiRho's z -> x -> y, z -> y model (``tests/interventional/test_do_messenger.py``)."""
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    x = numpyro.sample("x", dist.Normal(z, 1.0))
+    return numpyro.sample("y", dist.Normal(0.8 * x + 0.3 * z, 1.0))
+
+
+@pytest.mark.parametrize("x_counterfactual", [-1.0, 0.0, 2.0, 2.5])
+def test_twin_worlds_of_the_confounded_model(x_counterfactual):
+    # ChiRho's test_do_messenger_twin_counterfactual: the factual x is drawn, the
+    # counterfactual x is the action, z is shared; here also y' - y = 0.8 (x' - x) exactly.
+    result = counterfactual(
+        confounded,
+        evidence={},
+        actions={"x": x_counterfactual},
+        key=jax.random.key(6),
+        num_samples=100,
+        num_warmup=100,
+    )
+    z, x, y = (np.asarray(result[name]) for name in "zxy")
+    np.testing.assert_allclose(x[:, 1], x_counterfactual)
+    assert np.all(x[:, 0] != x_counterfactual)
+    np.testing.assert_array_equal(z[:, 1], z[:, 0])
+    np.testing.assert_allclose(y[:, 1] - y[:, 0], 0.8 * (x_counterfactual - x[:, 0]), atol=1e-5)
+
+
+def test_batched_interventions_are_one_world_each():
+    # ChiRho's test_do_messenger_batched: (y, z) set to (1, 100), (300, -) and (-, 200) with
+    # masks; here one world per batch entry, each with its own sites set.
+    result = counterfactual(
+        confounded,
+        evidence={},
+        actions=[{"y": 1.0, "z": 100.0}, {"y": 300.0}, {"z": 200.0}],
+        key=jax.random.key(7),
+        num_samples=50,
+        num_warmup=50,
+    )
+    z, y = np.asarray(result["z"])[:, 1:], np.asarray(result["y"])[:, 1:]
+    assert np.all((z >= 100.0) | (y >= 100.0))
+    np.testing.assert_allclose(z[:, 0], 100.0)
+    np.testing.assert_allclose(y[:, 1], 300.0)
+    np.testing.assert_allclose(z[:, 2], 200.0)
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        dist.Normal(2.0, 0.5),
+        dist.LogNormal(1.0, 0.5),
+        dist.TransformedDistribution(dist.Normal(0.0, 1.0), AffineTransform(3.0, 2.0)),
+        dist.TransformedDistribution(dist.Normal(0.0, 1.0), ExpTransform()),
+        dist.TransformedDistribution(
+            dist.TransformedDistribution(dist.Normal(0.0, 1.0), AffineTransform(0.0, 0.5)),
+            [ExpTransform(), AffineTransform(0.0, 2.0)],
+        ),
+        dist.LogNormal(jnp.zeros((2, 3)), 1.0).to_event(2),
+    ],
+    ids=["normal", "log-normal", "affine", "exp", "nested", "independent"],
+)
+def test_the_noise_of_a_transformed_normal_is_its_base_value(law):
+    # ChiRho's test_exogenate_to_base_distributions: exogenation recovers the base normal's
+    # value by inverting the transforms; here exogenize's noise site is that value,
+    # standardised, and pushes back to the sample exactly.
+    def model():
+        with numpyro.plate("units", 1):
+            return numpyro.sample("y", law)
+
+    sites = trace(seed(exogenize(model), 0)).get_trace()
+    noise, value = sites["y__noise"]["value"], sites["y"]["value"]
+    np.testing.assert_allclose(from_noise(law, noise[0]), value[0], rtol=1e-5)
+    np.testing.assert_allclose(to_noise(law, value[0]), noise[0], rtol=1e-4, atol=1e-5)
+
+
+def test_observe_downstream_and_intervene_upstream_shares_the_transformed_noise():
+    # ChiRho's test_observe_downstream_and_intervene_upstream_shared_noise: y = exp(x + u).
+    def model(num_units=1):
+        with numpyro.plate("units", num_units):
+            x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+            base = dist.Normal(0.0, 1.0)
+            return numpyro.sample(
+                "y", dist.TransformedDistribution(base, [AffineTransform(x, 1.0), ExpTransform()])
+            )
+
+    result = counterfactual(
+        model,
+        evidence={"x": jnp.array([0.2]), "y": jnp.array([3.0])},
+        actions={"x": 0.7},
+        key=jax.random.key(8),
+        posterior_samples={},
+    )
+    # u = log 3 - 0.2, so y' = exp(0.7 + u) = 3 e^0.5 (float32).
+    np.testing.assert_allclose(result["y"][:, 1, 0], 3.0 * np.exp(0.5), rtol=1e-5)
+
+
+def test_numpyros_do_example():
+    # NumPyro's own ``handlers.do`` docstring example: z ~ N(x, s), the model returns z ** 2;
+    # under do(z = 1) it returns 1 and z adds nothing to the density.
+    def model(x):
+        s = numpyro.param("s", 1.0)
+        z = numpyro.sample("z", dist.Normal(x, s))
+        return z**2
+
+    intervened = do(model, {"z": 1.0})
+    assert float(seed(intervened, 0)(0.5)) == 1.0
+    density, _ = log_density(intervened, (0.5,), {}, {})
+    assert float(density) == 0.0
