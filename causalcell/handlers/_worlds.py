@@ -7,9 +7,11 @@
    intervened model (or models: one world per action) and stacks the worlds on a leading axis
    (``world = 0`` factual, then the counterfactuals).
 
-Gaussian noise is shared exactly. A unit-level site of any other law keeps its factual value
-wherever its law is the same in both worlds (no intervention reaches it: Pearl's definition,
-whatever the law). Where the intervention changes its law it follows ``coupling``:
+Gaussian noise (also through bijections, and of Laplace, Cauchy and logistic laws; see
+:mod:`causalcell._core.coupling`) is shared exactly. A unit-level site of any other law keeps
+its factual value wherever its law is the same in both worlds (no intervention reaches it:
+Pearl's definition, whatever the law). Where the intervention changes its law it follows
+``coupling``:
 ``"resample"`` (independent draw in the counterfactual world) or ``"quantile"`` (same quantile
 of the new law; see :mod:`causalcell._core.coupling`). Sites outside every plate (the
 parameters) keep their abducted values wherever no intervention reaches them; a model without
@@ -81,8 +83,9 @@ class _replay(Messenger):
     def _carry(self, msg, name: str):
         """The counterfactual value of a site from its factual law and value: the factual
         value wherever its law is unchanged (no intervention reaches it); where it changed,
-        the factual noise pushed through the new law if both are Gaussian (a site outside
-        every plate, e.g. of a model without plates), else coupled or drawn afresh."""
+        the factual noise pushed through the new law if both laws share their noise
+        (:func:`causalcell._core.coupling.is_shareable`; a site outside every plate, e.g. of a
+        model without plates, or a stochastic intervention), else coupled or drawn afresh."""
         factual_fn, factual_value = self.factual[name]
         same = same_law(factual_fn, msg["fn"])
         if is_concrete(same) and bool(jnp.all(same)):
