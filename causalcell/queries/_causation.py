@@ -158,7 +158,7 @@ def actual_causation(
     Parameters
     ----------
     treatment, outcome
-        Site names; ``evidence`` should give both their actual values.
+        Site names; ``evidence`` must give both their actual values.
     alternative
         The treatment's value in the counterfactual worlds.
     witnesses
@@ -188,6 +188,12 @@ def actual_causation(
         raise ValueError(f"At most 10 witnesses (2^k worlds), got {len(witnesses)}.")
     if treatment in witnesses or outcome in witnesses:
         raise ValueError("The treatment and the outcome cannot be witnesses.")
+    missing = [name for name in (treatment, outcome) if name not in evidence]
+    if missing:
+        raise ValueError(
+            f"actual_causation asks about the actual world: evidence must give the actual "
+            f"values of {missing} (the treatment and the outcome)."
+        )
     model_kwargs = dict(model_kwargs or {})
     traced = model_trace(model, model_args, model_kwargs)
     check_site_names("actual_causation", [treatment, outcome, *witnesses], traced)

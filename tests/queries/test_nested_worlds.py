@@ -17,6 +17,7 @@ import pytest
 
 from causalcell.queries import (
     MEDIATION_WORLDS,
+    actual_causation,
     counterfactual,
     mediation,
     probabilities_of_causation,
@@ -114,6 +115,10 @@ def test_bad_mediation_questions_name_the_problem():
         mediation(model, treatment="t", mediator="t", outcome="y", values=(0, 1), key=0)
     with pytest.raises(ValueError, match="control_value, treated_value"):
         mediation(model, treatment="t", mediator="m", outcome="y", values=(0,), key=0)
+    with pytest.raises(ValueError, match=r"actual values of \['m'\]"):
+        actual_causation(
+            model, treatment="t", alternative=0.0, outcome="m", evidence={"t": 1.0}, key=0
+        )
     with pytest.raises(ValueError, match="empty list"):
         counterfactual(model, evidence={}, actions=[], key=0, posterior_samples=DRAWS)
 
