@@ -173,7 +173,7 @@ class do(Messenger):
                 "type": "deterministic",
                 "name": name,
                 "value": value,
-                "cond_indep_stack": msg["cond_indep_stack"],
+                "cond_indep_stack": [],  # the plates add their frames as it passes them
                 "infer": {"intervened": True},
                 "_control_flow_done": True,
             }
@@ -189,6 +189,9 @@ def _natural_value(msg):
         **msg,
         "name": name + NATURAL_SUFFIX,
         "infer": {**(msg.get("infer") or {}), _NATURAL: name},
+        # A list of its own: the plates add their frames again as the draw passes them (the
+        # shared list of the original message came back with every frame twice).
+        "cond_indep_stack": [],
         "stop": False,
     }
     return apply_stack(natural)["value"]

@@ -41,6 +41,9 @@ def test_a_function_of_the_site_value_keeps_the_natural_draw_and_its_density():
     sites = trace(seed(shifted, 0)).get_trace(num_units=3)
     natural = sites["x" + NATURAL_SUFFIX]
     assert natural["type"] == "sample" and sites["x"]["type"] == "deterministic"
+    # Each sits in the plate once (the natural draw passes the plate a second time).
+    for name in ("x", "x" + NATURAL_SUFFIX):
+        assert [frame.name for frame in sites[name]["cond_indep_stack"]] == ["units"]
     np.testing.assert_allclose(sites["x"]["value"], natural["value"] + 1.0, rtol=1e-6)
     # y sees the intervened x.
     np.testing.assert_allclose(sites["y"]["fn"].loc, sites["b"]["value"] * sites["x"]["value"])
@@ -430,3 +433,24 @@ def test_symmetric_location_scale_laws_share_their_noise(law, expected):
     )
     # Through the normal noise of the same quantile and back (float32 round trip).
     np.testing.assert_allclose(result["x"][:, 1, 0], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("action", [1.0, lambda x: x + 1.0], ids=["value", "function"])
+def test_an_intervened_site_sits_in_each_of_its_plates_once(action):
+    # The intervened record and the natural draw pass the plates again; before, they came
+    # back with every frame twice (the shared list of the original message), so the
+    # counterfactual result named an axis of a nested-plate site after the wrong plate.
+    def model():
+        with numpyro.plate("cells", 3), numpyro.plate("genes", 2, dim=-2):
+            return numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    sites = trace(seed(do(model, {"x": action}), 0)).get_trace()
+    for name in [n for n in sites if n.startswith("x")]:
+        assert sorted(frame.name for frame in sites[name]["cond_indep_stack"]) == [
+            "cells",
+            "genes",
+        ]
+    result = counterfactual(
+        model, evidence={}, actions={"x": action}, key=0, num_samples=20, num_warmup=20
+    )
+    assert result.dims["x"] == ("world", "genes", "cells")
