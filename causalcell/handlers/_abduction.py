@@ -287,10 +287,7 @@ def _enumerate_discrete(abduction, draws, sites, key, num_samples, model_args, m
     first = jax.tree_util.tree_map(lambda value: value[0], draws)
     enumeration = Enumeration(abduction, sites, first, model_args, model_kwargs)
     values = enumeration.sample(key, draws, num_samples)
-    repeated = {
-        name: jnp.broadcast_to(draw, (num_samples, *draw.shape)).reshape(-1, *draw.shape[1:])
-        for name, draw in draws.items()
-    }
+    repeated = _noise_major(draws, num_samples)
     return _with_deterministic(abduction, {**values, **repeated}, model_args, model_kwargs)
 
 
@@ -324,26 +321,12 @@ def _nuts_with_discrete_summed_out(
         )
         return -(enumeration.marginal({**parameters, **values}) + jacobian)
 
-    def potential(unconstrained):
-        if draws:
-            return jnp.sum(jax.vmap(one)(unconstrained, draws))
-        return one(jax.tree_util.tree_map(lambda value: value[0], unconstrained), {})
-
     run_key, discrete_key = jax.random.split(key)
-    sampler = MCMC(
-        NUTS(potential_fn=potential),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        progress_bar=False,
+    samples = _nuts_over_draws(one, draws, start, run_key, num_samples, num_warmup)
+    values = jax.tree_util.tree_map(  # [num_samples, count, ...] -> noise-major
+        lambda value: value.reshape(-1, *value.shape[2:]), constrained(samples)
     )
-    sampler.run(run_key, init_params=start)
-    values = constrained(sampler.get_samples())  # [num_samples, count, ...]
-    repeated = {
-        name: jnp.broadcast_to(draw, (num_samples, *draw.shape)) for name, draw in draws.items()
-    }
-    both = jax.tree_util.tree_map(
-        lambda value: value.reshape(-1, *value.shape[2:]), {**values, **repeated}
-    )
+    both = {**values, **_noise_major(draws, num_samples)}
     states = enumeration.sample(discrete_key, both, 1)
     return _with_deterministic(abduction, {**both, **states}, model_args, model_kwargs)
 
@@ -381,17 +364,7 @@ def _noise_by_nuts(abduction, draws, first, key, num_samples, num_warmup, model_
             condition(abduction, data=parameters), model_args, model_kwargs, unconstrained
         )
 
-    def potential(unconstrained):
-        return jnp.sum(jax.vmap(one)(unconstrained, draws))
-
-    sampler = MCMC(
-        NUTS(potential_fn=potential),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        progress_bar=False,
-    )
-    sampler.run(run_key, init_params=initial)
-    samples = sampler.get_samples()  # [num_samples, count, ...]
+    samples = _nuts_over_draws(one, draws, initial, run_key, num_samples, num_warmup)
 
     def constrain(unconstrained, parameters):
         return constrain_fn(
@@ -403,8 +376,35 @@ def _noise_by_nuts(abduction, draws, first, key, num_samples, num_warmup, model_
         )
 
     values = jax.vmap(jax.vmap(constrain), in_axes=(0, None))(samples, draws)
-    repeated = jax.tree_util.tree_map(
-        lambda value: jnp.broadcast_to(value, (num_samples, *value.shape)), draws
+    values = jax.tree_util.tree_map(lambda value: value.reshape(-1, *value.shape[2:]), values)
+    return {**values, **_noise_major(draws, num_samples)}
+
+
+def _nuts_over_draws(potential_of_draw, draws, start, key, num_samples, num_warmup):
+    """NUTS over the unknowns of every parameter draw at once: ``potential_of_draw(u, draw)``
+    summed over ``draws`` (independent given them; ``{}``: one set of unknowns, no
+    parameters), from ``start`` ``{site: [count, ...]}``. Returns ``[num_samples, count,
+    ...]``."""
+
+    def potential(unconstrained):
+        if draws:
+            return jnp.sum(jax.vmap(potential_of_draw)(unconstrained, draws))
+        return potential_of_draw(jax.tree_util.tree_map(lambda u: u[0], unconstrained), {})
+
+    sampler = MCMC(
+        NUTS(potential_fn=potential),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        progress_bar=False,
     )
-    merged = {**values, **repeated}
-    return jax.tree_util.tree_map(lambda value: value.reshape(-1, *value.shape[2:]), merged)
+    sampler.run(key, init_params=start)
+    return sampler.get_samples()
+
+
+def _noise_major(draws, num_samples: int) -> dict:
+    """Parameter draws ``[S, ...]`` repeated for ``num_samples`` draws of the unknowns each,
+    noise-major (draw ``i * S + s`` pairs unknowns ``i`` with parameters ``s``)."""
+    return {
+        name: jnp.broadcast_to(draw, (num_samples, *draw.shape)).reshape(-1, *draw.shape[1:])
+        for name, draw in draws.items()
+    }
