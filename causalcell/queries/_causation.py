@@ -10,8 +10,9 @@ import jax
 import numpy as np
 
 from causalcell._core.keys import as_key
-from causalcell.handlers import abduce, check_site_names, model_trace, predict_worlds
-from causalcell.queries._common import global_draws, prior_noise
+from causalcell.handlers import check_site_names, model_trace
+from causalcell.queries._common import global_draws, population_worlds
+from causalcell.queries._counterfactual import counterfactual
 from causalcell.results import CausalResult
 
 __all__ = ["actual_causation", "probabilities_of_causation"]
@@ -84,20 +85,17 @@ def probabilities_of_causation(
     model_kwargs = dict(model_kwargs or {})
     traced = model_trace(model, model_args, model_kwargs)
     check_site_names("probabilities_of_causation", [treatment, outcome], traced)
-    parameter_key, noise_key, world_key = jax.random.split(as_key(key), 3)
+    parameter_key, world_key = jax.random.split(as_key(key))
     parameters = global_draws(
         model, traced, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
     )
     count = next(iter(parameters.values())).shape[0] if parameters else 1
-    draws = prior_noise(
-        model, parameters, count, num_noise_samples, noise_key, model_args, model_kwargs
-    )
-    worlds = predict_worlds(
+    worlds = population_worlds(
         model,
-        draws,
-        evidence={},
-        actions=[{treatment: values[0]}, {treatment: values[1]}],
-        key=world_key,
+        parameters,
+        num_noise_samples,
+        [{treatment: values[0]}, {treatment: values[1]}],
+        world_key,
         coupling=coupling,
         sites=[treatment, outcome],
         model_args=model_args,
@@ -209,24 +207,15 @@ def actual_causation(
 
         return action
 
-    abduction_key, world_key = jax.random.split(as_key(key))
-    draws = abduce(
+    worlds = counterfactual(  # the same abduction for every world
         model,
-        evidence,
-        key=abduction_key,
-        posterior_samples=posterior_samples,
-        num_samples=num_samples,
-        num_warmup=num_warmup,
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-    )
-    worlds = predict_worlds(
-        model,
-        draws,
         evidence=evidence,
         actions=[held(subset) for subset in subsets],
-        key=world_key,
+        key=key,
+        posterior_samples=posterior_samples,
         coupling=coupling,
+        num_samples=num_samples,
+        num_warmup=num_warmup,
         sites=[outcome],
         model_args=model_args,
         model_kwargs=model_kwargs,

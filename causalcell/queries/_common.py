@@ -1,14 +1,15 @@
-"""What the queries share: parameter draws (posterior or prior), units' prior noise, and axis
-names of results."""
+"""What the queries share: parameter draws (posterior or prior), worlds of units drawn from the
+prior, and axis names of results."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from numpyro.infer import Predictive
 
-from causalcell.handlers import exogenize
+from causalcell.handlers import exogenize, predict_worlds
 
-__all__ = ["global_draws", "prior_noise", "site_dims"]
+__all__ = ["global_draws", "population_worlds", "site_dims"]
 
 
 def global_draws(model, traced, key, posterior_samples, num_samples, model_args, model_kwargs):
@@ -38,14 +39,30 @@ def site_dims(traced, names, leading=()) -> dict:
     return dims
 
 
-def prior_noise(model, parameters, count, repeats, key, model_args, model_kwargs) -> dict:
-    """Units' noise (and other unit latents) from the prior, ``repeats`` per parameter draw,
-    parameter-major, with the parameters repeated alongside: the draws of
-    :func:`causalcell.handlers.predict_worlds` for population-level questions."""
+def population_worlds(
+    model, parameters, repeats, actions, key, *, coupling, sites, model_args, model_kwargs
+):
+    """The worlds of ``actions`` for units drawn from the prior (population-level questions):
+    units' noise (and other unit latents) ``repeats`` times per parameter draw, parameter-major,
+    pushed through :func:`causalcell.handlers.predict_worlds`. Returns its ``{site: [S *
+    repeats, world, ...]}``."""
+    noise_key, world_key = jax.random.split(key)
+    count = next(iter(parameters.values())).shape[0] if parameters else 1
     repeated = {name: jnp.repeat(draw, repeats, axis=0) for name, draw in parameters.items()}
     predictive = Predictive(
         exogenize(model),
         posterior_samples=repeated or None,
         num_samples=None if repeated else count * repeats,
     )
-    return {**predictive(key, *model_args, **model_kwargs), **repeated}
+    draws = {**predictive(noise_key, *model_args, **model_kwargs), **repeated}
+    return predict_worlds(
+        model,
+        draws,
+        evidence={},
+        actions=actions,
+        key=world_key,
+        coupling=coupling,
+        sites=sites,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+    )

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 
 from causalcell._core.keys import as_key
-from causalcell.handlers import abduce, check_site_names, model_trace, predict_worlds
-from causalcell.queries._common import global_draws, prior_noise
+from causalcell.handlers import check_site_names, model_trace
+from causalcell.queries._common import global_draws, population_worlds
+from causalcell.queries._counterfactual import counterfactual
 from causalcell.results import CausalResult
 
 __all__ = ["MEDIATION_WORLDS", "mediation"]
@@ -98,42 +99,43 @@ def mediation(
     model_kwargs = dict(model_kwargs or {})
     traced = model_trace(model, model_args, model_kwargs)
     check_site_names("mediation", [treatment, mediator, outcome], traced)
-    parameter_key, noise_key, world_key = jax.random.split(as_key(key), 3)
+    parameter_key, world_key = jax.random.split(as_key(key))
     parameters = global_draws(
         model, traced, parameter_key, posterior_samples, num_samples, model_args, model_kwargs
     )
     count = next(iter(parameters.values())).shape[0] if parameters else 1
-    if evidence:
-        draws = abduce(
+    control, treated = values
+    actions = [
+        {treatment: control},
+        {treatment: treated},
+        lambda earlier: {treatment: treated, mediator: earlier[1][mediator]},
+    ]
+    if evidence:  # the units' own noise, abducted once for the three worlds
+        worlds = counterfactual(
             model,
-            evidence,
-            key=noise_key,
+            evidence=evidence,
+            actions=actions,
+            key=world_key,
             posterior_samples=parameters or None,
+            coupling=coupling,
             num_samples=num_noise_samples,
             num_warmup=num_warmup,
+            sites=[outcome],
             model_args=model_args,
             model_kwargs=model_kwargs,
         )
-    else:
-        draws = prior_noise(
-            model, parameters, count, num_noise_samples, noise_key, model_args, model_kwargs
+    else:  # the population's: prior noise, repeated per parameter draw
+        worlds = population_worlds(
+            model,
+            parameters,
+            num_noise_samples,
+            actions,
+            world_key,
+            coupling=coupling,
+            sites=[outcome],
+            model_args=model_args,
+            model_kwargs=model_kwargs,
         )
-    control, treated = values
-    worlds = predict_worlds(
-        model,
-        draws,
-        evidence=evidence or {},
-        actions=[
-            {treatment: control},
-            {treatment: treated},
-            lambda earlier: {treatment: treated, mediator: earlier[1][mediator]},
-        ],
-        key=world_key,
-        coupling=coupling,
-        sites=[outcome],
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-    )
     outcomes = np.asarray(worlds[outcome])[:, 1:]  # [draws, world, units...]
     draws_per_parameter = outcomes.shape[0] // count
     if evidence and parameters and draws_per_parameter > 1:  # NUTS abduction: noise-major
