@@ -15,6 +15,10 @@ Screens (``--screen``, each simulated by ``simulate_screen`` with a linear drift
 - ``wide``: 1,000 genes, 25 shifted targets, 20 doubles, 20,000 cells (Norman's genes, few
   targets).
 
+On a screen without doubles whose every gene is perturbed (``replogle``) the accuracy is
+network recovery instead: CLIPR from the fit against the true drift, beside closed-form CLIPR
+of pseudobulk log mean rates, in ``clipr_screen.py``'s columns.
+
 Half of the doubles are held out (``evaluation.split_combinations``); LCD is fitted on the
 rest with ``LCD.fit``'s defaults (modelled genes: the targets; 8 programs; the other genes
 decoded; ``condition_batch="auto"``), with the simulator's true library sizes (``true``) or
@@ -43,9 +47,11 @@ from pathlib import Path
 import anndata
 import numpy as np
 import pandas as pd
+from clipr_screen import COLUMNS, Truth, closed_form, log_rate, score
 from lcd_screen import noise_floor  # the expected scores of a model with the true law
 
 from causalcell import evaluation
+from causalcell.data import register, to_arrays
 from causalcell.datasets import simulate_screen
 from causalcell.inference import LocalImportanceELBO
 from causalcell.models.baselines import shift_control_cells
@@ -71,12 +77,15 @@ SCREENS = {
     "wide": {"genes": 1000, "singles": 25, "doubles": 20, "cells": 20_000, "kind": "shift"},
 }
 PREDICTED_CELLS = 300
+#: Posterior (and bootstrap) draws of the direct effects scored on screens without doubles.
+NETWORK_DRAWS = 100
 
 
 def screen(name: str, seed: int, cache: Path | None, **overrides) -> anndata.AnnData:
     """The simulated screen ``name`` (read from ``cache`` when it was simulated before), with
     ``genes`` or ``cells`` overridden where given."""
     shape = {**SCREENS[name], **{key: value for key, value in overrides.items() if value}}
+    shape["singles"] = min(shape["singles"], shape["genes"])  # replogle perturbs every gene
     tag = "" if shape == SCREENS[name] else f"_{shape['genes']}x{shape['cells']}"
     path = None if cache is None else cache / f"lcd_scale_{name}{tag}_{seed}.h5ad"
     if path is not None and path.exists():
@@ -108,6 +117,37 @@ def baseline_cells(expression, labels, means, seed: int) -> dict[str, list[np.nd
         name: [shift_control_cells(control[chosen], centre, mean) for mean in predictions]
         for name, predictions in means.items()
     }
+
+
+def print_network_recovery(model, adata, arguments) -> None:
+    """CLIPR from the fit against the true drift, beside closed-form CLIPR of the pseudobulk
+    log mean rates (``clipr_screen.py``'s table and columns), on a screen with every gene
+    perturbed and no doubles (``replogle``)."""
+    started = time.perf_counter()
+    truth = Truth(adata)
+    genes = list(adata.var_names)
+    effects = model.effects(num_samples=NETWORK_DRAWS, key=arguments.seed)
+    rows = {"lcd": score(effects, effects, truth)}
+    rows["lcd"]["seconds"] = time.perf_counter() - started
+    size_factor_key = "size_factor" if arguments.size_factors == "true" else None
+    arrays = to_arrays(adata, register(adata, size_factor_key=size_factor_key))
+    labels = np.asarray(adata.obs["perturbation"])
+    rates = arrays.counts / arrays.size_factors[:, None]
+    rows["closed form (log rate)"] = closed_form(
+        rates, labels, genes, NETWORK_DRAWS, arguments.seed, truth, log_rate
+    )
+    rows["random"] = {"auprc_abs": truth.density, "auprc_sign": truth.density}
+    rows["random"].update(orient_abs=0.5, orient_sign=0.5)
+    print(
+        f"# network recovery: {int(truth.adjacency.sum())} true edges (density "
+        f"{truth.density:.4f}); {NETWORK_DRAWS} posterior (LCD) or bootstrap (closed form) "
+        "draws; seconds: effects (LCD) or bootstrap (closed form), after the fit"
+    )
+    print(f"| method | {' | '.join(COLUMNS)} |")
+    print("|---|" + "---:|" * len(COLUMNS))
+    for method, row in rows.items():
+        cells = [f"{row[name]:.3f}" if name in row else "" for name in COLUMNS]
+        print(f"| {method} | {' | '.join(cells)} |")
 
 
 def main() -> None:
@@ -172,6 +212,8 @@ def main() -> None:
         f"first chunk {chunks[0]:.0f} s); peak memory {peak:.0f} MB"
     )
     if not split.held_out:
+        if set(model.modelled_genes) == set(adata.var_names):  # every gene perturbed
+            print_network_recovery(model, adata, arguments)
         return
     started = time.perf_counter()
     predicted = model.predict(list(split.held_out), num_cells=PREDICTED_CELLS, key=1)

@@ -319,16 +319,16 @@ def _allocate_cells(num_cells, num_conditions, control_fraction):
 def _linear_latents(key, drift: LinearDrift, sigma, interventions, cell_condition):
     """Exact Gaussian draws: ``mean_p + L_p z`` with one standard normal ``z`` per cell."""
     standard = np.asarray(jax.random.normal(key, (cell_condition.size, drift.num_genes)))
-    means, factors = stationary_laws(drift, sigma, interventions)
+    means, factors, law_of = stationary_laws(drift, sigma, interventions)
     if not np.isfinite(factors).all():
         raise ValueError(
             "A simulated condition has no stationary law (unstable drift); please report this "
             "with the arguments of simulate_screen."
         )
     latent = np.empty_like(standard)
-    for index, (mean, factor) in enumerate(zip(means, factors, strict=True)):
+    for index, (mean, law) in enumerate(zip(means, law_of, strict=True)):
         rows = cell_condition == index
-        latent[rows] = mean + standard[rows] @ factor.T
+        latent[rows] = mean + standard[rows] @ factors[law].T
     return latent, means
 
 
