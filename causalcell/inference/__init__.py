@@ -10,6 +10,7 @@ from causalcell.inference._importance import LocalImportanceELBO
 from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
+from causalcell.inference._serialization import load_tree, save_tree
 from causalcell.inference._subsample import Strata, batch_strata, subsample
 from causalcell.inference._svi import EarlyStopping, FitDivergedError, fit
 
@@ -27,5 +28,7 @@ __all__ = [
     "default_encoder_inputs",
     "fit",
     "fit_nuts",
+    "load_tree",
+    "save_tree",
     "subsample",
 ]

@@ -188,10 +188,13 @@ class Posterior:
         posterior's, or ``data``) and the model's keyword arguments."""
         return {**(self.data if data is None else data), **self.model_kwargs}
 
-    def ready_guide(self) -> None:
-        """Let the guide set itself up (prototype trace, encoder) on one cell of the data, so
-        that its parameters can be read or its heads run outside a fit."""
-        ready_guide(self.guide, self.model_arguments(), self.plate)
+    def ready_guide(self, data: Mapping | None = None) -> None:
+        """Let the guide set itself up (prototype trace, encoder) on one cell of the data (this
+        posterior's, or ``data``), so that its parameters can be read or its heads run outside
+        a fit; as the fit's did (``config["compiled_setup"]``, see
+        :func:`._posterior_files.ready_guide`)."""
+        traced = self.config.get("compiled_setup", False)
+        ready_guide(self.guide, self.model_arguments(data), self.plate, traced)
 
     def sample(self, key, num_samples: int | None = 1000) -> dict[str, jax.Array]:
         """Draws of the global sites.
@@ -279,8 +282,7 @@ class Posterior:
                 f"predictive(key, return_sites={list(self.local_sites)}) instead."
             )
         data = self.data if data is None else dict(data)
-        arguments = self.model_arguments(data)
-        ready_guide(self.guide, arguments, self.plate)
+        self.ready_guide(data)
         num_cells = (
             self.num_cells
             if data is self.data
@@ -344,7 +346,7 @@ class Posterior:
         if self.method == "nuts":
             samples = self._select_draws(guide_key, num_samples, latent)
         else:
-            ready_guide(self.guide, self.model_arguments(data), self.plate)
+            self.ready_guide(data)
             guide = Predictive(
                 self.guide, params=self.params, num_samples=num_samples, return_sites=latent
             )

@@ -164,19 +164,34 @@ def stored_template(header: Mapping, groups) -> dict:
     return template
 
 
-def ready_guide(guide, data: Mapping, plate: str) -> None:
-    """Let a guide set itself up (prototype trace, encoder) eagerly, on one subsampled cell."""
+def ready_guide(guide, data: Mapping, plate: str, traced: bool = False) -> None:
+    """Let a guide set itself up (prototype trace, encoder) on one subsampled cell: eagerly, or
+    under a trace (``jax.eval_shape``) where the fit's initialisation was compiled.
+
+    The two orders an auto-guide's flattened latent vector differently: NumPyro keeps the
+    program's order of the sites when it runs eagerly and sorts them by name when traced (its
+    initial values come back as a pytree). A full-rank or low-rank global guide loaded with
+    the other order than its fit read every draw off the wrong coordinates.
+    """
     needs_setup = (isinstance(guide, AmortizedGuide) and guide.local_shapes is None) or (
         isinstance(guide, AutoGuide) and guide.prototype_trace is None
     )
-    if needs_setup:
-        with block():
-            seed(subsample(guide, plate, 1), 0)(**data)
+    if not needs_setup:
+        return
+    setup = seed(subsample(guide, plate, 1), 0)
+    with block():
+        if traced:  # as in the fit, arrays (not NumPy's) that a traced index can select from
+            arrays, others = split_data(data)
+            arrays = {name: jax.numpy.asarray(value) for name, value in arrays.items()}
+            jax.eval_shape(lambda: setup(**arrays, **others))
+        else:
+            setup(**data)
 
 
-def param_template(model, guide, data: Mapping, plate: str) -> dict:
-    """Shapes and tree structure of the model's and the guide's parameters, traced abstractly."""
-    ready_guide(guide, data, plate)
+def param_template(model, guide, data: Mapping, plate: str, traced: bool = False) -> dict:
+    """Shapes and tree structure of the model's and the guide's parameters, traced abstractly
+    (the guide set up as :func:`ready_guide` says)."""
+    ready_guide(guide, data, plate, traced)
     arrays, others = split_data(data)
 
     def run(arrays):
@@ -251,7 +266,8 @@ def load_posterior_arguments(path, model, data, guide, model_kwargs) -> dict:
                 f"{path} was saved with guide {metadata['guide']['kind']}, not "
                 f"{qualified_name(type(guide))}."
             )
-        template["params"] = param_template(model, guide, {**data, **model_kwargs}, plate)
+        traced = metadata["config"].get("compiled_setup", False)
+        template["params"] = param_template(model, guide, {**data, **model_kwargs}, plate, traced)
     elif num_cells != metadata["num_cells"] and any(
         plate in site["plates"] and not site["observed"] for site in sites.values()
     ):

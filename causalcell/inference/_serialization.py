@@ -25,8 +25,7 @@ Examples
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalcell._core.files import write_atomically
 from causalcell._version import __version__
 
 __all__ = [
@@ -109,17 +109,7 @@ def save_tree(path, tree, metadata: Mapping | None = None) -> None:
             f"The metadata saved with a tree must be JSON-serialisable: {error}"
         ) from None
     arrays[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: np.savez(file, **arrays))
 
 
 def _json_default(value):
@@ -133,14 +123,28 @@ def read_header(path) -> dict:
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ValueError
-        If the file is not such an archive, or its ``format_version`` is unknown or newer than
-        :data:`FORMAT_VERSION`.
+        If the file is not such an archive (or a truncated or corrupted one), or its
+        ``format_version`` is unknown or newer than :data:`FORMAT_VERSION`.
     """
-    with np.load(Path(path), allow_pickle=False) as archive:
-        if _HEADER not in archive.files:
-            raise ValueError(f"{path} was not written by causalcell (no {_HEADER!r} entry).")
-        header = json.loads(archive[_HEADER].tobytes().decode("utf-8"))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file).")
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            if _HEADER not in archive.files:
+                raise ValueError(f"{path} was not written by causalcell (no {_HEADER!r} entry).")
+            header = json.loads(archive[_HEADER].tobytes().decode("utf-8"))
+    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(
+            f"{path} is not a file causalcell wrote, or it is truncated or corrupted; save it "
+            "again (a checkpoint: delete it to start the fit afresh)."
+        ) from None
+    except ValueError as error:
+        if "pickle" not in str(error):  # numpy's message for a file that is not an archive
+            raise
+        raise ValueError(f"{path} is not a file causalcell wrote (not an .npz archive).") from None
     version = header.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(

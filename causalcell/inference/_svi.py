@@ -59,8 +59,8 @@ JIT_INIT_LIMIT = 64 * 2**20
 
 
 def _initialise(make_svi: Callable, key, data: Mapping, model_kwargs: Mapping):
-    """``(svi, guide, state)``: a fresh ``make_svi()`` and its initial state, computed as one
-    compiled program when possible.
+    """``(svi, guide, state, compiled)``: a fresh ``make_svi()`` and its initial state, computed
+    as one compiled program when possible (``compiled``).
 
     Eager, NumPyro's ``SVI.init`` runs the model and guide operation by operation (the guide's
     prototype trace and the search for valid initial parameters), and each operation compiles
@@ -74,11 +74,12 @@ def _initialise(make_svi: Callable, key, data: Mapping, model_kwargs: Mapping):
     if sum(value.nbytes for value in data.values()) <= JIT_INIT_LIMIT:  # device arrays
         svi, guide = make_svi()
         try:
-            return svi, guide, jax.jit(lambda key: svi.init(key, **data, **model_kwargs))(key)
+            state = jax.jit(lambda key: svi.init(key, **data, **model_kwargs))(key)
+            return svi, guide, state, True
         except jax.errors.JAXTypeError:
             pass  # a fresh SVI below: the failed one's guide may hold a partial prototype
     svi, guide = make_svi()
-    return svi, guide, svi.init(key, **data, **model_kwargs)
+    return svi, guide, svi.init(key, **data, **model_kwargs), False
 
 
 def _make_guide(guide, model, plate: str, guide_kwargs: Mapping):
@@ -263,8 +264,12 @@ def fit(
         )
         return svi, guide_object
 
-    svi, guide_object, state = _initialise(make_svi, key, data, model_kwargs)
+    svi, guide_object, state, compiled = _initialise(make_svi, key, data, model_kwargs)
     config = {
+        # How the guide set itself up: a loaded posterior's guide must do the same (an
+        # auto-guide's flattened latent orders its sites by name when traced, in program order
+        # when eager; see _posterior_files.ready_guide).
+        "compiled_setup": compiled,
         "method": "svi",
         "guide": guide if isinstance(guide, str) else type(guide).__name__,
         "optimizer": repr(optimizer),

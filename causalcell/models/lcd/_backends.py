@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from causalcell.models.lcd import _linear, _neural
-from causalcell.models.lcd._fit import fit_linear
-from causalcell.models.lcd._neural_fit import fit_neural_screen
+from causalcell.models.lcd._fit import linear_problem
+from causalcell.models.lcd._neural_fit import neural_problem
 
 __all__ = ["BACKENDS", "LINEAR", "NEURAL", "DriftBackend", "backend_named"]
 
@@ -26,8 +26,9 @@ class DriftBackend(NamedTuple):
     ----------
     name
         ``"linear"`` or ``"neural"`` (``LCD.drift_kind``).
-    fit
-        ``(screen: PreparedScreen, drift_options, guide_options, options) -> Posterior``.
+    problem
+        ``(screen: PreparedScreen, settings) -> SviProblem`` (``LCD.settings``): the program,
+        its data and its guide's arguments, which ``LCD.fit`` fits and ``LCD.load`` rebuilds.
     drift
         ``(model, draws, programs) -> [S, n, n]``: drift matrices (neural: Jacobians at the
         control fixed point).
@@ -48,7 +49,7 @@ class DriftBackend(NamedTuple):
     """
 
     name: str
-    fit: Callable
+    problem: Callable
     drift: Callable
     responses: Callable
     stationary: Callable
@@ -60,7 +61,7 @@ class DriftBackend(NamedTuple):
 
 LINEAR = DriftBackend(
     name="linear",
-    fit=fit_linear,
+    problem=linear_problem,
     drift=_linear.linear_drifts,
     responses=_linear.responses,
     stationary=_linear.stationary_linear,
@@ -72,7 +73,7 @@ LINEAR = DriftBackend(
 
 NEURAL = DriftBackend(
     name="neural",
-    fit=fit_neural_screen,
+    problem=neural_problem,
     drift=_neural.drift_matrices,
     responses=_neural.responses,
     stationary=_neural.stationary_neural,

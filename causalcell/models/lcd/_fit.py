@@ -5,6 +5,7 @@ starts, the encoder's inputs, and the SVI call of linear drift (neural drift: :m
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ import optax
 
 from causalcell._core.overdispersion import split_overdispersion
 from causalcell.clipr import IllConditionedResponsesWarning, direct_effects
-from causalcell.inference import Strata, default_encoder_inputs, fit
+from causalcell.inference import AmortizedGuide, Posterior, Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._drift import raw_weights_of
@@ -24,18 +25,50 @@ from causalcell.noise import NegativeBinomial
 
 __all__ = [
     "PreparedScreen",
+    "SviProblem",
     "check_condition_batch",
     "condition_encoder_inputs",
     "condition_means",
     "condition_rates",
     "condition_strata",
-    "fit_linear",
     "fit_options",
     "initial_drift",
     "initial_values",
+    "linear_problem",
     "prepare_screen",
     "screen_data",
 ]
+
+
+class SviProblem(NamedTuple):
+    """One drift family's program on a prepared screen, with its amortized guide's arguments:
+    what ``LCD.fit`` fits and what rebuilds the guide of a saved fit (``LCD.load``)."""
+
+    model: Callable
+    data: dict
+    model_kwargs: dict
+    guide_kwargs: dict  #: arguments of :class:`causalcell.inference.AmortizedGuide`
+
+    def fit(self, **options) -> Posterior:
+        """:func:`causalcell.inference.fit` of the program with its guide (``options``:
+        steps, optimizer, batches, key...)."""
+        return fit(
+            self.model,
+            self.data,
+            model_kwargs=self.model_kwargs,
+            guide_kwargs=self.guide_kwargs,
+            **options,
+        )
+
+    def load(self, path) -> Posterior:
+        """The posterior a fit of this problem saved to ``path`` (:meth:`Posterior.load`)."""
+        return Posterior.load(
+            path,
+            self.model,
+            data=self.data,
+            guide=AmortizedGuide(self.model, **self.guide_kwargs),
+            model_kwargs=self.model_kwargs,
+        )
 
 
 class PreparedScreen(NamedTuple):
@@ -234,14 +267,13 @@ def condition_encoder_inputs(conditions: int):
     return encoder_inputs
 
 
-def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, options: dict):
-    """SVI of :func:`._program.lcd_model` with the amortized guide and the exact local
-    posterior (:func:`._guide.lcd_local_posterior`); ``options`` go to
-    :func:`causalcell.inference.fit`."""
-    del drift_options  # the linear program has none (LCD.fit rejects them)
+def linear_problem(screen: PreparedScreen, settings: dict) -> SviProblem:
+    """:func:`._program.lcd_model` with the amortized guide and the exact local posterior
+    (:func:`._guide.lcd_local_posterior`); ``settings``: ``LCD.settings`` (the linear
+    program takes no ``drift_options``: ``LCD.fit`` rejects them)."""
     data, arrays, space = screen.data, screen.arrays, screen.space
     intervention, start = screen.intervention, screen.start
-    global_guide, rank = guide_options["global_guide"], guide_options["rank"]
+    global_guide, rank = settings["global_guide"], settings["rank"]
     point_estimates = ()
     if not space.is_full and global_guide in ("auto", "normal", "kronecker"):
         # Thousands of decoder globals: the decoder by MAP (see _gene_space.DECODER_SITES),
@@ -255,15 +287,15 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
     pooled = None
     if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
         pooled = arrays.counts.mean(axis=0)  # float32 [genes], dense
-    return fit(
+    return SviProblem(
         lcd_model,
         data,
-        model_kwargs={
+        {
             "intervention": intervention,
             "programs": space.programs,
             "knockout_rank": update_rank,
         },
-        guide_kwargs={
+        {
             "encoder_inputs": screen.encoder_inputs,
             "local_posterior": lcd_local_posterior(
                 intervention,
@@ -283,5 +315,4 @@ def fit_linear(screen: PreparedScreen, drift_options, guide_options: dict, optio
             "rank": rank,
             "point_estimates": point_estimates,
         },
-        **options,
     )

@@ -166,6 +166,19 @@ class GeneSpace(NamedTuple):
         latent[:modelled, :modelled] = mask[np.ix_(self.modelled, self.modelled)]
         return latent
 
+    def gene_mask(self, latent_mask):
+        """A prior mask ``[G, G]`` that :meth:`latent_mask` maps to ``latent_mask`` (the
+        modelled genes' block; ones elsewhere, which :meth:`latent_mask` does not read)."""
+        if latent_mask is None:
+            return None
+        latent = np.asarray(latent_mask, np.float32)
+        if self.is_full:
+            return latent
+        mask = np.ones((len(self.genes), len(self.genes)), np.float32)
+        modelled = len(self.modelled)
+        mask[np.ix_(self.modelled, self.modelled)] = latent[:modelled, :modelled]
+        return mask
+
     def latent_values(self, values: dict, arrays) -> dict:
         """Initial values of the globals in latent coordinates, plus the decoder's.
 

@@ -16,24 +16,23 @@ from causalcell._core.keys import as_key
 from causalcell.clipr import posterior_direct_effects
 from causalcell.data import register, to_arrays
 from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_named
+from causalcell.models.lcd._files import SavedLCD
 from causalcell.models.lcd._fit import check_condition_batch, fit_options, prepare_screen
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
 from causalcell.models.lcd._refine import refine_lcd
 from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
-from causalcell.models.lcd._worlds import (
-    action_request,
-    counterfactual_result,
-    counterfactual_worlds,
-    lcd_program,
-    worlds_anndata,
-)
+from causalcell.models.lcd._world_queries import CellWorlds
+from causalcell.models.lcd._worlds import counterfactual_result
 from causalcell.queries import counterfactual as counterfactual_query
 
 __all__ = ["LCD"]
 
 
-class LCD:
-    """A fitted latent causal diffusion: ``LCD.fit(adata, ...)``, then predict and query.
+class LCD(CellWorlds, SavedLCD):
+    """A fitted latent causal diffusion: ``LCD.fit(adata, ...)``, then predict and query;
+    the program, ``do`` requests and counterfactuals of cells
+    (:class:`._world_queries.CellWorlds`); ``save(folder)`` and ``LCD.load(folder)``
+    (:class:`._files.SavedLCD`).
 
     Attributes
     ----------
@@ -51,6 +50,8 @@ class LCD:
         Size factors of the training cells (generated cells draw theirs from these).
     prior_mask
         The prior mask of the drift in latent coordinates (``None``: every edge allowed).
+    settings
+        ``LCD.fit``'s ``global_guide``, ``rank`` and ``drift_options`` (they rebuild its guide).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class LCD:
         prior_mask=None,
         space: GeneSpace | None = None,
         drift: str = "linear",
+        settings: dict | None = None,
     ):
         self.posterior = posterior
         self.backend: DriftBackend = backend_named(drift)
@@ -72,6 +74,12 @@ class LCD:
         self.prior_mask = None if prior_mask is None else jnp.asarray(prior_mask, jnp.float32)
         genes = registry.genes
         self.space = space or GeneSpace(genes, np.arange(len(genes)), 0)
+        self.settings = {
+            "global_guide": "auto",
+            "rank": None,
+            "drift_options": None,
+            **(settings or {}),
+        }
 
     @classmethod
     def fit(
@@ -127,7 +135,7 @@ class LCD:
         ``drift="neural"`` fits the neural-drift program (:func:`._neural_program.lcd_neural_model`,
         KDS factor, per-condition Gaussian latent base) on every gene (``modelled_genes``
         defaults to ``"all"``; a reduced space raises), with the amortized guide of
-        :func:`._neural_fit.fit_neural`; ``drift_options`` are that program's keyword
+        :func:`._neural_fit.neural_problem`; ``drift_options`` are that program's keyword
         arguments (``hidden``, ``weight_scale``, ``kds_weight``, ``kds_statistic``). Its memory
         grows as ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
         """
@@ -150,11 +158,11 @@ class LCD:
         arrays = space.reorder(arrays)  # columns: modelled genes, then decoded genes
         options = fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch)
         options.update(key=key, progress_bar=progress_bar, **fit_kwargs)
-        guide_options = {"global_guide": global_guide, "rank": rank}
+        settings = {"global_guide": global_guide, "rank": rank, "drift_options": drift_options}
         screen = prepare_screen(arrays, space, registry, intervention, prior_mask)
-        posterior = backend.fit(screen, drift_options, guide_options, options)
-        sizes = arrays.size_factors
-        return cls(posterior, registry, intervention, sizes, screen.prior_mask, space, drift)
+        posterior = backend.problem(screen, settings).fit(**options)
+        mask, sizes = screen.prior_mask, arrays.size_factors
+        return cls(posterior, registry, intervention, sizes, mask, space, drift, settings)
 
     @property
     def drift_kind(self) -> str:
@@ -309,33 +317,6 @@ class LCD:
             **simulation,
         )
 
-    @property
-    def program(self):
-        """The fitted model as a NumPyro program of generated cells, for :func:`causalcell.do`
-        and :mod:`causalcell.queries`: ``program(num_cells=100, *, perturbation="control",
-        size_factors=None)`` (:func:`._worlds.lcd_program`; sites ``latent`` and
-        ``counts``). It asks for the vectorised site ``"genes"`` over :attr:`coordinates`: a
-        request for the learned intervention (:meth:`actions`: ``learned()``, or the screen's
-        kind without a value, e.g. ``knockout()`` on a knockout screen) ORs the gene into the
-        cells' targets with its learned parameter, so with posterior draws of the globals the
-        cells are :meth:`predict`'s in law; explicit
-        values (``shift(0.5)``, ``knockout(-2.0)``) compose on top. Linear drift only.
-
-        Examples
-        --------
-        >>> result = queries.interventional(  # doctest: +SKIP
-        ...     model.program, model.actions("GATA1"), key=jax.random.key(0),
-        ...     posterior_samples=model.posterior.sample(0, 200), model_kwargs={"num_cells": 1})
-        """
-        return lcd_program(self)
-
-    def actions(self, perturbation: str, *, allow_prior_only: bool = False) -> dict:
-        """The ``do`` request ``{"genes": {gene: spec}}`` for the learned intervention of every
-        target of ``perturbation`` (``learned()``: the screen's kind, with its learned
-        parameter), for :attr:`program`; raises :class:`UnseenTargetError` as :meth:`predict`
-        does."""
-        return action_request(self, perturbation, allow_prior_only)
-
     def refine(self, **options) -> LCD:
         """A copy whose global posterior is drawn by NUTS with the latents integrated out
         through the guide's Gaussian count messages (linear drift, every gene modelled).
@@ -346,74 +327,6 @@ class LCD:
         (``num_warmup``, ``num_samples``, ``key``, NUTS settings).
         """
         return refine_lcd(self, **options)
-
-    def counterfactual(
-        self,
-        cells: anndata.AnnData,
-        perturbation: str,
-        *,
-        num_samples: int = 100,
-        key=0,
-        coupling: str = "quantile",
-        compose: bool = True,
-        probability: float = 0.9,
-        allow_prior_only: bool = False,
-    ) -> anndata.AnnData:
-        """These observed cells, had ``perturbation`` also (or instead) been applied.
-
-        Per posterior draw of the globals: abduction of each cell's latent from the fit's exact
-        local posterior under that draw, action, and prediction with the cell's Brownian path
-        shared by both worlds (exact for linear drift), then counts (:mod:`._worlds`).
-        Every draw: :func:`causalcell.queries.counterfactual` with this model.
-
-        Parameters
-        ----------
-        cells
-            Observed cells (training genes; each cell's own perturbation, a trained condition
-            or control, in ``obs[perturbation_key]``). Not modified.
-        perturbation
-            E.g. ``"GATA1"`` or ``"GATA1+CEBPA"`` (trained targets, or ``allow_prior_only``).
-        num_samples, key, probability
-            Posterior draws, seed, and mass of the equal-tailed credible intervals.
-        coupling
-            ``"quantile"`` (each count keeps its randomised quantile) or ``"resample"``.
-        compose
-            True: union of the cell's targets and ``perturbation``'s (a target the cell
-            carries is unchanged; ``"control"`` changes nothing); False: ``perturbation``
-            replaces the cell's own (``"control"``: had it been unperturbed).
-
-        Returns
-        -------
-        anndata.AnnData
-            Factual then counterfactual rows: ``obs["world"]``, ``obs["cell"]`` (source cell),
-            ``obs["perturbation"]`` (the world's condition); ``X`` counts (observed; draw 0 in
-            the counterfactual world), ``layers["log1p"]``, ``obsm["latent"]`` (draw 0),
-            ``obsm["latent_mean"]``; ``layers["shift_mean"|"shift_lower"|"shift_upper"]``:
-            posterior mean and interval of the counterfactual minus factual log-rate (zero in
-            factual rows); ``uns["counterfactual"]``: the settings.
-
-        Raises
-        ------
-        UnseenTargetError
-            Unknown or untrained targets, or cells of an untrained condition.
-        NotImplementedError
-            For neural drift.
-
-        References
-        ----------
-        Pearl, J. (2009). Causality, 2nd ed., ch. 7 (abduction, action, prediction).
-        """
-        settings = {"coupling": coupling, "compose": compose}
-        worlds = counterfactual_worlds(
-            self,
-            cells,
-            perturbation,
-            num_samples=num_samples,
-            key=as_key(key),
-            allow_prior_only=allow_prior_only,
-            **settings,
-        )
-        return worlds_anndata(self, worlds, probability=probability, settings=settings)
 
 
 # queries.counterfactual is a generic function: a fitted LCD answers with its exact abduction.

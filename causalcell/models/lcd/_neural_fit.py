@@ -20,15 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from causalcell.inference import fit
+from causalcell.models.lcd._fit import SviProblem
 from causalcell.models.lcd._guide import message_mean, message_precision
 from causalcell.models.lcd._neural_program import lcd_neural_model
 
 __all__ = [
     "condition_levels",
-    "fit_neural",
-    "fit_neural_screen",
     "neural_local_posterior",
+    "neural_problem",
 ]
 
 #: Encoder widths: the encoder only corrects the message mean of each cell, with the cell's
@@ -79,82 +78,35 @@ def condition_levels(data: Mapping) -> np.ndarray:
     return np.log(means + 1e-6).astype(np.float32)
 
 
-def fit_neural(
-    data: Mapping,
-    encoder_inputs,
-    *,
-    space,
-    intervention: str,
-    initial_values: Mapping,
-    guide_options: Mapping | None = None,
-    model_options: Mapping | None = None,
-    **fit_kwargs,
-):
-    """Fit :func:`._neural_program.lcd_neural_model` to the data of :meth:`LCD.fit`.
+def neural_problem(screen, settings: Mapping) -> SviProblem:
+    """:func:`._neural_program.lcd_neural_model` on a :class:`._fit.PreparedScreen`, with the
+    amortized guide.
 
-    The guide is the amortized one (:class:`causalcell.inference.AmortizedGuide`) with
-    :func:`neural_local_posterior` for the latents: the exact Gaussian update of each cell's
-    base density by its counts' Laplace messages, the encoder (features: log1p-normalised
+    The guide's latents take :func:`neural_local_posterior`: the exact Gaussian update of each
+    cell's base density by its counts' Laplace messages, the encoder (features: log1p-normalised
     counts and the condition one-hot) correcting the message means. Globals start at the
     wrapper's pseudobulk values (``baseline``, intervention parameters) and each condition's
-    ``latent_location`` at its log mean fractions.
-
-    Parameters
-    ----------
-    data
-        The model's data (``counts``, ``condition_index``, ``condition_targets``,
-        ``size_factors``, ``baseline_prior``, optionally ``prior_mask``).
-    encoder_inputs
-        ``(data, index) -> features`` of the encoder.
-    space
-        The wrapper's gene space; it must model every gene (the neural program has no
-        decoder).
-    intervention
-        The screen's intervention kind.
-    initial_values
-        Initial values of global sites (constrained space).
-    guide_options
-        More arguments of the guide (``global_guide``, ``rank``).
-    model_options
-        Keyword arguments of the program (``hidden``, ``weight_scale``, ``kds_weight``).
-    **fit_kwargs
-        Passed to :func:`causalcell.inference.fit` (optimizer, steps, batch size, key, ...).
+    ``latent_location`` at its log mean fractions. ``settings`` (``LCD.settings``):
+    ``drift_options``, the program's keyword arguments (``hidden``, ``weight_scale``,
+    ``kds_weight``), and the guide's ``global_guide`` and ``rank``.
 
     Raises
     ------
     ValueError
         If the gene space is reduced (decoded genes or programs).
     """
-    if not space.is_full:
+    if not screen.space.is_full:
         raise ValueError(
             "LCD with drift='neural' models every gene as a coordinate (it has no decoder): "
             "pass modelled_genes='all' and programs=0, or select genes before fitting."
         )
     guide_kwargs = {
-        "encoder_inputs": encoder_inputs,
+        "encoder_inputs": screen.encoder_inputs,
         "hidden": ENCODER_HIDDEN,
         "local_posterior": neural_local_posterior,
-        "init_values": {**initial_values, "latent_location": condition_levels(data)},
-        **(guide_options or {}),
+        "init_values": {**screen.start, "latent_location": condition_levels(screen.data)},
+        "global_guide": settings["global_guide"],
+        "rank": settings["rank"],
     }
-    return fit(
-        lcd_neural_model,
-        data,
-        model_kwargs={"intervention": intervention, **(model_options or {})},
-        guide_kwargs=guide_kwargs,
-        **fit_kwargs,
-    )
-
-
-def fit_neural_screen(screen, drift_options, guide_options: Mapping, options: Mapping):
-    """:func:`fit_neural` of a :class:`._fit.PreparedScreen` (the neural backend's fit)."""
-    return fit_neural(
-        screen.data,
-        screen.encoder_inputs,
-        space=screen.space,
-        intervention=screen.intervention,
-        initial_values=screen.start,
-        guide_options=guide_options,
-        model_options=drift_options,
-        **options,
-    )
+    model_kwargs = {"intervention": screen.intervention, **(settings["drift_options"] or {})}
+    return SviProblem(lcd_neural_model, screen.data, model_kwargs, guide_kwargs)

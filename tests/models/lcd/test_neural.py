@@ -415,3 +415,17 @@ def test_fit_checks_the_drift_options_before_fitting(fitted):
         LCD.fit(adata, drift_options={"hidden": 4})
     with pytest.raises(ValueError, match="no decoder"):
         LCD.fit(adata, drift="neural", modelled_genes=[], programs=2, num_steps=1)
+
+
+def test_a_saved_neural_model_loads_with_its_options_and_predicts_bit_for_bit(fitted, tmp_path):
+    _, split, model = fitted
+    model.save(tmp_path / "neural")
+    loaded = LCD.load(tmp_path / "neural")
+    assert loaded.drift_kind == "neural" and loaded.settings == model.settings
+    draws = model.posterior.sample(jax.random.key(2), 5)
+    again = loaded.posterior.sample(jax.random.key(2), 5)
+    for name, values in draws.items():
+        np.testing.assert_array_equal(values, again[name])
+    before = model.predict(list(split.held_out), num_cells=10, key=4, dt=0.1, burn_in=2.0)
+    after = loaded.predict(list(split.held_out), num_cells=10, key=4, dt=0.1, burn_in=2.0)
+    assert (before.X != after.X).nnz == 0
