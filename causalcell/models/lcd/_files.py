@@ -201,6 +201,12 @@ def _load(cls, directory):
 class SavedLCD:
     """Saving and loading of :class:`LCD` (its base class; the folder is described above)."""
 
+    @staticmethod
+    def check_folder(directory) -> Path:
+        """``directory`` as a path, if :meth:`save` can write there (raises as it would):
+        check it before a long fit."""
+        return check_folder(directory)
+
     def save(self, directory) -> None:
         """Write the fitted model to the folder ``directory`` (created; a saved LCD there is
         replaced): posterior, settings, gene space, registry, training data and checksums.

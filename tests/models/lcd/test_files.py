@@ -103,19 +103,19 @@ def test_missing_partial_corrupted_and_newer_folders_are_refused_by_name(saved, 
         LCD.load(partial)
     missing = _copy(folder, tmp_path / "missing")
     (missing / "screen.npz").unlink()
-    with pytest.raises(ValueError, match="screen.npz is missing"):
+    with pytest.raises(ValueError, match=r"screen\.npz is missing"):
         LCD.load(missing)
     corrupted = _copy(folder, tmp_path / "corrupted")
     data = (corrupted / "posterior.npz").read_bytes()
     (corrupted / "posterior.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="posterior.npz is not the file LCD.save wrote"):
+    with pytest.raises(ValueError, match=r"posterior\.npz is not the file LCD\.save wrote"):
         LCD.load(corrupted)
     newer = _copy(folder, tmp_path / "newer")
     header = json.loads((newer / "lcd.json").read_text())
     header["format_version"] = 99
     (newer / "lcd.json").write_text(json.dumps(header))
-    with pytest.raises(ValueError, match="format_version 99.*Upgrade causalcell"):
+    with pytest.raises(ValueError, match=r"format_version 99.*Upgrade causalcell"):
         LCD.load(newer)
     (newer / "lcd.json").write_text("{not json")
-    with pytest.raises(ValueError, match="lcd.json is corrupted"):
+    with pytest.raises(ValueError, match=r"lcd\.json is corrupted"):
         LCD.load(newer)

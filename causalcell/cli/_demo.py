@@ -1,23 +1,25 @@
-"""Command line: ``causalcell demo`` and ``causalcell simulate``."""
+"""``causalcell demo`` (simulate, hold out doubles, fit, score against the baselines) and
+``causalcell simulate``."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from causalcell import evaluation
+from causalcell.cli._commands import UsageError, output_file
 from causalcell.datasets import simulate_screen
 from causalcell.models.lcd import LCD
 
-__all__ = ["main"]
+__all__ = ["add_demo_commands"]
 
 
 def _demo(arguments) -> int:
     started = time.perf_counter()
+    if arguments.output is not None and Path(arguments.output).is_file():
+        raise UsageError(f"{arguments.output} is a file; --output is a folder to write into.")
     print(
         f"Simulating a knockout screen: {arguments.genes} genes, {arguments.cells} cells, "
         f"{arguments.singles} single and {arguments.doubles} double perturbations "
@@ -101,6 +103,7 @@ def _plot_predicted_vs_observed(expression, labels, held_out, predictions, path)
 
 
 def _simulate(arguments) -> int:
+    output_file(arguments.output, (".h5ad",))
     adata = simulate_screen(
         num_genes=arguments.genes,
         num_cells=arguments.cells,
@@ -123,12 +126,8 @@ def _screen_options(parser, *, genes, cells, singles, doubles) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``causalcell`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="causalcell", description="Causal generative models of single-cell screens."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_demo_commands(commands) -> None:
+    """The ``demo`` and ``simulate`` subcommands."""
     demo = commands.add_parser(
         "demo", help="simulate a screen, hold out doubles, fit LCD, score it against baselines"
     )
@@ -147,14 +146,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--output", required=True, help="path of the .h5ad file to write")
     simulate.set_defaults(handler=_simulate)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``causalcell`` command."""
-    arguments = build_parser().parse_args(argv)
-    return arguments.handler(arguments)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m causalcell.cli``."""
+
+import sys
+
+from causalcell.cli._main import main
+
+sys.exit(main())
