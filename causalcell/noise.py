@@ -65,6 +65,7 @@ import numpyro.distributions as dist
 import scipy.sparse
 
 from causalcell._core.counts import PROBLEM_FIXES, find_invalid_entries
+from causalcell._core.tracing import is_concrete
 from causalcell.preprocessing import DEFAULT_TARGET_SUM
 
 __all__ = [
@@ -84,6 +85,26 @@ LINKS = ("exp", "softmax")
 _CONCENTRATION_PRIOR = (math.log(10.0), 2.0)
 _GATE_LOGITS_PRIOR = (-3.0, 2.0)
 _SCALE_PRIOR = (math.log(0.5), 1.0)
+
+
+def _check_size_factors(size_factors: np.ndarray, rate_shape: tuple) -> None:
+    """Size factors positive and finite, one per cell of log rates of shape ``rate_shape``."""
+    cells = rate_shape[:-1]
+    try:
+        np.broadcast_shapes((*size_factors.shape, 1), rate_shape)
+    except ValueError:
+        raise ValueError(
+            f"size_factors has shape {size_factors.shape} but the log rates have shape "
+            f"{rate_shape} ([..., cells, genes]): pass one size factor per cell, shape {cells}, "
+            "or a scalar."
+        ) from None
+    bad = ~(np.isfinite(size_factors) & (size_factors > 0))
+    if bad.any():
+        raise ValueError(
+            f"size_factors must be positive and finite; {int(bad.sum())} of {size_factors.size} "
+            "are not (a cell with no counts has total 0: drop it, or pass size factors of your "
+            "own)."
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +146,15 @@ class NoiseModel(ABC):
         """Log expected count ``log l_c + log_fraction(x)_cg``, ``[..., cells, genes]``.
 
         ``size_factors`` ``[..., cells]`` must be positive; a scalar broadcasts to every cell.
+
+        Raises
+        ------
+        ValueError
+            On concrete inputs, if a size factor is not positive and finite or their shape is
+            not one per cell of ``log_rate`` (under ``jit`` nothing is checked).
         """
+        if is_concrete(size_factors, log_rate):
+            _check_size_factors(np.asarray(size_factors), np.shape(log_rate))
         log_size = jnp.log(jnp.asarray(size_factors, dtype=jnp.result_type(float)))
         return log_size[..., None] + self.log_fraction(log_rate)
 

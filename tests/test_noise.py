@@ -413,3 +413,18 @@ def test_validate_counts_other_sparse_formats_and_good_inputs():
     validate_counts(np.array([[0.0, 2.0], [7.0, 1e6]], dtype=np.float32))
     validate_counts(scipy.sparse.csr_array(np.array([[0, 3], [1, 0]], dtype=np.uint16)))
     validate_counts(jnp.array([[1, 2]]))
+
+
+@pytest.mark.parametrize(
+    ("size_factors", "message"),
+    [
+        ([1.0, -1.0, 2.0], "must be positive and finite; 1 of 3"),
+        ([1.0, np.nan, 2.0], "must be positive and finite; 1 of 3"),
+        ([1.0, 2.0], r"shape \(2,\) but the log rates have shape \(3, 2\)"),
+    ],
+)
+def test_bad_size_factors_are_named_before_any_density(size_factors, message):
+    with pytest.raises(ValueError, match=message):
+        NegativeBinomial().distribution(
+            jnp.zeros((3, 2)), jnp.asarray(size_factors), concentration=jnp.ones(2)
+        )

@@ -146,14 +146,27 @@ def control_hint(labels: Sequence, control: Sequence[str]) -> str:
     return f" Did you mean control={suggestions[0]!r}?" if suggestions else ""
 
 
+#: Separators of combined labels that other tools write ("GATA1_CEBPA", "A;B", "A|B").
+SEPARATORS = ("_", ";", ",", "|", "-", "+")
+
+
 def targets_hint(adata, missing: Sequence[str], genes: Sequence[str], gene_key: str | None) -> str:
-    """Close gene names, and a ``.var`` column holding every missing target, if one exists."""
+    """Close gene names, the separator that splits every missing target into genes, and a
+    ``.var`` column holding every missing target, where they exist."""
     hints = []
     for target in missing[:3]:
         matches = close_matches(target, genes)
         if matches:
             hints.append(f"{target!r} ~ {matches[0]!r}")
     text = f" Close gene names: {', '.join(hints)}." if hints else ""
+    for separator in SEPARATORS:
+        parts = [target.split(separator) for target in missing]
+        if all(len(names) > 1 and set(names) <= set(genes) for names in parts):
+            text += (
+                f" They read as combinations of genes joined by {separator!r} (e.g. "
+                f"{missing[0]!r}): pass separator={separator!r}."
+            )
+            break
     candidates = {None: adata.var_names} if gene_key is not None else {}
     candidates.update({column: adata.var[column] for column in adata.var.columns})
     for column, names in candidates.items():

@@ -399,3 +399,15 @@ def test_labels_round_trip_to_one_condition(case):
         expected_row = [gene in targets for gene in genes]
         np.testing.assert_array_equal(arrays.condition_targets[index], expected_row)
     assert len(registry.conditions) == len(set(target_sets))
+
+
+def test_labels_joined_by_another_separator_suggest_it():
+    labels = ["control", "A", "A_B", "B_C", "C", "control", "B"]
+    with pytest.raises(ValueError, match="joined by '_'.*pass separator='_'"):
+        register(make_screen(labels=labels))
+    registry = register(make_screen(labels=labels), separator="_")
+    assert "A_B" in registry.conditions and registry.targets == ("A", "B", "C")
+    # Guide-level labels ("A_2") are not combinations of genes: no separator is suggested.
+    with pytest.raises(ValueError) as error:
+        register(make_screen(labels=["control", "A_2", "A", "B", "C", "control", "B"]))
+    assert "separator" not in str(error.value)

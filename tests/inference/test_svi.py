@@ -475,3 +475,16 @@ def test_point_estimates_are_held_at_a_negligible_scale_and_reach_the_map():
     assert float(np.std(draws, axis=0).max()) < 1e-4  # point estimates: no posterior spread
     with pytest.raises(ValueError, match=r"point_estimates name \['z'\]"):
         initial_params(AmortizedGuide(offset_model, point_estimates=("z",)))
+
+
+def test_a_truncated_or_foreign_checkpoint_is_named_in_one_clear_error(normal_data, tmp_path):
+    settings = dict(guide="normal", num_steps=50, batch_size=100, key=3, progress_bar=False)
+    path = tmp_path / "checkpoint.npz"
+    fit(normal_mean, {"x": normal_data}, checkpoint=path, **settings)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the disk filled up while another tool copied it
+    with pytest.raises(ValueError, match=r"checkpoint\.npz is not a file causalcell wrote, or"):
+        fit(normal_mean, {"x": normal_data}, checkpoint=path, **settings)
+    path.write_text("not an archive")
+    with pytest.raises(ValueError, match=r"checkpoint\.npz is not a file causalcell wrote \(not"):
+        fit(normal_mean, {"x": normal_data}, checkpoint=path, **settings)
