@@ -403,7 +403,7 @@ def test_labels_round_trip_to_one_condition(case):
 
 def test_labels_joined_by_another_separator_suggest_it():
     labels = ["control", "A", "A_B", "B_C", "C", "control", "B"]
-    with pytest.raises(ValueError, match="joined by '_'.*pass separator='_'"):
+    with pytest.raises(ValueError, match=r"joined by '_'.*pass separator='_'"):
         register(make_screen(labels=labels))
     registry = register(make_screen(labels=labels), separator="_")
     assert "A_B" in registry.conditions and registry.targets == ("A", "B", "C")
