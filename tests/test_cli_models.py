@@ -56,6 +56,19 @@ def test_fit_writes_a_model_folder_that_the_other_commands_read(fitted, capsys):
     assert set(wide.index) == {"model", "no_change", "additive", "linear"}
     # The doubles of a shift screen move expression: a fitted model is closer than no change.
     assert wide.loc["model", "energy_distance"] < wide.loc["no_change", "energy_distance"]
+    # The same screen with GEARS labels ("ctrl", "G1+ctrl", "G1+G3"), read with --format.
+    screen = anndata.read_h5ad(folder / "screen.h5ad")
+    labels = screen.obs.pop("perturbation").astype(str)
+    screen.obs["condition"] = [
+        "ctrl" if label == "control" else label if "+" in label else f"{label}+ctrl"
+        for label in labels
+    ]
+    screen.write_h5ad(folder / "gears.h5ad")
+    gears_table = folder / "gears_table.csv"
+    arguments = ["evaluate", str(folder / "gears.h5ad"), str(predicted), "--format", "gears"]
+    assert main([*arguments, "--output", str(gears_table)]) == 0
+    assert "as gears: 5 gene, 3 combination, 1 control label(s)" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(gears_table), pd.read_csv(table))
 
 
 def test_effects_writes_a_table_a_graph_and_a_heatmap(fitted):

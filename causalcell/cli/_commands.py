@@ -15,12 +15,15 @@ from pathlib import Path
 import anndata
 import networkx as nx
 import numpy as np
+import pandas as pd
 
 from causalcell import evaluation
-from causalcell.data import register
+from causalcell.data import FORMATS, read_screen, register
 from causalcell.models.lcd import LCD
 
 __all__ = ["UsageError", "add_model_commands", "output_file"]
+
+PERTURBATION = "perturbation"  # the default .obs column of labels
 
 
 class UsageError(ValueError):
@@ -54,15 +57,31 @@ def output_file(path, suffixes: tuple[str, ...]) -> Path:
     return path
 
 
-def read_h5ad(path, what: str) -> anndata.AnnData:
-    """The AnnData at ``path`` (checked by :func:`input_file`), or a :class:`UsageError`."""
+def read_h5ad(path, what: str, arguments=None) -> anndata.AnnData:
+    """The AnnData at ``path`` (checked by :func:`input_file`), or a :class:`UsageError`; with
+    ``arguments.format``, its labels mapped by :func:`causalcell.data.read_screen` (reported)
+    into ``obs["perturbation"]``, and ``arguments`` pointed there."""
     path = input_file(path, what)
     try:
-        return anndata.read_h5ad(path)
+        adata = anndata.read_h5ad(path)
     except Exception as error:  # h5py and anndata raise many kinds for a file that is not one
         raise UsageError(
             f"{path} is not a readable .h5ad file ({type(error).__name__}: {error})."
         ) from None
+    if arguments is None or arguments.format is None:
+        return adata
+    key = arguments.perturbation_key
+    adata = read_screen(
+        adata, arguments.format, perturbation_key=None if key == PERTURBATION else key
+    )
+    arguments.perturbation_key, arguments.control = PERTURBATION, "control"
+    report = adata.uns["read_screen"]
+    kinds = pd.Series(report["labels"]["read_as"]).value_counts()
+    read = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    print(f"Read the labels of obs[{report['column']!r}] as {report['format']}: {read} label(s).")
+    if len(report["unmapped"]):
+        print(f"Labels that name no gene, kept as they are: {list(report['unmapped'])[:10]}.")
+    return adata
 
 
 def model_folder(path) -> Path:
@@ -88,7 +107,7 @@ def _fit(arguments) -> int:
     output = LCD.check_folder(arguments.output)
     if arguments.checkpoint is not None:
         output_file(arguments.checkpoint, (".npz",))
-    adata = read_h5ad(screen, "screen")
+    adata = read_h5ad(screen, "screen", arguments)
     print(f"Read {adata.n_obs} cells x {adata.n_vars} genes from {screen}.")
     model = LCD.fit(
         adata,
@@ -184,7 +203,7 @@ def _counterfactual(arguments) -> int:
 
 def _evaluate(arguments) -> int:
     table_path = None if arguments.output is None else output_file(arguments.output, (".csv",))
-    screen = read_h5ad(arguments.screen, "screen")
+    screen = read_h5ad(arguments.screen, "screen", arguments)
     predicted = read_h5ad(arguments.predicted, "predictions file")
     registry = register(
         screen, perturbation_key=arguments.perturbation_key, control=arguments.control
@@ -231,9 +250,15 @@ def _evaluate(arguments) -> int:
 
 def _screen_keys(parser) -> None:
     parser.add_argument(
-        "--perturbation-key", default="perturbation", help="obs column of perturbation labels"
+        "--perturbation-key", default=PERTURBATION, help="obs column of perturbation labels"
     )
     parser.add_argument("--control", default="control", help="label of control cells")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="map another tool's labels first (scPerturb 'A_B', GEARS 'A+ctrl', guides "
+        "'A_2', 'non-targeting'): causalcell.data.read_screen",
+    )
 
 
 def _key(parser) -> None:

@@ -39,10 +39,21 @@ import pandas as pd
 from scipy import sparse
 
 from causalcell.data import _checks as checks
+from causalcell.data._formats import CONTROL_ALIASES, FORMATS, read_screen
 from causalcell.data._registry import Registry, as_tuple, control_labels
 from causalcell.perturbations import canonical_label, parse_perturbation
 
-__all__ = ["UNS_KEY", "Registry", "ScreenArrays", "condition_labels", "register", "to_arrays"]
+__all__ = [
+    "CONTROL_ALIASES",
+    "FORMATS",
+    "UNS_KEY",
+    "Registry",
+    "ScreenArrays",
+    "condition_labels",
+    "read_screen",
+    "register",
+    "to_arrays",
+]
 
 #: Key of ``adata.uns`` where ``register(..., store=True)`` writes ``Registry.to_dict()``.
 UNS_KEY = "causalcell"
