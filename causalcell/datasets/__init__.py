@@ -2,13 +2,17 @@
 
 from causalcell.datasets._ground_truth import GroundTruth, ground_truth
 from causalcell.datasets._loaders import krumsiek11, krumsiek11_graph, pbmc68k_reduced
+from causalcell.datasets._sachs import SACHS_CONDITIONS, sachs, sachs_graph
 from causalcell.datasets._screen import simulate_screen
 
 __all__ = [
+    "SACHS_CONDITIONS",
     "GroundTruth",
     "ground_truth",
     "krumsiek11",
     "krumsiek11_graph",
     "pbmc68k_reduced",
+    "sachs",
+    "sachs_graph",
     "simulate_screen",
 ]
