@@ -12,6 +12,7 @@ import scipy.stats
 from numpyro import handlers
 
 from causalcell.noise import (
+    Gaussian,
     LogNormalizedGaussian,
     NegativeBinomial,
     NoiseModel,
@@ -428,3 +429,75 @@ def test_bad_size_factors_are_named_before_any_density(size_factors, message):
         NegativeBinomial().distribution(
             jnp.zeros((3, 2)), jnp.asarray(size_factors), concentration=jnp.ones(2)
         )
+
+
+MESSAGE_MODELS = {
+    "negative_binomial": (NegativeBinomial(), {"concentration": jnp.array([0.7, 4.0, 30.0])}),
+    "zero_inflated": (
+        ZeroInflatedNegativeBinomial(),
+        {"concentration": jnp.array([0.7, 4.0, 30.0]), "gate_logits": jnp.array([-1.0, 0.0, 2.0])},
+    ),
+    "poisson": (Poisson(), {}),
+    "gaussian": (Gaussian(), {"scale": jnp.array([0.3, 1.0, 2.0])}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGE_MODELS))
+def test_the_expected_score_is_the_derivative_of_the_log_likelihood(name):
+    noise, parameters = MESSAGE_MODELS[name]
+    size_factors = jnp.array([0.5, 2.0])
+    log_rate = jnp.array([[0.3, -1.0, 2.0], [1.5, 0.2, -0.5]])
+    observed = jnp.array([[0.0, 3.0, 7.0], [12.0, 0.0, 1.0]])
+    if not noise.is_count_model:
+        observed = observed / 3.0 - 0.5
+
+    def log_likelihood(rate):
+        law = noise.distribution(rate, size_factors, **parameters)
+        return law.log_prob(observed).sum()
+
+    exact = jax.grad(log_likelihood)(log_rate)
+    log_mean = noise.log_mean(log_rate, size_factors)
+    # Float32 gradients of the same function: agreement to rounding.
+    np.testing.assert_allclose(
+        noise.expected_score(observed, log_mean, **parameters), exact, rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["negative_binomial", "poisson", "gaussian"])
+def test_information_is_the_fisher_information_and_the_step_a_scoring_step(name):
+    noise, parameters = MESSAGE_MODELS[name]
+    log_rate, size = jnp.array([0.4, -0.3, 1.2]), jnp.array([3.0])
+    log_mean = noise.log_mean(log_rate[None], size)[0]
+    if noise.is_count_model:
+        # E[score^2] summed exactly over counts 0..3000 (the tail beyond is below 1e-30).
+        grid = jnp.arange(3001.0)[:, None]
+        law = noise.distribution(log_rate[None], size, **parameters)
+        weights = jnp.exp(law.log_prob(grid))
+        fisher = jnp.sum(weights * noise.expected_score(grid, log_mean, **parameters) ** 2, 0)
+    else:
+        fisher = parameters["scale"] ** -2.0  # a Gaussian's, in its mean
+    information = noise.information(jnp.exp(log_mean), **parameters)
+    np.testing.assert_allclose(information, fisher, rtol=1e-4)
+    # The working response is one Fisher-scoring step: x + score / information.
+    observed = (
+        jnp.array([[2.0, 0.0, 9.0]]) if noise.is_count_model else jnp.array([[0.1, 1.0, 2.0]])
+    )
+    step = log_rate + noise.expected_score(observed, log_mean, **parameters) / information
+    np.testing.assert_allclose(
+        noise.working_response(observed, size, log_rate[None]), step, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_zero_inflated_gate_near_zero_gives_the_negative_binomial_messages():
+    concentration, mean = jnp.array([2.0, 9.0]), jnp.array([0.5, 40.0])
+    zinb, nb = ZeroInflatedNegativeBinomial(), NegativeBinomial()
+    closed = {"concentration": concentration, "gate_logits": jnp.full(2, -30.0)}
+    np.testing.assert_allclose(
+        zinb.information(mean, **closed), nb.information(mean, concentration=concentration)
+    )
+    observed = jnp.array([0.0, 3.0])
+    np.testing.assert_allclose(
+        zinb.expected_score(observed, jnp.log(mean), 0.1, **closed),
+        nb.expected_score(observed, jnp.log(mean), 0.1, concentration=concentration),
+        rtol=1e-6,
+    )

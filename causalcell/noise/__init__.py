@@ -52,6 +52,7 @@ RNA-seq data using regularized negative binomial regression. *Genome Biology*, 2
 
 from causalcell.noise._base import LINKS, NoiseModel, validate_counts
 from causalcell.noise._models import (
+    Gaussian,
     LogNormalizedGaussian,
     NegativeBinomial,
     Poisson,
@@ -60,6 +61,7 @@ from causalcell.noise._models import (
 
 __all__ = [
     "LINKS",
+    "Gaussian",
     "LogNormalizedGaussian",
     "NegativeBinomial",
     "NoiseModel",

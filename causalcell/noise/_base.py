@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -67,6 +68,8 @@ class NoiseModel(ABC):
 
     #: True when the distribution models raw counts, False when it models a transform of them.
     is_count_model: ClassVar[bool] = True
+    #: Names of the per-gene parameters that :meth:`sample_parameters` returns.
+    parameter_names: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if self.link not in LINKS:
@@ -98,6 +101,40 @@ class NoiseModel(ABC):
             _check_size_factors(np.asarray(size_factors), np.shape(log_rate))
         log_size = jnp.log(jnp.asarray(size_factors, dtype=jnp.result_type(float)))
         return log_size[..., None] + self.log_fraction(log_rate)
+
+    def parameters_of(self, values: Mapping) -> dict[str, jax.Array]:
+        """This model's parameters by name, from values keyed by site name (a guide's values,
+        a posterior draw): ``{name: values[site_name(name)]}``."""
+        return {name: values[self.site_name(name)] for name in self.parameter_names}
+
+    # Gaussian messages of the log-rate. An amortized guide with a Gaussian latent (LCD's)
+    # replaces each observation's likelihood of its log-rate ``x`` by a Gaussian in ``x``: its
+    # precision is the Fisher information, its mean a Fisher-scoring step (Johnson et al. 2016,
+    # conjugate messages in a guide). The ELBO still takes the exact likelihood.
+    def information(self, mean: jax.Array, **parameters: jax.Array) -> jax.Array:
+        """Fisher information of one observation about its log-rate, where its expected count
+        (count models) is ``mean``: the precision of its Gaussian message."""
+        raise NotImplementedError(f"{type(self).__name__} has no Gaussian messages.")
+
+    def working_response(
+        self, observation: jax.Array, size_factors: jax.Array, log_rate: jax.Array
+    ) -> jax.Array:
+        """The mean of the message that linearises each observation's likelihood at
+        ``log_rate`` ``[..., cells, genes]``: one Fisher-scoring step from there,
+        ``log_rate + score / information``."""
+        raise NotImplementedError(f"{type(self).__name__} has no Gaussian messages.")
+
+    def expected_score(
+        self,
+        observation: jax.Array,
+        log_mean: jax.Array,
+        variance: jax.Array | float = 0.0,
+        **parameters: jax.Array,
+    ) -> jax.Array:
+        """Derivative of each observation's log-likelihood in its log-rate, at log mean
+        ``log_mean`` (``log l + x``) spread with ``variance`` (count models take the
+        lognormal mean ``e^(log_mean + variance / 2)``): a guide's relinearisation."""
+        raise NotImplementedError(f"{type(self).__name__} has no Gaussian messages.")
 
     @abstractmethod
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:

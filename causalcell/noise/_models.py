@@ -23,6 +23,7 @@ from causalcell.noise._base import (
 from causalcell.preprocessing import DEFAULT_TARGET_SUM
 
 __all__ = [
+    "Gaussian",
     "LogNormalizedGaussian",
     "NegativeBinomial",
     "Poisson",
@@ -49,6 +50,21 @@ class NegativeBinomial(NoiseModel):
     """
 
     concentration_prior: dist.Distribution | None = None
+
+    parameter_names: ClassVar[tuple[str, ...]] = ("concentration",)
+
+    def information(self, mean, *, concentration):
+        """``mu theta / (mu + theta)`` at expected count ``mu``."""
+        return mean * concentration / (mean + concentration)
+
+    def working_response(self, observation, size_factors, log_rate):
+        """``x + y / (l e^x) - 1``: the scoring step is the same as Poisson's."""
+        return _count_working_response(observation, size_factors, log_rate)
+
+    def expected_score(self, observation, log_mean, variance=0.0, *, concentration):
+        """``y - (y + theta) mu / (theta + mu)`` at ``mu = e^(log_mean + variance / 2)``."""
+        mean = jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
+        return observation - (observation + concentration) * mean / (concentration + mean)
 
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
         """Sample ``concentration`` ``[num_genes]`` (see the class docstring for the prior)."""
@@ -85,6 +101,29 @@ class ZeroInflatedNegativeBinomial(NoiseModel):
     concentration_prior: dist.Distribution | None = None
     gate_logits_prior: dist.Distribution | None = None
 
+    parameter_names: ClassVar[tuple[str, ...]] = ("concentration", "gate_logits")
+
+    def information(self, mean, *, concentration, gate_logits):
+        """``(1 - pi) mu theta / (mu + theta)``: the negative binomial's, for the fraction of
+        counts that come from it (an approximation: the message only steers the guide)."""
+        return jax.nn.sigmoid(-gate_logits) * mean * concentration / (mean + concentration)
+
+    def working_response(self, observation, size_factors, log_rate):
+        """The negative binomial's scoring step (zeros that the gate explains pull less through
+        :meth:`expected_score`)."""
+        return _count_working_response(observation, size_factors, log_rate)
+
+    def expected_score(self, observation, log_mean, variance=0.0, *, concentration, gate_logits):
+        """The negative binomial's score for positive counts; for a zero,
+        ``-(1 - pi) p0 theta mu / (theta + mu) / (pi + (1 - pi) p0)`` with ``p0 = NB(0)``."""
+        mean = jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
+        score = observation - (observation + concentration) * mean / (concentration + mean)
+        log_zero = concentration * (jnp.log(concentration) - jnp.log(concentration + mean))
+        # Posterior weight of the negative binomial for a zero: (1 - pi) p0 / P(0).
+        from_counts = jax.nn.log_sigmoid(-gate_logits) + log_zero
+        weight = jnp.exp(from_counts - jnp.logaddexp(jax.nn.log_sigmoid(gate_logits), from_counts))
+        return jnp.where(observation > 0, score, weight * score)
+
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
         """Sample ``concentration`` and ``gate_logits``, each ``[num_genes]``."""
         concentration_prior = self.concentration_prior or dist.LogNormal(*_CONCENTRATION_PRIOR)
@@ -118,6 +157,18 @@ class Poisson(NoiseModel):
     The rate is ``exp(log_mean)``, so the expected count itself must be representable
     (``log_mean < 88`` in float32).
     """
+
+    def information(self, mean):
+        """``mu`` at expected count ``mu``."""
+        return mean
+
+    def working_response(self, observation, size_factors, log_rate):
+        """``x + y / (l e^x) - 1``."""
+        return _count_working_response(observation, size_factors, log_rate)
+
+    def expected_score(self, observation, log_mean, variance=0.0):
+        """``y - mu`` at ``mu = e^(log_mean + variance / 2)``."""
+        return observation - jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
 
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
         """No parameters: returns ``{}`` and declares no site."""
@@ -176,3 +227,63 @@ class LogNormalizedGaussian(NoiseModel):
         counts = _dense(counts)
         size_factors = jnp.asarray(size_factors, dtype=jnp.result_type(float))
         return jnp.log1p(counts * (self.target_sum / size_factors)[..., None])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gaussian(NoiseModel):
+    """Gaussian noise on data already on a log scale: ``y_cg ~ Normal(log l_c + x_cg, s_g)``.
+
+    For continuous measurements whose log (or arcsinh) the user has taken: flow or mass
+    cytometry, CITE-seq protein levels, log-normalised expression. The observation is the data
+    as given; size factors shift the mean in log space (pass ones for data that need none).
+    Its Gaussian messages are exact. Sample site ``f"{prefix}_scale"``; parameter ``scale``.
+
+    Parameters
+    ----------
+    scale_prior
+        Prior of each gene's standard deviation. Default ``LogNormal(log 0.5, 1)``, as
+        :class:`LogNormalizedGaussian`'s.
+    """
+
+    scale_prior: dist.Distribution | None = None
+
+    is_count_model: ClassVar[bool] = False
+    parameter_names: ClassVar[tuple[str, ...]] = ("scale",)
+
+    def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
+        """Sample ``scale`` ``[num_genes]``."""
+        prior = self.scale_prior or dist.LogNormal(*_SCALE_PRIOR)
+        return {"scale": _per_gene_site(self.site_name("scale"), prior, num_genes)}
+
+    def distribution(self, log_rate, size_factors, *, scale) -> dist.Distribution:
+        """``Normal(log l + x, scale)``."""
+        return dist.Normal(self.log_mean(log_rate, size_factors), scale)
+
+    def observation(self, counts, size_factors) -> jax.Array:
+        """The data as given, dense, as floats."""
+        del size_factors
+        return jnp.asarray(_dense(counts), dtype=jnp.result_type(float))
+
+    def information(self, mean, *, scale):
+        """``1 / s^2``, whatever the mean."""
+        return jnp.broadcast_to(
+            scale**-2.0, jnp.broadcast_shapes(jnp.shape(mean), jnp.shape(scale))
+        )
+
+    def working_response(self, observation, size_factors, log_rate):
+        """``y - log l``: exact, from any point."""
+        del log_rate
+        log_size = jnp.log(jnp.asarray(size_factors, dtype=jnp.result_type(float)))
+        return observation - log_size[..., None]
+
+    def expected_score(self, observation, log_mean, variance=0.0, *, scale):
+        """``(y - log_mean) / s^2`` (linear: the spread does not move it)."""
+        del variance
+        return (observation - log_mean) / scale**2
+
+
+def _count_working_response(observation, size_factors, log_rate):
+    """``x + y / (l e^x) - 1``, the Fisher-scoring step of a Poisson or negative binomial
+    count from log-rate ``x`` (``(y - mu) / mu`` for either)."""
+    sizes = jnp.asarray(size_factors, dtype=jnp.result_type(float))[..., None]
+    return log_rate + observation / (sizes * jnp.exp(log_rate)) - 1.0
