@@ -51,25 +51,30 @@ class HeldOutSplit(NamedTuple):
 
 
 def observed_expression(adata, registry=None) -> tuple[np.ndarray, np.ndarray]:
-    """Log1p-normalised expression ``[cells, genes]`` and canonical condition labels of a screen.
+    """Expression ``[cells, genes]`` on the scale cells are compared on, and canonical
+    condition labels of a screen: log1p-normalised counts, or for continuous data
+    (``registry.count_data`` False) the values as registered.
 
     ``registry`` defaults to :func:`causalcell.data.register` with its default keys.
     """
     registry = register(adata) if registry is None else registry
     arrays = to_arrays(adata, registry)
     labels = np.asarray(registry.conditions)[arrays.condition_index]
+    if not registry.count_data:
+        return np.asarray(arrays.counts, np.float32), labels
     return normalize_log1p(arrays.counts, arrays.size_factors), labels
 
 
 def generated_predictions(
-    generated, conditions: Sequence[str], *, layer: str = "log1p", key: str = "perturbation"
+    generated, conditions: Sequence[str], *, layer: str = "expression", key: str = "perturbation"
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Pseudobulk means ``[len(conditions), genes]`` and cells of a generative model's output.
 
     ``generated`` is an AnnData of generated cells (e.g. :meth:`causalcell.models.lcd.LCD.predict`)
-    with each cell's condition in ``.obs[key]`` and log1p-normalised expression in
-    ``.layers[layer]``; the result plugs into :func:`evaluate_predictions` as one model's
-    ``predicted_means`` and ``predicted_cells``.
+    with each cell's condition in ``.obs[key]`` and its expression, on the scale of
+    :func:`observed_expression`, in ``.layers[layer]`` (``"expression"``: log1p-normalised
+    counts, or continuous values); the result plugs into :func:`evaluate_predictions` as one
+    model's ``predicted_means`` and ``predicted_cells``.
     """
     names = generated.obs[key].astype(str).to_numpy()
     expression = np.asarray(generated.layers[layer])

@@ -111,7 +111,7 @@ def test_generated_predictions_group_generated_cells_by_condition():
             {"perturbation": ["A+B", "C", "A+B", "C"]}, index=[f"g{i}" for i in range(4)]
         ),
     )
-    generated.layers["log1p"] = np.array([[1.0, 0.0], [5.0, 5.0], [3.0, 2.0], [7.0, 1.0]])
+    generated.layers["expression"] = np.array([[1.0, 0.0], [5.0, 5.0], [3.0, 2.0], [7.0, 1.0]])
     means, cells = evaluation.generated_predictions(generated, ["C", "A+B"])
     np.testing.assert_array_equal(means, [[6.0, 3.0], [2.0, 1.0]])
     np.testing.assert_array_equal(cells[1], [[1.0, 0.0], [3.0, 2.0]])

@@ -120,7 +120,7 @@ def test_counterfactual_writes_both_worlds_of_each_cell(fitted):
         (["effects", "{folder}/model", "--output", "{folder}/e.xlsx"], "must end in .csv"),
         (
             ["evaluate", "{folder}/screen.h5ad", "{folder}/train.h5ad"],
-            "obs['perturbation'] or layers['log1p']",
+            "obs['perturbation'] or layers['expression']",
         ),
         (["simulate", "--output", "{folder}"], "must end in .h5ad"),
     ],

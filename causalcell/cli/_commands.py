@@ -19,7 +19,7 @@ import pandas as pd
 
 from causalcell import evaluation
 from causalcell.data import FORMATS, read_screen, register
-from causalcell.models.lcd import LCD
+from causalcell.models.lcd import LCD, NOISE_MODELS
 
 __all__ = ["UsageError", "add_model_commands", "output_file"]
 
@@ -125,6 +125,7 @@ def _fit(arguments) -> int:
         modelled_genes=_modelled_genes(arguments.modelled_genes),
         programs=arguments.programs,
         drift=arguments.drift,
+        noise=arguments.noise,
         checkpoint=arguments.checkpoint,
     )
     model.save(output)
@@ -213,10 +214,10 @@ def _evaluate(arguments) -> int:
             f"{arguments.predicted} does not have the screen's genes in its order; predict with "
             "a model fitted on this screen."
         )
-    if "perturbation" not in predicted.obs or "log1p" not in predicted.layers:
+    if "perturbation" not in predicted.obs or "expression" not in predicted.layers:
         raise UsageError(
-            f"{arguments.predicted} has no obs['perturbation'] or layers['log1p']: give the "
-            "output of causalcell predict."
+            f"{arguments.predicted} has no obs['perturbation'] or layers['expression']: give "
+            "the output of causalcell predict."
         )
     requested = list(dict.fromkeys(predicted.obs["perturbation"].astype(str)))
     unknown = [label for label in requested if label not in registry.conditions]
@@ -275,6 +276,12 @@ def add_model_commands(commands) -> None:
     fit.add_argument("--size-factor-key", help="obs column of size factors (default: totals)")
     fit.add_argument("--intervention", choices=("shift", "knockdown", "knockout"), default="shift")
     fit.add_argument("--drift", choices=("linear", "neural"), default="linear")
+    fit.add_argument(
+        "--noise",
+        choices=tuple(NOISE_MODELS),
+        default="negative_binomial",
+        help="observation model; gaussian for continuous data on a log scale (e.g. cytometry)",
+    )
     fit.add_argument("--steps", type=int, default=3000, help="SVI steps")
     fit.add_argument("--batch-size", type=int, default=512, help="cells per step")
     fit.add_argument("--learning-rate", type=float, default=0.01)

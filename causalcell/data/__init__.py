@@ -198,7 +198,8 @@ def register(
         ``.var`` column with gene names (the names perturbation targets use); ``.var_names``
         when None.
     size_factor_key
-        ``.obs`` column of size factors; the library sizes (row sums of counts) when None.
+        ``.obs`` column of size factors; when None, the library sizes (row sums of counts), or
+        ones for continuous data (``count_data=False``, which have no library size).
     covariate_keys
         ``.obs`` columns of covariates (a single key may be a string). Numeric columns (not bool)
         are numeric covariates; all others are categorical, with the column's categories
@@ -240,7 +241,7 @@ def register(
     _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_key)
     covariate_categories = _covariate_categories(adata, covariate_keys)
     checks.check_counts(counts, adata=adata, genes=genes, layer=layer, count_data=count_data)
-    checks.size_factors(adata, counts, size_factor_key)
+    checks.size_factors(adata, counts, size_factor_key, count_data)
     canonical = [canonical_label(t, control=control[0], separator=separator) for t in label_targets]
     registry = Registry(
         perturbation_key=perturbation_key,
@@ -349,7 +350,7 @@ def to_arrays(adata: anndata.AnnData, registry: Registry) -> ScreenArrays:
     checks.check_counts(
         counts, adata=adata, genes=genes, layer=registry.layer, count_data=registry.count_data
     )
-    size_factors = checks.size_factors(adata, counts, registry.size_factor_key)
+    size_factors = checks.size_factors(adata, counts, registry.size_factor_key, registry.count_data)
     if sparse.issparse(counts):
         dense = counts.toarray().astype(np.float32, copy=False)
     else:

@@ -106,8 +106,11 @@ def check_counts(counts, *, adata, genes: Sequence[str], layer: str | None, coun
     )
 
 
-def size_factors(adata, counts, size_factor_key: str | None) -> np.ndarray:
-    """Per-cell size factors (``obs[size_factor_key]`` or library sizes), checked positive."""
+def size_factors(adata, counts, size_factor_key: str | None, count_data: bool = True):
+    """Per-cell size factors (``obs[size_factor_key]``, library sizes, or ones for continuous
+    data, which have no library size), checked positive."""
+    if size_factor_key is None and not count_data:
+        return np.ones(counts.shape[0])
     if size_factor_key is None:
         values = library_size(counts)
         problem = "have a library size (total counts) that is not positive"

@@ -35,6 +35,7 @@ NOISE_MODELS = {
     "negative_binomial": noise_models.NegativeBinomial,
     "zero_inflated_negative_binomial": noise_models.ZeroInflatedNegativeBinomial,
     "poisson": noise_models.Poisson,
+    "gaussian": noise_models.Gaussian,
 }
 #: Cells simulated together per diffrax call for neural drift (bounds peak memory).
 _CHAIN_BLOCK = 2048
@@ -78,7 +79,8 @@ def simulate_screen(
     4. Latents: exact Gaussian draws (linear; Lyapunov covariance) or Euler-Maruyama chains with
        diffrax started at the linearised stationary mean (neural).
     5. Counts: ``noise`` model with mean ``library_size_c * exp(x_cg)``; per-cell library sizes
-       are log-normal with log-scale spread ``library_size_spread``.
+       are log-normal with log-scale spread ``library_size_spread`` (Gaussian noise: values
+       around ``x_cg``, no library size).
 
     Parameters
     ----------
@@ -106,7 +108,9 @@ def simulate_screen(
     noise
         ``"negative_binomial"`` (per-gene concentration log-normal around 5),
         ``"zero_inflated_negative_binomial"`` (plus a per-gene zero-inflation probability drawn
-        uniformly in ``[0.05, 0.3]``) or ``"poisson"``.
+        uniformly in ``[0.05, 0.3]``), ``"poisson"``, or ``"gaussian"``: continuous values
+        ``x + e`` with per-gene scale log-normal around 0.3 and no library size (size factors
+        one), like log-scaled cytometry.
     library_size, library_size_spread
         Median library size and its log-normal spread.
     key
@@ -180,6 +184,8 @@ def simulate_screen(
         means = pseudobulk(latent, cell_condition).means
 
     sizes = library_size * np.exp(rng.normal(0.0, library_size_spread, num_cells))
+    if noise == "gaussian":  # continuous data on a log scale: no library size
+        sizes = np.ones(num_cells)
     model, parameters = _noise_model(noise, rng, num_genes)
     counts = _sample_counts(keys[1], model, latent, sizes, parameters)
 
@@ -396,6 +402,9 @@ def _drift_matrix(truth, baseline):
 
 def _noise_model(name, rng, num_genes):
     parameters = {}
+    if name == "gaussian":
+        scale = np.exp(rng.normal(np.log(0.3), 0.3, num_genes))
+        return NOISE_MODELS[name](), {"scale": jnp.asarray(scale, jnp.float32)}
     if name != "poisson":
         parameters["concentration"] = jnp.asarray(
             np.exp(rng.normal(np.log(5.0), 0.5, num_genes)), jnp.float32

@@ -28,9 +28,10 @@ Lorch, L., Krause, A. & Schölkopf, B. (2024). Causal modeling with stationary d
 AISTATS.
 """
 
+from causalcell.models.lcd._fit import NOISE_MODELS
 from causalcell.models.lcd._model import LCD
 from causalcell.models.lcd._neural_program import lcd_neural_model
 from causalcell.models.lcd._program import lcd_model
 from causalcell.models.lcd._targets import UnseenTargetError
 
-__all__ = ["LCD", "UnseenTargetError", "lcd_model", "lcd_neural_model"]
+__all__ = ["LCD", "NOISE_MODELS", "UnseenTargetError", "lcd_model", "lcd_neural_model"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from causalcell.models.lcd import _linear, _neural
-from causalcell.models.lcd._fit import linear_problem
+from causalcell.models.lcd._fit import NOISE_MODELS, linear_problem
 from causalcell.models.lcd._neural_fit import neural_problem
 
 __all__ = ["BACKENDS", "LINEAR", "NEURAL", "DriftBackend", "backend_named"]
@@ -46,6 +46,8 @@ class DriftBackend(NamedTuple):
         Whether ``LCD.fit`` accepts ``drift_options`` for it.
     default_modelled_genes
         ``modelled_genes`` when the user gives none (``"all"`` for a program with no decoder).
+    noises
+        The ``noise`` names (:data:`._fit.NOISE_MODELS`) its program and queries observe.
     """
 
     name: str
@@ -57,6 +59,7 @@ class DriftBackend(NamedTuple):
     exact_worlds: bool
     takes_options: bool
     default_modelled_genes: str | None
+    noises: tuple[str, ...]
 
 
 LINEAR = DriftBackend(
@@ -69,6 +72,7 @@ LINEAR = DriftBackend(
     exact_worlds=True,
     takes_options=False,
     default_modelled_genes=None,
+    noises=tuple(NOISE_MODELS),
 )
 
 NEURAL = DriftBackend(
@@ -81,6 +85,7 @@ NEURAL = DriftBackend(
     exact_worlds=False,
     takes_options=True,
     default_modelled_genes="all",  # the neural program has no decoder
+    noises=("negative_binomial",),  # its program, guide and simulations are the NB's
 )
 
 #: Every drift family by name.

@@ -68,7 +68,7 @@ from causalcell.models.lcd._program import (
     condition_interventions,
     intervention_parameters,
 )
-from causalcell.noise import NegativeBinomial
+from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
     "compose_targets",
@@ -272,18 +272,23 @@ def counterfactual_latents(
     return x, jnp.where(same[pair_index][:, None], x, x_cf)
 
 
-@functools.partial(jax.jit, static_argnames=("coupling",))
+_NEGATIVE_BINOMIAL = NegativeBinomial()
+
+
+@functools.partial(jax.jit, static_argnames=("coupling", "noise"))
 def counterfactual_counts(
     key,
     counterfactual_log_rate,
     size_factors,
-    concentration,
+    parameters,
     *,
     coupling: str = "resample",
     factual_log_rate=None,
     observed_counts=None,
+    noise: NoiseModel = _NEGATIVE_BINOMIAL,
 ):
-    """Counts of the counterfactual world from its log-rates, with each cell's own size factor.
+    """Observations (counts, or continuous values) of the counterfactual world from its
+    log-rates, with each cell's own size factor.
 
     Parameters
     ----------
@@ -293,23 +298,26 @@ def counterfactual_counts(
         ``[cells, genes]`` decoded log-rates of ``x'`` (every gene, count-column order).
     size_factors
         ``[cells]`` the cells' own (observed) library sizes.
-    concentration
-        ``[genes]`` (or ``[cells, genes]``) negative-binomial concentration of the same draw.
+    parameters
+        The noise parameters of the same draw by name (``{"concentration": [genes]}`` for the
+        negative binomial; ``[genes]`` or ``[cells, genes]`` each).
     coupling
-        ``"resample"``: fresh NB counts; ``"quantile"``: the observed count's randomised
-        quantile under the factual law, read off the counterfactual law in float64
-        (:func:`causalcell._core.coupling.couple`; needs ``factual_log_rate`` and
-        ``observed_counts``; keeps the count where the law is unchanged).
+        ``"resample"``: fresh draws; ``"quantile"``: the observation's randomised quantile
+        under the factual law, read off the counterfactual law
+        (:func:`causalcell._core.coupling.couple`: counts in float64, exact to the count; a
+        Gaussian keeps its standardised noise; needs ``factual_log_rate`` and
+        ``observed_counts``; keeps the observation where the law is unchanged).
+    noise
+        The fit's noise model (negative binomial by default).
 
     Returns ``[cells, genes]`` counterfactual counts (float).
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}.")
-    noise = NegativeBinomial()
-    law = noise.distribution(counterfactual_log_rate, size_factors, concentration=concentration)
+    law = noise.distribution(counterfactual_log_rate, size_factors, **parameters)
     if coupling == "resample":
         return law.sample(key).astype(counterfactual_log_rate.dtype)
     if factual_log_rate is None or observed_counts is None:
         raise ValueError("coupling='quantile' needs factual_log_rate and observed_counts.")
-    factual = noise.distribution(factual_log_rate, size_factors, concentration=concentration)
+    factual = noise.distribution(factual_log_rate, size_factors, **parameters)
     return couple(key, factual, jnp.asarray(observed_counts, law.mean.dtype), law)

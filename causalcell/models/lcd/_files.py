@@ -30,7 +30,7 @@ from causalcell._version import __version__
 from causalcell.data import Registry, ScreenArrays
 from causalcell.inference import load_tree, save_tree
 from causalcell.models.lcd._backends import backend_named
-from causalcell.models.lcd._fit import prepare_screen
+from causalcell.models.lcd._fit import noise_model, prepare_screen
 from causalcell.models.lcd._gene_space import GeneSpace
 
 __all__ = ["FORMAT_VERSION", "SavedLCD", "check_folder", "data_fingerprint", "read_header"]
@@ -181,8 +181,9 @@ def _load(cls, directory):
     if fingerprint != header["data_fingerprint"]:
         raise ValueError(f"{directory / SCREEN_FILE} does not hold the training data it should.")
     intervention, settings = header["intervention"], header["settings"]
+    noise = noise_model(settings["noise"])
     screen = prepare_screen(
-        space.reorder(arrays), space, registry, intervention, stored.get("prior_mask")
+        space.reorder(arrays), space, registry, intervention, stored.get("prior_mask"), noise
     )
     posterior = backend_named(header["drift"]).problem(screen, settings)
     posterior = posterior.load(directory / POSTERIOR_FILE)

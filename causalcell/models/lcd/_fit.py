@@ -21,9 +21,16 @@ from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._drift import raw_weights_of
 from causalcell.models.lcd._guide import lcd_local_posterior
 from causalcell.models.lcd._program import BIAS_KINDS, knockout_rank_of, lcd_model
-from causalcell.noise import NegativeBinomial
+from causalcell.noise import (
+    Gaussian,
+    NegativeBinomial,
+    NoiseModel,
+    Poisson,
+    ZeroInflatedNegativeBinomial,
+)
 
 __all__ = [
+    "NOISE_MODELS",
     "PreparedScreen",
     "SviProblem",
     "check_condition_batch",
@@ -35,6 +42,8 @@ __all__ = [
     "initial_drift",
     "initial_values",
     "linear_problem",
+    "noise_model",
+    "noise_split",
     "prepare_screen",
     "screen_data",
 ]
@@ -71,6 +80,22 @@ class SviProblem(NamedTuple):
         )
 
 
+#: ``LCD.fit``'s ``noise``: how the latent log-expression is observed.
+NOISE_MODELS = {
+    "negative_binomial": NegativeBinomial(),
+    "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial(),
+    "poisson": Poisson(),
+    "gaussian": Gaussian(),
+}
+
+
+def noise_model(name: str) -> NoiseModel:
+    """The noise model ``LCD.fit(noise=name)`` observes the cells through."""
+    if name not in NOISE_MODELS:
+        raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {name!r}.")
+    return NOISE_MODELS[name]
+
+
 class PreparedScreen(NamedTuple):
     """A registered screen ready for either drift's fit (:func:`prepare_screen`)."""
 
@@ -81,18 +106,21 @@ class PreparedScreen(NamedTuple):
     intervention: str
     start: dict
     prior_mask: object
-    rates: np.ndarray  # condition_rates(arrays)
+    rates: np.ndarray  # condition_rates(arrays, noise)
+    noise: NoiseModel
 
 
-def prepare_screen(arrays, space, registry, intervention: str, prior_mask) -> PreparedScreen:
+def prepare_screen(
+    arrays, space, registry, intervention: str, prior_mask, noise: NoiseModel
+) -> PreparedScreen:
     """The program's data, the guide's start, the encoder's inputs, the prior mask in latent
     coordinates and the condition rates, from the registered screen's ``arrays`` in
-    ``space``'s gene order."""
-    rates = condition_rates(arrays)  # once per fit: the start and the guide's messages
-    data, start, prior_mask = screen_data(arrays, rates, space, intervention, prior_mask)
-    encoder_inputs = condition_encoder_inputs(len(registry.conditions))
+    ``space``'s gene order, observed through ``noise``."""
+    rates = condition_rates(arrays, noise)  # once per fit: the start and the guide's messages
+    data, start, prior_mask = screen_data(arrays, rates, space, intervention, prior_mask, noise)
+    encoder_inputs = condition_encoder_inputs(len(registry.conditions), noise.is_count_model)
     return PreparedScreen(
-        data, arrays, space, encoder_inputs, intervention, start, prior_mask, rates
+        data, arrays, space, encoder_inputs, intervention, start, prior_mask, rates, noise
     )
 
 
@@ -161,9 +189,14 @@ def condition_means(values, arrays) -> np.ndarray:
     return bulk.means[order].astype(np.float32)
 
 
-def condition_rates(arrays) -> np.ndarray:
-    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``."""
-    return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
+def condition_rates(arrays, noise: NoiseModel = NOISE_MODELS["negative_binomial"]) -> np.ndarray:
+    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``; for
+    continuous data on a log scale, ``e`` to the condition mean of ``y - log l`` (the log of
+    either is the condition's level)."""
+    if noise.is_count_model:
+        return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
+    values = arrays.counts - np.log(arrays.size_factors)[:, None]
+    return np.exp(condition_means(values, arrays))
 
 
 def initial_values(rates, condition_targets, intervention: str, latent_variance) -> dict:
@@ -229,18 +262,15 @@ def initial_drift(rates, condition_targets, intervention: str, space, prior_mask
     return {"drift_weights": raw, "log_scaling": log_scaling}
 
 
-def screen_data(arrays, rates, space, intervention: str, prior_mask):
+def screen_data(
+    arrays, rates, space, intervention: str, prior_mask, noise=NOISE_MODELS["negative_binomial"]
+):
     """The program's data (internal gene order, latent coordinates), where the global guide
     starts, and the prior mask in latent coordinates (``None`` stays ``None``); ``rates`` are
     :func:`condition_rates`."""
-    concentration, latent_variance = split_overdispersion(
-        arrays.counts, arrays.size_factors, arrays.condition_index, rates
-    )
+    latent_variance, noise_start = noise_split(arrays, rates, noise)
     values = initial_values(rates, arrays.condition_targets, intervention, latent_variance)
-    start = space.latent_values(values, arrays)
-    # Every gene's overdispersion, modelled or decoded: a start away from the split of the
-    # count variance that the data favour is not left by the fit (_core.overdispersion).
-    start[NegativeBinomial().site_name("concentration")] = concentration.astype(np.float32)
+    start = {**space.latent_values(values, arrays), **noise_start}
     data = {
         "counts": arrays.counts,
         "condition_index": arrays.condition_index,
@@ -257,12 +287,41 @@ def screen_data(arrays, rates, space, intervention: str, prior_mask):
     return data, start, prior_mask
 
 
-def condition_encoder_inputs(conditions: int):
-    """Encoder features: log1p-normalised counts and the cell's condition (one-hot)."""
+def noise_split(arrays, rates, noise: NoiseModel) -> tuple[np.ndarray, dict]:
+    """Each gene's start of latent variance (of its log-rate, within a condition) and of the
+    noise parameters: the split of its variance between the two.
+
+    Negative binomials (zero-inflated too) take the split of the count variance that maximises
+    the exact lognormal-negative-binomial marginal likelihood
+    (:mod:`causalcell._core.overdispersion`; every gene's, modelled or decoded: the fit does
+    not leave a start away from it); Poisson's latent variance is the whole log excess over
+    Poisson variance, the same split's total.
+    Continuous data give the latent and the Gaussian noise half of each gene's pooled
+    within-condition variance each; its latent variance is not subtracted from the levels
+    (a Gaussian's mean is not a lognormal's).
+    """
+    if not noise.is_count_model:
+        residual = arrays.counts - condition_means(arrays.counts, arrays)[arrays.condition_index]
+        scale = np.sqrt(0.5 * np.maximum(residual.var(axis=0), 1e-6))
+        return np.zeros(arrays.counts.shape[1]), {
+            noise.site_name("scale"): scale.astype(np.float32)
+        }
+    concentration, variance = split_overdispersion(
+        arrays.counts, arrays.size_factors, arrays.condition_index, rates
+    )
+    if "concentration" not in noise.parameter_names:  # Poisson: the split's total log excess
+        return variance + np.log1p(1.0 / concentration), {}
+    return variance, {noise.site_name("concentration"): concentration.astype(np.float32)}
+
+
+def condition_encoder_inputs(conditions: int, count_data: bool = True):
+    """Encoder features: log1p-normalised counts (continuous data: the values) and the cell's
+    condition (one-hot)."""
 
     def encoder_inputs(data, index):
         condition = jax.nn.one_hot(data["condition_index"][index], conditions)
-        return jnp.concatenate([default_encoder_inputs(data, index), condition], axis=-1)
+        values = default_encoder_inputs(data, index) if count_data else data["counts"][index]
+        return jnp.concatenate([values, condition], axis=-1)
 
     return encoder_inputs
 
@@ -294,6 +353,7 @@ def linear_problem(screen: PreparedScreen, settings: dict) -> SviProblem:
             "intervention": intervention,
             "programs": space.programs,
             "knockout_rank": update_rank,
+            "noise": screen.noise,
         },
         {
             "encoder_inputs": screen.encoder_inputs,
@@ -304,6 +364,7 @@ def linear_problem(screen: PreparedScreen, settings: dict) -> SviProblem:
                 rates,
                 update_rank,
                 pooled,
+                screen.noise,
             ),
             "init_values": {
                 **start,

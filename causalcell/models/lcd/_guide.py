@@ -49,14 +49,18 @@ from causalcell._core.linalg import covariance_factor
 from causalcell.inference import batch_strata
 from causalcell.models.lcd._decoder import decoded_offsets, decoder_from_sites
 from causalcell.models.lcd._program import condition_laws
+from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = ["lcd_local_posterior", "linearised_mean", "message_mean", "message_precision"]
 
+_NEGATIVE_BINOMIAL = NegativeBinomial()
 #: Pseudo-count added to every count so that zero counts have a finite message mode.
 PSEUDO_COUNT = 0.5
 #: Fisher-scoring steps that relinearise each count at the cell's own log-rate
 #: (:func:`lcd_local_posterior`).
 SCORING_STEPS = 2
+#: Largest move of a log-rate in one scoring step, in nats (a safeguard of the Newton step).
+MAX_STEP = 1.0
 #: Smallest condition rate a decoded gene's message is linearised at (rates per unit size
 #: factor; a gene with no count in a condition has mean count 0, hence message precision 0).
 _RATE_FLOOR = 1e-12
@@ -95,8 +99,13 @@ def lcd_local_posterior(
     condition_rates=None,
     knockout_rank: int | None = None,
     pooled_counts=None,
+    noise: NoiseModel = _NEGATIVE_BINOMIAL,
 ):
     """The ``local_posterior`` of :class:`causalcell.inference.AmortizedGuide` for linear LCD.
+
+    ``noise`` is the program's observation model; its Gaussian messages
+    (:meth:`causalcell.noise.NoiseModel.information`, ``working_response``,
+    ``expected_score``) are the ones below, exact for Gaussian noise on a log scale.
 
     ``condition_counts`` ``[P, genes]``: mean counts of each gene in each condition (training
     data, columns as the model's counts: modelled genes, then decoded genes). ``programs``: the
@@ -131,6 +140,8 @@ def lcd_local_posterior(
     """
     condition_counts = jnp.asarray(condition_counts)
     linearised = condition_rates is not None
+    if not linearised and noise != _NEGATIVE_BINOMIAL:
+        raise ValueError("Mode messages are the negative binomial's: pass condition_rates.")
     if linearised:
         # A floor for genes never seen in a condition: their precision is zero anyway.
         condition_rates = jnp.maximum(jnp.asarray(condition_rates), _RATE_FLOOR)
@@ -161,11 +172,11 @@ def lcd_local_posterior(
         modelled = means.shape[-1] - programs
         # Per-gene message precisions [K (or 1, pooled), genes]: the curvature at the mode or,
         # linearised, the Fisher information at the mean count.
-        weights = message_precision(
-            message_counts,
-            values.get("noise_concentration"),
-            pseudo_count=0.0 if linearised else PSEUDO_COUNT,
-        )
+        parameters = noise.parameters_of(values)
+        if linearised:
+            weights = noise.information(message_counts, **parameters)
+        else:
+            weights = message_precision(message_counts, parameters["concentration"])
         own = _pad(weights[:, :modelled], after=programs)  # the identity rows of D_full
         precision = prior_precision + eye * own[:, None, :]
         decoder = decoder_from_sites(values)
@@ -178,7 +189,8 @@ def lcd_local_posterior(
         loc, _ = heads["latent"]
         counts, size_factors = data["counts"][index], data["size_factors"][index]
         if linearised:
-            messages = linearised_mean(counts, size_factors, condition_rates[conditions[condition]])
+            at = jnp.log(condition_rates[conditions[condition]])
+            messages = noise.working_response(counts, size_factors, at)
         else:
             messages = message_mean(counts, size_factors)
         offsets = 0.0  # of the log-rates from D_full z: zero for modelled genes
@@ -204,22 +216,32 @@ def lcd_local_posterior(
         mean = posterior_mean(gene_weights * (messages - offsets))
         if not linearised:  # mode messages are not relinearised
             return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
-        # Half the posterior variance of each log-rate: the rate's lognormal mean is
-        # e^(eta + variance / 2).
+        # The posterior variance of each log-rate: a count model scores at the rate's lognormal
+        # mean e^(eta + variance / 2).
         variance = jnp.sum(factor**2, axis=-1)[..., :modelled]
         if decoder is not None:
             decoded_variance = jnp.einsum("gi,pij->pgj", loadings, factor)
             variance = jnp.concatenate([variance, jnp.sum(decoded_variance**2, -1)], -1)
-        half_variance = 0.5 * of_cell(variance)
-        concentration = values.get("noise_concentration")
+        variance = of_cell(variance)
+        log_sizes = jnp.log(size_factors)[:, None]
         for _ in range(SCORING_STEPS):
             # Relinearise every count at the cell's own current log-rate (Fisher scoring with
             # the condition's precisions): weighted response ``lambda D_full z + score``.
             projected = mean[:, :modelled]
             if decoder is not None:
                 projected = jnp.concatenate([projected, mean @ loadings.T], axis=-1)
-            rates = size_factors[:, None] * jnp.exp(projected + offsets + half_variance)
-            mean = posterior_mean(gene_weights * projected + _score(counts, rates, concentration))
+            log_mean = log_sizes + projected + offsets
+            score = noise.expected_score(counts, log_mean, variance, **parameters)
+            # Each count's step in its log-rate: Newton's with the larger of its own
+            # information and its condition's, at most one nat. With the condition's alone
+            # the step overshoots and oscillates once a cell's information is twice its
+            # condition's (Poisson, a nearly Poisson negative binomial, at high counts).
+            cell_information = noise.information(jnp.exp(log_mean + 0.5 * variance), **parameters)
+            curvature = jnp.maximum(cell_information, gene_weights)
+            safe = jnp.where(curvature > 0, curvature, 1.0)
+            step = jnp.clip(jnp.where(curvature > 0, score / safe, 0.0), -MAX_STEP, MAX_STEP)
+            score = gene_weights * step
+            mean = posterior_mean(gene_weights * projected + score)
         return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
 
     return local_posterior
@@ -229,11 +251,3 @@ def _pad(values, before: int = 0, after: int = 0):
     """``values`` ``[..., n]`` between ``before`` and ``after`` zero columns: modelled genes'
     entries followed by the programs', or decoded genes' after the modelled genes'."""
     return jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(before, after)])
-
-
-def _score(counts, rates, concentration):
-    """Derivative of each count's log-likelihood in its log-rate at mean ``rates``: ``y -
-    (y + theta) mu / (theta + mu)`` under a negative binomial (``y - mu``: Poisson, None)."""
-    if concentration is None:
-        return counts - rates
-    return counts - (counts + concentration) * rates / (concentration + rates)

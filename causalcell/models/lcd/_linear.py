@@ -149,13 +149,15 @@ def predict_linear(
         values = jnp.moveaxis(values, 2, 0).reshape(len(rows), -1, *values.shape[3:])
         return values[:, :num_cells].reshape(-1, *values.shape[2:])
 
-    concentration = model.space.in_gene_order(draws["noise_concentration"])  # [S, genes]
-    concentration = jnp.broadcast_to(
-        concentration[:, None, None], (num_draws, repeats, len(rows), concentration.shape[-1])
-    )
+    parameters = {}
+    for name, value in model.noise.parameters_of(draws).items():
+        value = model.space.in_gene_order(value)  # [S, genes]
+        shape = (num_draws, repeats, len(rows), value.shape[-1])
+        parameters[name] = perturbation_major(jnp.broadcast_to(value[:, None, None], shape))
     return generated_cells(
         perturbation_major(latent),
-        perturbation_major(concentration),
+        parameters,
+        model.noise,
         model.library_sizes,
         names,
         flags,

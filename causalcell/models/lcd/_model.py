@@ -17,7 +17,12 @@ from causalcell.clipr import posterior_direct_effects
 from causalcell.data import register, to_arrays
 from causalcell.models.lcd._backends import BACKENDS, DriftBackend, backend_named
 from causalcell.models.lcd._files import SavedLCD
-from causalcell.models.lcd._fit import check_condition_batch, fit_options, prepare_screen
+from causalcell.models.lcd._fit import (
+    check_condition_batch,
+    fit_options,
+    noise_model,
+    prepare_screen,
+)
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
 from causalcell.models.lcd._refine import refine_lcd
 from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
@@ -51,7 +56,8 @@ class LCD(CellWorlds, SavedLCD):
     prior_mask
         The prior mask of the drift in latent coordinates (``None``: every edge allowed).
     settings
-        ``LCD.fit``'s ``global_guide``, ``rank`` and ``drift_options`` (they rebuild its guide).
+        ``LCD.fit``'s ``global_guide``, ``rank``, ``drift_options`` and ``noise`` (they rebuild
+        its program and guide).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class LCD(CellWorlds, SavedLCD):
             "global_guide": "auto",
             "rank": None,
             "drift_options": None,
+            "noise": "negative_binomial",
             **(settings or {}),
         }
 
@@ -104,6 +111,7 @@ class LCD(CellWorlds, SavedLCD):
         programs: int | None = None,
         drift: str = "linear",
         drift_options: dict | None = None,
+        noise: str = "negative_binomial",
         **fit_kwargs,
     ) -> LCD:
         """Register ``adata`` and fit LCD by minibatch SVI with the amortized guide.
@@ -138,8 +146,18 @@ class LCD(CellWorlds, SavedLCD):
         :func:`._neural_fit.neural_problem`; ``drift_options`` are that program's keyword
         arguments (``hidden``, ``weight_scale``, ``kds_weight``, ``kds_statistic``). Its memory
         grows as ``d^2 hidden`` per cell of a batch, so keep ``d`` in the tens.
+
+        ``noise`` (:data:`._fit.NOISE_MODELS`): counts through ``"negative_binomial"``,
+        ``"zero_inflated_negative_binomial"`` or ``"poisson"``; continuous data already on a
+        log (or arcsinh) scale through ``"gaussian"`` (cytometry, protein levels, log-normalised
+        expression: not checked as counts; size factors are ones unless ``size_factor_key``
+        names a column; every gene modelled). Neural drift observes counts by the negative
+        binomial only.
         """
         backend = backend_named(drift)
+        observation = noise_model(noise)
+        if noise not in backend.noises:
+            raise ValueError(f"drift={drift!r} takes noise in {backend.noises}, not {noise!r}.")
         check_condition_batch(condition_batch, batch_size)  # before registering the data
         if drift_options and not backend.takes_options:
             takers = " or ".join(repr(b.name) for b in BACKENDS.values() if b.takes_options)
@@ -152,17 +170,29 @@ class LCD(CellWorlds, SavedLCD):
             control=control,
             layer=layer,
             size_factor_key=size_factor_key,
+            count_data=observation.is_count_model,
         )
         arrays = to_arrays(adata, registry)
         space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
+        if not (observation.is_count_model or space.is_full):
+            raise ValueError(
+                f"noise={noise!r} models every gene as a coordinate: pass modelled_genes='all' "
+                "and programs=0 (decoded genes are counts' statistics)."
+            )
         arrays = space.reorder(arrays)  # columns: modelled genes, then decoded genes
         options = fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch)
         options.update(key=key, progress_bar=progress_bar, **fit_kwargs)
         settings = {"global_guide": global_guide, "rank": rank, "drift_options": drift_options}
-        screen = prepare_screen(arrays, space, registry, intervention, prior_mask)
+        settings["noise"] = noise
+        screen = prepare_screen(arrays, space, registry, intervention, prior_mask, observation)
         posterior = backend.problem(screen, settings).fit(**options)
         mask, sizes = screen.prior_mask, arrays.size_factors
         return cls(posterior, registry, intervention, sizes, mask, space, drift, settings)
+
+    @property
+    def noise(self):
+        """The :class:`causalcell.noise.NoiseModel` the cells are observed through."""
+        return noise_model(self.settings["noise"])
 
     @property
     def drift_kind(self) -> str:

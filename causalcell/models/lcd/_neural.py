@@ -182,10 +182,14 @@ def predict_neural(
         burn_in=burn_in,
     )[:, :, 0]
     latent = jnp.swapaxes(latent, 0, 1).reshape(-1, latent.shape[-1])  # perturbation-major
-    concentration = jnp.tile(draws["noise_concentration"], (len(rows), 1))
+    parameters = {
+        name: jnp.tile(value, (len(rows), 1))
+        for name, value in model.noise.parameters_of(draws).items()
+    }
     return generated_cells(
         latent,
-        concentration,
+        parameters,
+        model.noise,
         model.library_sizes,
         names,
         flags,

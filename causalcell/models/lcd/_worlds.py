@@ -149,7 +149,7 @@ def _observed_arrays(model, cells):
     return model.space.reorder(to_arrays(cells, registry))
 
 
-@functools.partial(jax.jit, static_argnames=("guide", "kind", "modelled", "coupling"))
+@functools.partial(jax.jit, static_argnames=("guide", "kind", "modelled", "coupling", "noise"))
 def _all_draws(draws, keys, data, heads, action_rows, prior_mask, **static):
     """:func:`_one_draw` for every draw, one at a time (``lax.map``): the memory of one draw's
     cells, not of all draws' at once."""
@@ -160,7 +160,9 @@ def _all_draws(draws, keys, data, heads, action_rows, prior_mask, **static):
     return jax.lax.map(one, (draws, keys))
 
 
-def _one_draw(draw, key, data, heads, action_rows, prior_mask, *, guide, kind, modelled, coupling):
+def _one_draw(
+    draw, key, data, heads, action_rows, prior_mask, *, guide, kind, modelled, coupling, noise
+):
     """Latents, log-rates (internal order) and counterfactual counts of every cell, one draw."""
     index = jnp.arange(data["counts"].shape[0])
     law = guide.local_posterior(draw, data, index, heads)["latent"]
@@ -188,10 +190,11 @@ def _one_draw(draw, key, data, heads, action_rows, prior_mask, *, guide, kind, m
         count_key,
         rate_cf,
         data["size_factors"],
-        draw["noise_concentration"],
+        noise.parameters_of(draw),
         coupling=coupling,
         factual_log_rate=rate,
         observed_counts=data["counts"],
+        noise=noise,
     )
     same = jnp.all(factual_rows == action_rows, axis=-1)[condition]
     counts_cf = jnp.where(same[:, None], data["counts"], counts_cf)
@@ -257,6 +260,7 @@ def counterfactual_worlds(
         kind=model.intervention,
         modelled=len(model.modelled_genes),
         coupling=coupling,
+        noise=model.noise,
     )
     observed = jnp.broadcast_to(data["counts"], counts_cf.shape)
     in_order = model.space.in_gene_order
@@ -306,7 +310,8 @@ def worlds_anndata(model, worlds: dict, *, probability: float, settings: dict):
     def rows(values):  # [S, 2, cells, ...] -> [S, 2 * cells, ...], world-major
         return values.reshape(values.shape[0], 2 * num_cells, *values.shape[3:])
 
-    result = cells_anndata(rows(counts)[0], obs, model.genes, rows(latent)[0])
+    count_data = model.noise.is_count_model
+    result = cells_anndata(rows(counts)[0], obs, model.genes, rows(latent)[0], count_data)
     result.obsm["latent_mean"] = rows(latent).mean(axis=0).astype(np.float32)
     shift = log_rate - log_rate[:, :1]  # counterfactual minus factual log-rate, per draw
     tail = (1.0 - probability) / 2.0

@@ -211,7 +211,7 @@ def test_counterfactual_counts_couplings():
         jax.random.key(3),
         log_rate,
         sizes,
-        concentration,
+        {"concentration": concentration},
         coupling="quantile",
         factual_log_rate=log_rate,
         observed_counts=observed,
@@ -222,8 +222,14 @@ def test_counterfactual_counts_couplings():
     # "resample" is one NB draw; trace it only (compiling JAX's gamma-Poisson sampler takes
     # ~8 s here, and LCD.predict already exercises it).
     fresh = jax.eval_shape(
-        counterfactual_counts, jax.random.key(4), log_rate + 1.0, sizes, concentration
+        counterfactual_counts,
+        jax.random.key(4),
+        log_rate + 1.0,
+        sizes,
+        {"concentration": concentration},
     )
     assert fresh.shape == observed.shape
     with pytest.raises(ValueError, match="coupling"):
-        counterfactual_counts(jax.random.key(4), log_rate, sizes, concentration, coupling="x")
+        counterfactual_counts(
+            jax.random.key(4), log_rate, sizes, {"concentration": concentration}, coupling="x"
+        )

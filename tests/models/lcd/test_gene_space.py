@@ -31,7 +31,7 @@ from causalcell.models.lcd._gene_space import (
     choose_gene_space,
     reduce_programs,
 )
-from causalcell.models.lcd._guide import SCORING_STEPS, lcd_local_posterior
+from causalcell.models.lcd._guide import MAX_STEP, SCORING_STEPS, lcd_local_posterior
 from causalcell.models.lcd._program import condition_interventions, lcd_model
 
 
@@ -229,14 +229,19 @@ def test_guide_is_the_exact_gaussian_update_through_the_decoder():
         mean = covariance @ (information + message @ np.asarray(loc[cell]))
         # Fisher scoring: each count relinearised at the cell's log-rate eta (its lognormal
         # mean rate l e^(eta + v / 2), v the log-rate's posterior variance), information
-        # lambda eta + score(eta), with the same precisions.
+        # lambda (eta + step), with the same precisions; the step is Newton's with the larger
+        # of the count's own information and its condition's, at most MAX_STEP nats.
         half_variance = 0.5 * np.diag(full @ covariance @ full.T)
         for _ in range(SCORING_STEPS):
             eta = full @ mean + offsets
             rate = sizes[cell] * np.exp(eta + half_variance)
             score = counts[cell] - (counts[cell] + theta) * rate / (theta + rate)
+            curvature = np.maximum(rate * theta / (rate + theta), weights[row])
+            step = np.clip(score / curvature, -MAX_STEP, MAX_STEP)
             mean = covariance @ (
-                prior @ condition_mean + message @ (mean + np.asarray(loc[cell])) + full.T @ score
+                prior @ condition_mean
+                + message @ (mean + np.asarray(loc[cell]))
+                + full.T @ (weights[row] * step)
             )
         # float32 Lyapunov solve, Cholesky-based inverses and messages of precision ~5-10 per
         # gene: ~1e-5 relative.
