@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from causalcell.models.lcd import LCD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,3 +77,8 @@ def test_docs_build_in_strict_mode(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "register" in (tmp_path / "api" / "data" / "index.html").read_text()
+    # Every public method of LCD is on its page, those of its base classes included.
+    page = (tmp_path / "api" / "models" / "index.html").read_text()
+    public = [name for name in dir(LCD) if not name.startswith("_")]
+    missing = [name for name in public if f'id="causalcell.models.lcd.LCD.{name}"' not in page]
+    assert not missing, f"LCD members missing from docs/api/models.md's page: {missing}"
