@@ -262,6 +262,11 @@ def _screen_keys(parser) -> None:
     )
 
 
+def _draws(parser, samples: int) -> None:
+    parser.add_argument("--samples", type=int, default=samples, help="posterior draws")
+    parser.add_argument("--probability", type=float, default=0.9, help="interval mass")
+
+
 def _key(parser) -> None:
     parser.add_argument("--key", type=int, default=0, help="random seed")
 
@@ -316,8 +321,7 @@ def add_model_commands(commands) -> None:
     effects.add_argument("--graph", help=".graphml of the effects whose interval excludes 0")
     effects.add_argument("--plot", help=".png or .pdf heatmap")
     effects.add_argument("--targets", nargs="+", help="genes perturbed in silico")
-    effects.add_argument("--samples", type=int, default=200, help="posterior draws")
-    effects.add_argument("--probability", type=float, default=0.9, help="interval mass")
+    _draws(effects, samples=200)
     effects.add_argument("--threshold", type=float, default=0.0, help="|effect| for --graph")
     _key(effects)
     effects.set_defaults(handler=_effects)
@@ -329,8 +333,7 @@ def add_model_commands(commands) -> None:
     counterfactual.add_argument("cells", help=".h5ad of observed cells (the training genes)")
     counterfactual.add_argument("perturbation", help="e.g. GATA1 or 'GATA1+CEBPA'")
     counterfactual.add_argument("--output", required=True, help=".h5ad file to write")
-    counterfactual.add_argument("--samples", type=int, default=100, help="posterior draws")
-    counterfactual.add_argument("--probability", type=float, default=0.9, help="interval mass")
+    _draws(counterfactual, samples=100)
     counterfactual.add_argument("--coupling", choices=("quantile", "resample"), default="quantile")
     counterfactual.add_argument(
         "--replace", action="store_true", help="instead of the cells' own perturbations"

@@ -38,17 +38,19 @@ def _read(name: str):
 def sachs_graph() -> nx.DiGraph:
     """The literature consensus network of Sachs et al. (2005): 18 edges among the 11
     measured molecules (``cause -> effect``)."""
+    with _read("sachs2005.csv.gz").open("rb") as file:
+        genes = list(pd.read_csv(file, compression="gzip", nrows=0).columns)
+    return _consensus(genes)
+
+
+def _consensus(genes) -> nx.DiGraph:
+    """The consensus edges over the nodes ``genes`` (the table's columns)."""
     with _read("sachs2005_consensus.csv").open("r") as file:
         edges = pd.read_csv(file)
     graph = nx.DiGraph()
-    graph.add_nodes_from(_genes())
+    graph.add_nodes_from(genes)
     graph.add_edges_from(edges[["Cause", "Effect"]].itertuples(index=False, name=None))
     return graph
-
-
-def _genes() -> list[str]:
-    with _read("sachs2005.csv.gz").open("rb") as file:
-        return list(pd.read_csv(file, compression="gzip", nrows=0).columns)
 
 
 def sachs() -> anndata.AnnData:
@@ -102,7 +104,7 @@ def sachs() -> anndata.AnnData:
         obs[name] = pd.Categorical(obs[name], categories=list(dict.fromkeys(obs[name])))
     genes = list(values.columns)
     matrix = values.to_numpy(np.float32)
-    graph = sachs_graph()
+    graph = _consensus(genes)  # the table is read once
     adata = anndata.AnnData(
         X=matrix,
         obs=obs,

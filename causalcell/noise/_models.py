@@ -55,7 +55,7 @@ class NegativeBinomial(NoiseModel):
 
     def information(self, mean, *, concentration):
         """``mu theta / (mu + theta)`` at expected count ``mu``."""
-        return mean * concentration / (mean + concentration)
+        return _nb_information(mean, concentration)
 
     def working_response(self, observation, size_factors, log_rate):
         """``x + y / (l e^x) - 1``: the scoring step is the same as Poisson's."""
@@ -63,8 +63,7 @@ class NegativeBinomial(NoiseModel):
 
     def expected_score(self, observation, log_mean, variance=0.0, *, concentration):
         """``y - (y + theta) mu / (theta + mu)`` at ``mu = e^(log_mean + variance / 2)``."""
-        mean = jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
-        return observation - (observation + concentration) * mean / (concentration + mean)
+        return _nb_score(observation, _lognormal_mean(log_mean, variance), concentration)
 
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
         """Sample ``concentration`` ``[num_genes]`` (see the class docstring for the prior)."""
@@ -106,7 +105,7 @@ class ZeroInflatedNegativeBinomial(NoiseModel):
     def information(self, mean, *, concentration, gate_logits):
         """``(1 - pi) mu theta / (mu + theta)``: the negative binomial's, for the fraction of
         counts that come from it (an approximation: the message only steers the guide)."""
-        return jax.nn.sigmoid(-gate_logits) * mean * concentration / (mean + concentration)
+        return jax.nn.sigmoid(-gate_logits) * _nb_information(mean, concentration)
 
     def working_response(self, observation, size_factors, log_rate):
         """The negative binomial's scoring step (zeros that the gate explains pull less through
@@ -116,8 +115,8 @@ class ZeroInflatedNegativeBinomial(NoiseModel):
     def expected_score(self, observation, log_mean, variance=0.0, *, concentration, gate_logits):
         """The negative binomial's score for positive counts; for a zero,
         ``-(1 - pi) p0 theta mu / (theta + mu) / (pi + (1 - pi) p0)`` with ``p0 = NB(0)``."""
-        mean = jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
-        score = observation - (observation + concentration) * mean / (concentration + mean)
+        mean = _lognormal_mean(log_mean, variance)
+        score = _nb_score(observation, mean, concentration)
         log_zero = concentration * (jnp.log(concentration) - jnp.log(concentration + mean))
         # Posterior weight of the negative binomial for a zero: (1 - pi) p0 / P(0).
         from_counts = jax.nn.log_sigmoid(-gate_logits) + log_zero
@@ -168,7 +167,7 @@ class Poisson(NoiseModel):
 
     def expected_score(self, observation, log_mean, variance=0.0):
         """``y - mu`` at ``mu = e^(log_mean + variance / 2)``."""
-        return observation - jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
+        return observation - _lognormal_mean(log_mean, variance)
 
     def sample_parameters(self, num_genes: int) -> dict[str, jax.Array]:
         """No parameters: returns ``{}`` and declares no site."""
@@ -287,3 +286,19 @@ def _count_working_response(observation, size_factors, log_rate):
     count from log-rate ``x`` (``(y - mu) / mu`` for either)."""
     sizes = jnp.asarray(size_factors, dtype=jnp.result_type(float))[..., None]
     return log_rate + observation / (sizes * jnp.exp(log_rate)) - 1.0
+
+
+def _lognormal_mean(log_mean, variance):
+    """``e^(log_mean + variance / 2)``: the mean of a count's rate whose log is spread."""
+    return jnp.exp(log_mean + 0.5 * jnp.asarray(variance))
+
+
+def _nb_information(mean, concentration):
+    """Fisher information of a negative binomial count about its log-mean, ``mu theta / (mu +
+    theta)``."""
+    return mean * concentration / (mean + concentration)
+
+
+def _nb_score(observation, mean, concentration):
+    """Derivative of a negative binomial count's log-likelihood in its log-mean at ``mean``."""
+    return observation - (observation + concentration) * mean / (concentration + mean)
