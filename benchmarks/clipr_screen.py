@@ -69,7 +69,7 @@ from causalcell.datasets import ground_truth, simulate_screen
 from causalcell.evaluation import observed_expression
 from causalcell.graph import to_adjacency
 from causalcell.inference import LocalImportanceELBO
-from causalcell.models.lcd import LCD
+from causalcell.models.lcd import LCD, NOISE_MODELS
 
 COLUMNS = (
     "auprc_abs",
@@ -182,6 +182,7 @@ def main() -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=100, help="SVI steps per chunk")
     parser.add_argument("--particles", type=int, default=1, help="latent draws per cell")
+    parser.add_argument("--noise", choices=tuple(NOISE_MODELS), default="negative_binomial")
     parser.add_argument(
         "--save", default=None, help="write the truth, effect draws and losses (.npz)"
     )
@@ -198,6 +199,7 @@ def main() -> None:
         double_perturbations=0,
         intervention=arguments.intervention,
         control_fraction=1.0 / conditions,
+        noise=arguments.noise,
         key=arguments.seed,
     )
     truth = Truth(adata)
@@ -215,6 +217,7 @@ def main() -> None:
         modelled_genes="all",
         programs=0,
         chunk_size=arguments.chunk_size,
+        noise=arguments.noise,
         key=arguments.seed,
         progress_bar=False,
         **loss,
@@ -236,13 +239,17 @@ def main() -> None:
             losses=np.asarray(model.posterior.losses),
         )
 
-    registry = register(adata, size_factor_key=size_factor_key)
+    count_data = arguments.noise != "gaussian"
+    registry = register(adata, size_factor_key=size_factor_key, count_data=count_data)
     expression, labels = observed_expression(adata, registry)
     arrays = to_arrays(adata, registry)
-    for name, values, transform in (
-        ("closed form (log1p)", expression, lambda means: means),
-        ("closed form (log rate)", arrays.counts / arrays.size_factors[:, None], log_rate),
-    ):
+    closed_forms = [("closed form (log1p)", expression, lambda means: means)]
+    if arguments.noise == "gaussian":  # the values are already on the latent's scale
+        closed_forms = [("closed form (values)", expression, lambda means: means)]
+    else:
+        rates = arrays.counts / arrays.size_factors[:, None]
+        closed_forms.append(("closed form (log rate)", rates, log_rate))
+    for name, values, transform in closed_forms:
         rows[name] = closed_form(
             values, labels, genes, arguments.draws, arguments.seed, truth, transform
         )
@@ -257,7 +264,7 @@ def main() -> None:
     print(
         f"# {arguments.genes} genes all perturbed ({arguments.intervention}), {adata.n_obs} "
         f"cells, {int(truth.adjacency.sum())} true edges (density {truth.density:.3f}); "
-        f"{arguments.size_factors} size factors; seed {arguments.seed}"
+        f"{arguments.noise} noise, {arguments.size_factors} size factors; seed {arguments.seed}"
     )
     print(
         f"# LCD: {arguments.steps} steps, guide {arguments.guide!r} ({global_guide}), "

@@ -40,7 +40,7 @@ from scipy import sparse
 
 from causalcell.data import _checks as checks
 from causalcell.data._formats import CONTROL_ALIASES, FORMATS, read_screen
-from causalcell.data._registry import Registry, as_tuple, control_labels
+from causalcell.data._registry import Registry, as_tuple, control_labels, perturbation_table
 from causalcell.perturbations import canonical_label, parse_perturbation
 
 __all__ = [
@@ -131,7 +131,8 @@ def _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_ke
         "Fix: add these genes to .var (e.g. keep perturbed genes when selecting variable genes), "
         f"drop those cells (labels {checks.listing([labels[i] for i in bad_labels], 5)}), or pass "
         "gene_key= naming the .var column the labels use. If some are control labels, pass them "
-        "in control=."
+        "in control=; if they are guides, reagents or drugs, map them to their target genes "
+        "with perturbation_targets=."
     )
 
 
@@ -177,6 +178,7 @@ def register(
     size_factor_key: str | None = None,
     covariate_keys: Iterable[str] = (),
     count_data: bool = True,
+    perturbation_targets=None,
     store: bool = False,
 ) -> Registry:
     """Check an AnnData screen and return the :class:`Registry` that describes it.
@@ -207,6 +209,11 @@ def register(
     count_data
         Require finite non-negative integer counts (the count noise models need them). With
         False only finiteness is checked (for normalised data).
+    perturbation_targets
+        The target gene(s) of perturbations that are not genes themselves (guides, reagents,
+        drugs): a mapping ``{"PMA": "PKC", "GATA1_2": "GATA1", "drug": ["A", "B"]}`` or a
+        DataFrame with columns ``perturbation`` and ``target``. Label members absent from it
+        must be genes, each perturbing itself (the default for every member).
     store
         Also write ``registry.to_dict()`` to ``adata.uns["causalcell"]``.
 
@@ -229,6 +236,7 @@ def register(
     covariate_keys = as_tuple(covariate_keys)
     _check_keys(adata, perturbation_key, covariate_keys, size_factor_key)
     genes = checks.gene_names(adata, gene_key)
+    table = perturbation_table(perturbation_targets, genes, control)
     counts = checks.counts_matrix(adata, layer)
     codes, labels, label_targets = _factorize_labels(adata, perturbation_key, control, separator)
     if not any(len(targets) == 0 for targets in label_targets):
@@ -238,7 +246,7 @@ def register(
             f"{checks.control_hint(labels, control)} Pass control= with the label(s) of "
             "unperturbed cells, e.g. control=('control', 'non-targeting')."
         )
-    _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_key)
+    _check_targets_are_genes(adata, codes, labels, label_targets, (*genes, *table), gene_key)
     covariate_categories = _covariate_categories(adata, covariate_keys)
     checks.check_counts(counts, adata=adata, genes=genes, layer=layer, count_data=count_data)
     checks.size_factors(adata, counts, size_factor_key, count_data)
@@ -255,6 +263,7 @@ def register(
         genes=genes,
         conditions=tuple(dict.fromkeys([control[0], *canonical])),
         covariate_categories=covariate_categories,
+        perturbation_targets=table,
     )
     if store:
         adata.uns[UNS_KEY] = registry.to_dict()

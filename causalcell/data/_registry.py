@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from causalcell.perturbations import canonical_label, parse_perturbation
 
@@ -47,6 +48,61 @@ def as_tuple(values) -> tuple:
     return tuple(value.item() if isinstance(value, np.generic) else value for value in values)
 
 
+def perturbation_table(table, genes, control=()) -> dict[str, tuple[str, ...]]:
+    """``{perturbation: (target genes, ...)}`` from a mapping (a target or a list of targets
+    per perturbation) or a DataFrame with columns ``perturbation`` and ``target`` (one row per
+    pair), checked against ``genes`` and the ``control`` labels.
+
+    Raises
+    ------
+    TypeError
+        For another kind of table, or a name that is not a string.
+    ValueError
+        For a target that is not a gene, a perturbation without targets, a control label or a
+        gene named as a perturbation of other genes.
+    """
+    if table is None:
+        return {}
+    if isinstance(table, pd.DataFrame):
+        missing = {"perturbation", "target"} - set(table.columns)
+        if missing:
+            raise ValueError(
+                f"perturbation_targets as a table needs the columns 'perturbation' and 'target' "
+                f"(one row per pair); missing {sorted(missing)}, present {list(table.columns)}."
+            )
+        grouped: dict[str, list] = {}
+        for name, target in table[["perturbation", "target"]].itertuples(index=False):
+            grouped.setdefault(name, []).append(target)
+        table = grouped
+    if not isinstance(table, Mapping):
+        raise TypeError(
+            "perturbation_targets must map each perturbation to its target gene(s), e.g. "
+            f"{{'PMA': 'PKC', 'drug': ['A', 'B']}}, or be a DataFrame; got {type(table).__name__}."
+        )
+    gene_set, result = set(genes), {}
+    for name, targets in table.items():
+        targets = tuple(dict.fromkeys(str(target) for target in as_tuple(targets)))
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"perturbation_targets names must be non-empty strings, got {name!r}.")
+        if not targets:
+            raise ValueError(f"perturbation_targets[{name!r}] names no target gene.")
+        unknown = [target for target in targets if target not in gene_set]
+        if unknown:
+            raise ValueError(
+                f"perturbation_targets[{name!r}] names targets that are not genes: {unknown}. "
+                "Name genes of the data (.var_names, or the gene_key column)."
+            )
+        if name in control:
+            raise ValueError(f"perturbation_targets names the control label {name!r}.")
+        if name in gene_set and targets != (name,):
+            raise ValueError(
+                f"perturbation_targets[{name!r}] = {list(targets)}, but {name!r} is a gene: a "
+                "label naming a gene perturbs that gene. Give the perturbation another name."
+            )
+        result[name] = targets
+    return result
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Registry:
     """Where an AnnData keeps each piece of a screen, and the vocabularies found in it.
@@ -67,11 +123,21 @@ class Registry:
         Canonical condition labels: control first, then in order of first appearance.
     covariate_categories
         Categories of each categorical covariate (numeric covariates are absent).
+    perturbation_targets
+        The target genes of each named perturbation (a guide, reagent or drug) that is not
+        itself a gene: ``{"PMA": ("PKC",), "GATA1_2": ("GATA1",)}``. A label's members are
+        perturbations; a member absent from this table is a gene perturbed by itself.
     condition_targets
         Read-only bool ``[P, d]``; ``condition_targets[p, g]`` iff condition ``p`` targets gene
         ``g``.
     targets
         Every perturbed gene, in gene order.
+    perturbations
+        Every perturbation of the conditions (table entries and genes alike), in order of first
+        appearance.
+    condition_perturbations, perturbation_genes
+        Read-only bool ``[P, R]`` (condition ``p`` applies perturbation ``r``) and ``[R, d]``
+        (perturbation ``r`` targets gene ``g``); ``condition_targets`` is their boolean product.
     """
 
     perturbation_key: str = "perturbation"
@@ -85,8 +151,12 @@ class Registry:
     genes: tuple[str, ...]
     conditions: tuple[str, ...]
     covariate_categories: dict[str, tuple] = field(default_factory=dict)
+    perturbation_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     condition_targets: np.ndarray = field(init=False, repr=False)
     targets: tuple[str, ...] = field(init=False)
+    perturbations: tuple[str, ...] = field(init=False, repr=False)
+    condition_perturbations: np.ndarray = field(init=False, repr=False)
+    perturbation_genes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         assign = lambda name, value: object.__setattr__(self, name, value)
@@ -104,16 +174,34 @@ class Registry:
             raise ValueError(f"The first condition must be the control {self.control[0]!r}.")
         if not set(categories) <= set(self.covariate_keys):
             raise ValueError("covariate_categories names covariates missing from covariate_keys.")
+        table = perturbation_table(self.perturbation_targets, self.genes, self.control)
+        assign("perturbation_targets", table)
         column = {gene: index for index, gene in enumerate(self.genes)}  # gene -> column
-        condition_targets = np.zeros((len(self.conditions), len(self.genes)), dtype=bool)
-        for row, label in enumerate(self.conditions):
-            targets = parse_perturbation(label, control=self.control, separator=self.separator)
-            if self.canonical_label(targets) != label or not set(targets) <= column.keys():
+        members = []
+        for label in self.conditions:
+            parsed = parse_perturbation(label, control=self.control, separator=self.separator)
+            if self.canonical_label(parsed) != label or not all(
+                member in table or member in column for member in parsed
+            ):
                 raise ValueError(
-                    f"Condition {label!r} is not a canonical label of genes in the registry."
+                    f"Condition {label!r} is not a canonical label of perturbations in the "
+                    "registry (genes, or entries of perturbation_targets)."
                 )
-            condition_targets[row, [column[target] for target in targets]] = True
-        condition_targets.flags.writeable = False
+            members.append(parsed)
+        perturbations = tuple(dict.fromkeys(member for parsed in members for member in parsed))
+        position = {name: index for index, name in enumerate(perturbations)}
+        applied = np.zeros((len(self.conditions), len(perturbations)), dtype=bool)
+        for row, parsed in enumerate(members):
+            applied[row, [position[member] for member in parsed]] = True
+        genes_of = np.zeros((len(perturbations), len(self.genes)), dtype=bool)
+        for row, name in enumerate(perturbations):
+            genes_of[row, [column[gene] for gene in table.get(name, (name,))]] = True
+        condition_targets = (applied.astype(np.int64) @ genes_of) > 0
+        for array in (applied, genes_of, condition_targets):
+            array.flags.writeable = False
+        assign("perturbations", perturbations)
+        assign("condition_perturbations", applied)
+        assign("perturbation_genes", genes_of)
         assign("condition_targets", condition_targets)
         assign("targets", tuple(np.asarray(self.genes)[condition_targets.any(axis=0)].tolist()))
 
@@ -143,6 +231,9 @@ class Registry:
                 data[item.name] = list(value) if isinstance(value, tuple) else value
         data["covariate_categories"] = {
             key: list(values) for key, values in self.covariate_categories.items()
+        }
+        data["perturbation_targets"] = {
+            key: list(values) for key, values in self.perturbation_targets.items()
         }
         return data
 

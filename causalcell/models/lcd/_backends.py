@@ -36,7 +36,8 @@ class DriftBackend(NamedTuple):
         ``(model, draws, columns) -> [S, n, k]``: CLIPR's responses to unit shifts of the
         columns.
     stationary
-        ``(model, row, *, key, num_samples, **simulation) -> (mean, covariance)``.
+        ``(model, request, *, key, num_samples, **simulation) -> (mean, covariance)``, the
+        request a :class:`._targets.Request`.
     predict
         ``(model, perturbations, num_cells, *, key, allow_prior_only, **simulation) -> AnnData``.
     exact_worlds
@@ -48,6 +49,9 @@ class DriftBackend(NamedTuple):
         ``modelled_genes`` when the user gives none (``"all"`` for a program with no decoder).
     noises
         The ``noise`` names (:data:`._fit.NOISE_MODELS`) its program and queries observe.
+    perturbation_pairs
+        Whether its program learns a parameter per (perturbation, target) pair when the
+        perturbations are named apart from their targets (:mod:`._pairs`).
     """
 
     name: str
@@ -60,6 +64,7 @@ class DriftBackend(NamedTuple):
     takes_options: bool
     default_modelled_genes: str | None
     noises: tuple[str, ...]
+    perturbation_pairs: bool
 
 
 LINEAR = DriftBackend(
@@ -73,6 +78,7 @@ LINEAR = DriftBackend(
     takes_options=False,
     default_modelled_genes=None,
     noises=tuple(NOISE_MODELS),
+    perturbation_pairs=True,
 )
 
 NEURAL = DriftBackend(
@@ -86,6 +92,7 @@ NEURAL = DriftBackend(
     takes_options=True,
     default_modelled_genes="all",  # the neural program has no decoder
     noises=("negative_binomial",),  # its program, guide and simulations are the NB's
+    perturbation_pairs=False,  # its program takes one parameter per target
 )
 
 #: Every drift family by name.

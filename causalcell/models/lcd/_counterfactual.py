@@ -67,6 +67,7 @@ from causalcell.models.lcd._program import (
     PARAMETER_SITE,
     condition_interventions,
     intervention_parameters,
+    target_values,
 )
 from causalcell.noise import NegativeBinomial, NoiseModel
 
@@ -198,6 +199,7 @@ def counterfactual_latents(
     prior_mask=None,
     pair_index=None,
     latent_scale_tril=None,
+    pairs=None,
 ):
     """Factual and counterfactual latent draws of cells, sharing each cell's Brownian path.
 
@@ -229,6 +231,9 @@ def counterfactual_latents(
     latent_scale_tril
         Optional ``[cells, m, m]`` (or shared ``[m, m]``) lower Cholesky factor of the local
         posterior covariance (the guide's ``scale_tril``), which saves a factorisation per cell.
+    pairs
+        Optional ``(factual, action)`` :class:`._program.Pairs` of the two target rows, on a
+        screen of perturbations named apart from their targets.
 
     Returns
     -------
@@ -238,9 +243,15 @@ def counterfactual_latents(
     if kind not in PARAMETER_SITE:
         raise ValueError(f"kind must be one of {tuple(PARAMETER_SITE)}, got {kind!r}.")
     drift = linear_drift_from_sites(values, prior_mask)
-    parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
-    factual = condition_interventions(jnp.atleast_2d(factual_targets), kind, parameters, drift)
-    action = condition_interventions(jnp.atleast_2d(action_targets), kind, parameters, drift)
+    factual_pairs, action_pairs = (None, None) if pairs is None else pairs
+
+    def interventions(targets, rows):
+        value = target_values(values, kind, rows)
+        parameters = intervention_parameters(kind, value, values["baseline"])
+        return condition_interventions(jnp.atleast_2d(targets), kind, parameters, drift)
+
+    factual = interventions(factual_targets, factual_pairs)
+    action = interventions(action_targets, action_pairs)
     mean, covariance = paired_stationary_moments(
         drift, jnp.exp(values["log_sigma"]), factual, action
     )

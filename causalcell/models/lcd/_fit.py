@@ -14,13 +14,19 @@ import numpy as np
 import optax
 
 from causalcell._core.overdispersion import split_overdispersion
-from causalcell.clipr import IllConditionedResponsesWarning, direct_effects
+from causalcell.clipr import IllConditionedResponsesWarning, NotIdentifiedWarning, direct_effects
 from causalcell.inference import AmortizedGuide, Posterior, Strata, default_encoder_inputs, fit
 from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._decoder import DECODER_SITES
 from causalcell.models.lcd._drift import raw_weights_of
 from causalcell.models.lcd._guide import lcd_local_posterior
-from causalcell.models.lcd._program import BIAS_KINDS, knockout_rank_of, lcd_model
+from causalcell.models.lcd._pairs import pair_design, pair_start, pair_weights
+from causalcell.models.lcd._program import (
+    BIAS_KINDS,
+    PARAMETER_SITE,
+    knockout_rank_of,
+    lcd_model,
+)
 from causalcell.noise import (
     Gaussian,
     NegativeBinomial,
@@ -117,7 +123,10 @@ def prepare_screen(
     coordinates and the condition rates, from the registered screen's ``arrays`` in
     ``space``'s gene order, observed through ``noise``."""
     rates = condition_rates(arrays, noise)  # once per fit: the start and the guide's messages
-    data, start, prior_mask = screen_data(arrays, rates, space, intervention, prior_mask, noise)
+    design = pair_design(registry, space.coordinates)
+    data, start, prior_mask = screen_data(
+        arrays, rates, space, intervention, prior_mask, noise, design, registry
+    )
     encoder_inputs = condition_encoder_inputs(len(registry.conditions), noise.is_count_model)
     return PreparedScreen(
         data, arrays, space, encoder_inputs, intervention, start, prior_mask, rates, noise
@@ -250,6 +259,7 @@ def initial_drift(rates, condition_targets, intervention: str, space, prior_mask
         responses = (levels[single, :modelled] - levels[0, :modelled]).T
         with warnings.catch_warnings():  # a poor start is still a start
             warnings.simplefilter("ignore", IllConditionedResponsesWarning)
+            warnings.simplefilter("ignore", NotIdentifiedWarning)
             estimate = direct_effects(responses, targets=genes)
         effects[:modelled, :modelled] = np.nan_to_num(estimate.mean)
     off = ~np.eye(latent_size, dtype=bool)
@@ -263,20 +273,43 @@ def initial_drift(rates, condition_targets, intervention: str, space, prior_mask
 
 
 def screen_data(
-    arrays, rates, space, intervention: str, prior_mask, noise=NOISE_MODELS["negative_binomial"]
+    arrays,
+    rates,
+    space,
+    intervention: str,
+    prior_mask,
+    noise=NOISE_MODELS["negative_binomial"],
+    design=None,
+    registry=None,
 ):
     """The program's data (internal gene order, latent coordinates), where the global guide
     starts, and the prior mask in latent coordinates (``None`` stays ``None``); ``rates`` are
-    :func:`condition_rates`."""
+    :func:`condition_rates`. With a :class:`._pairs.PairDesign` (and its ``registry``), the
+    pairs' weights and coordinates, and their deviations' start from each pair's own
+    pseudobulk change."""
     latent_variance, noise_start = noise_split(arrays, rates, noise)
     values = initial_values(rates, arrays.condition_targets, intervention, latent_variance)
     start = {**space.latent_values(values, arrays), **noise_start}
+    pair_data = {}
+    if design is not None:
+        active = np.asarray(registry.condition_perturbations)[:, design.perturbation]
+        columns = design.coordinate  # modelled genes lead the internal gene order
+        own = initial_values(rates[:, columns], active, intervention, latent_variance[columns])
+        site = PARAMETER_SITE[intervention]
+        start.update(pair_start(own[site], design, start[site]))
+        pair_data = {
+            "pair_weights": pair_weights(
+                registry.condition_perturbations, design, space.latent_size
+            ),
+            "pair_coordinates": design.coordinate,
+        }
     data = {
         "counts": arrays.counts,
         "condition_index": arrays.condition_index,
         "condition_targets": space.latent_targets(arrays.condition_targets).astype(np.float32),
         "size_factors": arrays.size_factors,
         "baseline_prior": start["baseline"],
+        **pair_data,
     }
     if "decoder_offset" in start:
         data["decoded_prior"] = start["decoder_offset"]

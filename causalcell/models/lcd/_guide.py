@@ -48,7 +48,7 @@ from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import covariance_factor
 from causalcell.inference import batch_strata
 from causalcell.models.lcd._decoder import decoded_offsets, decoder_from_sites
-from causalcell.models.lcd._program import condition_laws
+from causalcell.models.lcd._program import condition_laws, pairs_of
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = ["lcd_local_posterior", "linearised_mean", "message_mean", "message_precision"]
@@ -149,8 +149,15 @@ def lcd_local_posterior(
     def local_posterior(values, data, index, heads):
         targets = data["condition_targets"]
         conditions, condition, _ = batch_strata(data["condition_index"][index], targets.shape[0])
+        pairs = pairs_of(data)
         laws = condition_laws(
-            values, targets[conditions], intervention, data.get("prior_mask"), None, knockout_rank
+            values,
+            targets[conditions],
+            intervention,
+            data.get("prior_mask"),
+            None,
+            knockout_rank,
+            None if pairs is None else pairs.take(conditions),
         )
         shared = pooled_counts is not None and laws.shared
         means, prior_precision = laws.means, laws.precisions()

@@ -15,6 +15,7 @@ from causalcell.clipr import linear_responses
 from causalcell.models.lcd._cells import generated_cells
 from causalcell.models.lcd._drift import linear_drift_from_sites
 from causalcell.models.lcd._gene_space import reduce_programs
+from causalcell.models.lcd._pairs import request_pairs
 from causalcell.models.lcd._program import (
     condition_laws,
     knockout_rank_of,
@@ -31,29 +32,31 @@ __all__ = [
 ]
 
 
-def stationary_laws(model, draws: dict, rows, rank_of=None):
+def stationary_laws(model, draws: dict, rows, rank_of=None, pairs=None):
     """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
-    state under the multi-hot targets ``rows`` ``[K, m]``. On a knockout screen the laws come
-    from low-rank updates of one inverse (:func:`._program.condition_laws`) whose rank is the
-    most targets of one of ``rank_of`` (``rows`` by default: pass all rows when ``rows`` is a
-    chunk of them, so that every chunk runs one compiled program)."""
+    state under the multi-hot targets ``rows`` ``[K, m]`` (and their :class:`._program.Pairs`,
+    on a screen of perturbations named apart from their targets). On a knockout screen the
+    laws come from low-rank updates of one inverse (:func:`._program.condition_laws`) whose
+    rank is the most targets of one of ``rank_of`` (``rows`` by default: pass all rows when
+    ``rows`` is a chunk of them, so that every chunk runs one compiled program)."""
     rows = np.asarray(rows, np.float32)
     return _stationary_laws(
         draws,
         jnp.asarray(rows),
         model.prior_mask,
+        pairs,
         intervention=model.intervention,
         knockout_rank=knockout_rank_of(model.intervention, rows if rank_of is None else rank_of),
     )
 
 
 @functools.partial(jax.jit, static_argnames=("intervention", "knockout_rank"))
-def _stationary_laws(draws: dict, targets, prior_mask, *, intervention: str, knockout_rank):
+def _stationary_laws(draws: dict, targets, prior_mask, pairs, *, intervention: str, knockout_rank):
     """:func:`stationary_laws` as one compiled program, cached across models of the same
     shapes (run op by op, each new shape compiled dozens of small programs: seconds)."""
 
     def one(draw):
-        laws = condition_laws(draw, targets, intervention, prior_mask, None, knockout_rank)
+        laws = condition_laws(draw, targets, intervention, prior_mask, None, knockout_rank, pairs)
         return laws.means, laws.covariances, laws.factors()
 
     return jax.vmap(one)(draws)
@@ -76,7 +79,7 @@ def responses(model, draws: dict, columns) -> np.ndarray:
     return linear_responses(linear_drifts(model, draws, False), columns)
 
 
-def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key):
+def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key, pairs=None):
     """Stationary means ``[S, K, m]`` and ``repeats`` latent draws ``[S, R, K, m]`` per draw and
     row, the laws computed :data:`LAW_CHUNK_BYTES` at a time (one chunk shape, the last
     padded with its last row, so one compilation)."""
@@ -85,14 +88,23 @@ def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key):
     noise = jax.random.normal(key, (num_draws, repeats, count, size))
     means, latents = [], []
     for start in range(0, count, chunk):
-        block = rows[start : start + chunk]
-        padded = np.concatenate([block, np.repeat(block[-1:], chunk - len(block), axis=0)])
-        mean, _, factor = stationary_laws(model, draws, padded, rank_of=rows)  # [S, k, m(, m)]
-        mean, factor = mean[:, : len(block)], factor[:, : len(block)]
-        local = noise[:, :, start : start + len(block)]
+        block = _padded(rows, start, chunk)
+        block_pairs = (
+            None if pairs is None else pairs._replace(weights=_padded(pairs.weights, start, chunk))
+        )
+        mean, _, factor = stationary_laws(model, draws, block, rows, block_pairs)  # [S, k, m(, m)]
+        kept = min(chunk, count - start)
+        mean, factor = mean[:, :kept], factor[:, :kept]
+        local = noise[:, :, start : start + kept]
         latents.append(mean[:, None] + jnp.einsum("skij,srkj->srki", factor, local))
         means.append(mean)
     return jnp.concatenate(means, axis=1), jnp.concatenate(latents, axis=2)
+
+
+def _padded(rows, start: int, chunk: int):
+    """Rows ``start`` to ``start + chunk``, the last repeated to fill a short chunk."""
+    block = rows[start : start + chunk]
+    return np.concatenate([block, np.repeat(block[-1:], chunk - len(block), axis=0)])
 
 
 def _no_simulation(simulation: dict) -> None:
@@ -100,13 +112,14 @@ def _no_simulation(simulation: dict) -> None:
         raise TypeError(f"Simulation options {sorted(simulation)} need drift='neural'.")
 
 
-def stationary_linear(model, row, *, key, num_samples: int, **simulation):
-    """:meth:`LCD.stationary` of the multi-hot targets ``row`` ``[m]``: the exact per-draw
-    mean and covariance."""
+def stationary_linear(model, request, *, key, num_samples: int, **simulation):
+    """:meth:`LCD.stationary` of a :class:`._targets.Request`: the exact per-draw mean and
+    covariance."""
     _no_simulation(simulation)
-    mean, covariance, _ = stationary_laws(
-        model, model.posterior.sample(key, num_samples), row[None]
-    )
+    draw_key, pair_key = jax.random.split(key)
+    draws = model.posterior.sample(draw_key, num_samples)
+    pairs, draws = request_pairs(model, [request.members], draws, pair_key)
+    mean, covariance, _ = stationary_laws(model, draws, request.row[None], pairs=pairs)
     return np.asarray(mean[:, 0]), np.asarray(covariance[:, 0])
 
 
@@ -135,12 +148,14 @@ def predict_linear(
     vectorised call); each cell is a draw of the posterior predictive law."""
     _no_simulation(simulation)
     requests = [perturbation_targets(model, label, allow_prior_only) for label in perturbations]
-    rows, flags, names = (list(column) for column in zip(*requests, strict=True))
+    rows = [request.row for request in requests]
     draw_key, latent_key, size_key, count_key = jax.random.split(key, 4)
     num_draws = min(num_cells, PREDICT_DRAWS)
     repeats = -(-num_cells // num_draws)  # cells per draw, rounded up
     draws = model.posterior.sample(draw_key, num_draws)
-    mean, latent = _latent_draws(model, draws, np.stack(rows), repeats, latent_key)
+    members = [request.members for request in requests]
+    pairs, draws = request_pairs(model, members, draws, jax.random.fold_in(draw_key, 1))
+    mean, latent = _latent_draws(model, draws, np.stack(rows), repeats, latent_key, pairs)
     means = jnp.broadcast_to(mean[:, None], latent.shape)
     log_rate = model.space.decode_draws(latent, means, draws)  # every gene, AnnData order
 
@@ -159,8 +174,8 @@ def predict_linear(
         parameters,
         model.noise,
         model.library_sizes,
-        names,
-        flags,
+        [request.label for request in requests],
+        [request.prior_only for request in requests],
         num_cells,
         model.genes,
         size_key,

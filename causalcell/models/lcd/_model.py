@@ -112,6 +112,7 @@ class LCD(CellWorlds, SavedLCD):
         drift: str = "linear",
         drift_options: dict | None = None,
         noise: str = "negative_binomial",
+        perturbation_targets=None,
         **fit_kwargs,
     ) -> LCD:
         """Register ``adata`` and fit LCD by minibatch SVI with the amortized guide.
@@ -153,8 +154,20 @@ class LCD(CellWorlds, SavedLCD):
         expression: not checked as counts; size factors are ones unless ``size_factor_key``
         names a column; every gene modelled). Neural drift observes counts by the negative
         binomial only.
+
+        ``perturbation_targets`` names the target gene(s) of perturbations that are not genes
+        themselves (guides, reagents, drugs; :func:`causalcell.data.register`). Each
+        (perturbation, target) pair then gets its own intervention parameter around its
+        target's, with a learned spread (:mod:`._pairs`): two reagents may act on one target in
+        opposite directions, two guides to different depths, and an unseen perturbation of a
+        trained target is predicted from that spread (flagged ``prior_only``). Linear drift.
         """
         backend = backend_named(drift)
+        if perturbation_targets is not None and not backend.perturbation_pairs:
+            raise ValueError(
+                f"drift={drift!r} learns one parameter per target gene: perturbation_targets "
+                "needs drift='linear'."
+            )
         observation = noise_model(noise)
         if noise not in backend.noises:
             raise ValueError(f"drift={drift!r} takes noise in {backend.noises}, not {noise!r}.")
@@ -171,6 +184,7 @@ class LCD(CellWorlds, SavedLCD):
             layer=layer,
             size_factor_key=size_factor_key,
             count_data=observation.is_count_model,
+            perturbation_targets=perturbation_targets,
         )
         arrays = to_arrays(adata, registry)
         space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
@@ -305,9 +319,9 @@ class LCD(CellWorlds, SavedLCD):
             ``[num_samples, m]`` and ``[num_samples, m, m]`` over :attr:`coordinates`: the
             modelled genes' log-expression, then the programs (every gene in a full space).
         """
-        row, _, _ = perturbation_targets(self, perturbation, allow_prior_only)
+        request = perturbation_targets(self, perturbation, allow_prior_only)
         return self.backend.stationary(
-            self, row, key=as_key(key), num_samples=num_samples, **simulation
+            self, request, key=as_key(key), num_samples=num_samples, **simulation
         )
 
     def predict(

@@ -167,7 +167,9 @@ def predict_neural(
     ``model`` is the fitted :class:`LCD`; ``dt`` and ``burn_in`` override the time grid.
     """
     requests = [perturbation_targets(model, label, allow_prior_only) for label in perturbations]
-    rows, flags, names = (list(column) for column in zip(*requests, strict=True))
+    rows = [request.row for request in requests]
+    flags = [request.prior_only for request in requests]
+    names = [request.label for request in requests]
     draw_key, latent_key, size_key, count_key = jax.random.split(key, 4)
     draws = model.posterior.sample(draw_key, num_cells)
     dt, burn_in = time_grid(draws, dt, burn_in)
@@ -202,7 +204,7 @@ def predict_neural(
 
 def stationary_neural(
     model,
-    row,
+    request,
     *,
     key,
     num_samples: int,
@@ -225,7 +227,7 @@ def stationary_neural(
     latent = simulate_draws(
         chain_key,
         draws,
-        jnp.asarray(np.asarray(row)[None], jnp.float32),
+        jnp.asarray(np.asarray(request.row)[None], jnp.float32),
         model.prior_mask,
         kind=model.intervention,
         replicates=chains,

@@ -40,15 +40,20 @@ from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
     "BIAS_KINDS",
+    "DEVIATION_SITE",
     "INTERVENTION_KINDS",
     "PARAMETER_SITE",
+    "SPREAD_SITE",
     "ConditionLaws",
+    "Pairs",
     "condition_interventions",
     "condition_laws",
     "condition_shifts",
     "intervention_parameters",
     "lcd_model",
+    "pairs_of",
     "sample_screen_sites",
+    "target_values",
 ]
 
 #: Intervention kinds that move only the bias: the conditions of such a screen share one
@@ -62,6 +67,10 @@ PARAMETER_SITE = {
     "knockdown": "knockdown_strength",
     "knockout": "knockout_depth",
 }
+#: Sites of the perturbation hierarchy (:func:`target_values`): the spread of perturbations of
+#: one target around its parameter, and each (perturbation, target) pair's standard deviation.
+SPREAD_SITE = "perturbation_spread"
+DEVIATION_SITE = "perturbation_deviations"
 
 
 def knockout_rank_of(kind: str, condition_targets) -> int | None:
@@ -86,6 +95,47 @@ def condition_interventions(condition_targets, kind: str, parameters: dict, drif
     )
 
 
+class Pairs(NamedTuple):
+    """Which (perturbation, target) pairs act in each condition: ``weights`` ``[K, E]``
+    (``1 / n`` for each of the ``n`` pairs of a condition that target one coordinate, else 0)
+    and the latent ``coordinates`` ``[E]`` of the pairs' targets. Present when a screen names
+    its perturbations apart from their targets (``Registry.perturbation_targets``)."""
+
+    weights: jax.Array
+    coordinates: jax.Array
+
+    def take(self, conditions) -> Pairs:
+        """The rows of ``conditions`` (an index array)."""
+        return Pairs(self.weights[conditions], self.coordinates)
+
+
+def pairs_of(data: dict) -> Pairs | None:
+    """The :class:`Pairs` of a program's data dict (``pair_weights``, ``pair_coordinates``), or
+    None for a screen whose perturbations are its genes."""
+    if data.get("pair_weights") is None:
+        return None
+    return Pairs(data["pair_weights"], data["pair_coordinates"])
+
+
+def target_values(values, kind: str, pairs: Pairs | None = None):
+    """The unconstrained intervention value of each target: the per-target site ``[m]``, or
+    with ``pairs`` ``[K, m]``: ``mu_j + tau * mean(delta_e)`` over the condition's pairs that
+    target ``j`` (``mu_j`` where none does, e.g. a ``do`` request of the gene itself).
+
+    ``mu`` is the site ``PARAMETER_SITE[kind]``, ``tau`` the ``perturbation_spread`` and
+    ``delta`` the ``perturbation_deviations`` [E] (:func:`sample_screen_sites`): perturbations
+    of one target share ``mu`` and differ by ``tau delta``, so an unseen perturbation of a
+    trained target draws its ``delta`` from the prior (non-centred hierarchical prior)."""
+    value = values[PARAMETER_SITE[kind]]
+    if pairs is None:
+        return value
+    deviation = values[SPREAD_SITE][..., None] * values[DEVIATION_SITE]  # [E]
+    moved = jax.ops.segment_sum(
+        (pairs.weights * deviation).T, pairs.coordinates, num_segments=value.shape[-1]
+    )
+    return value + moved.T
+
+
 def intervention_parameters(kind: str, value, baseline) -> dict:
     """The intervention parameter of ``kind`` from its unconstrained site ``value`` [d]."""
     if kind == "shift":
@@ -95,20 +145,28 @@ def intervention_parameters(kind: str, value, baseline) -> dict:
     return {"level": baseline + value}
 
 
-def sample_screen_sites(genes: int, baseline_prior, intervention: str) -> dict:
+def sample_screen_sites(genes: int, baseline_prior, intervention: str, pairs: int = 0) -> dict:
     """Sample the global sites both LCD programs share, by name: ``baseline`` and ``log_sigma``
-    [d], then the intervention parameter [d] (site ``PARAMETER_SITE[intervention]``).
+    [d], then the intervention parameter [d] (site ``PARAMETER_SITE[intervention]``), and with
+    ``pairs`` (perturbation, target) pairs the hierarchy of :func:`target_values`:
+    ``perturbation_spread ~ HalfNormal(1)`` and ``perturbation_deviations ~ N(0, 1)`` [pairs].
 
     Each program samples its drift's own sites (``log_decay`` included) before these, so both
     keep their site order and hence their seeded draws.
     """
-    return {
+    sites = {
         "baseline": numpyro.sample("baseline", dist.Normal(baseline_prior, 1.5).to_event(1)),
         "log_sigma": numpyro.sample(
             "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
         ),
         PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
     }
+    if pairs:
+        sites[SPREAD_SITE] = numpyro.sample(SPREAD_SITE, dist.HalfNormal(1.0))
+        sites[DEVIATION_SITE] = numpyro.sample(
+            DEVIATION_SITE, dist.Normal(0.0, 1.0).expand([pairs]).to_event(1)
+        )
+    return sites
 
 
 class ConditionLaws(NamedTuple):
@@ -154,7 +212,13 @@ class ConditionLaws(NamedTuple):
 
 
 def condition_laws(
-    values, condition_targets, kind: str, prior_mask=None, explicit=None, knockout_rank=None
+    values,
+    condition_targets,
+    kind: str,
+    prior_mask=None,
+    explicit=None,
+    knockout_rank=None,
+    pairs: Pairs | None = None,
 ) -> ConditionLaws:
     """Drift and the Gaussian stationary law of every condition (:class:`ConditionLaws`), from
     the global sites ``values`` (a dict of one draw).
@@ -170,10 +234,13 @@ def condition_laws(
     ``knockout_rank`` (the most targets of one condition, static), low-rank updates of one
     inverse (:func:`causalcell.diffusion.stationary_moments_of_knockouts`).
     Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised
-    once too.
+    once too. ``pairs`` (rows of the same conditions): each target's parameter is that of
+    the condition's perturbations of it (:func:`target_values`).
     """
     drift = linear_drift_from_sites(values, prior_mask)
-    parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
+    parameters = intervention_parameters(
+        kind, target_values(values, kind, pairs), values["baseline"]
+    )
     sigma = jnp.exp(values["log_sigma"])
     if kind in BIAS_KINDS:
         # Every condition has the same drift matrix and noise: one Lyapunov solve for all.
@@ -222,6 +289,8 @@ def lcd_model(
     loading_scale: float = 1.0,
     coordinates=None,
     knockout_rank: int | None = None,
+    pair_weights=None,
+    pair_coordinates=None,
 ):
     """LCD with linear drift: cells are draws of the intervened stationary law, seen as counts.
 
@@ -273,6 +342,10 @@ def lcd_model(
     knockout_rank
         Most targets of one condition of a knockout screen (static): the conditions' laws then
         come from one inverse and low-rank updates instead of one solve each (same values).
+    pair_weights, pair_coordinates
+        ``[conditions, E]`` and ``[E]`` (:class:`Pairs`): the screen's (perturbation, target)
+        pairs, when its perturbations are named apart from their targets; each pair then gets
+        its own parameter around its target's (:func:`target_values`).
 
     Interventions
     -------------
@@ -290,7 +363,8 @@ def lcd_model(
     Sample sites
     ------------
     Globals: ``drift_weights`` [m, m], ``log_decay``, ``log_scaling``, ``baseline``,
-    ``log_sigma`` [m], the intervention parameter [m], the noise parameters [genes], and with
+    ``log_sigma`` [m], the intervention parameter [m], with pairs ``perturbation_spread`` and
+    ``perturbation_deviations`` [E], the noise parameters [genes], and with
     decoded genes ``decoder_offset`` [decoded], ``decoder_responses``
     [decoded, m - programs] and ``decoder_loadings`` [decoded, m]. Per
     cell (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then
@@ -308,8 +382,9 @@ def lcd_model(
         "drift_weights": raw,
         "log_decay": log_decay,
         "log_scaling": log_scaling,
-        **sample_screen_sites(size, baseline_prior, intervention),
+        **sample_screen_sites(size, baseline_prior, intervention, _count(pair_coordinates)),
     }
+    pairs = pairs_of({"pair_weights": pair_weights, "pair_coordinates": pair_coordinates})
     names = coordinates or [f"coordinate{index}" for index in range(size)]
     explicit, own = intervention_request("genes", names=names, learned=intervention)
     targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
@@ -325,7 +400,13 @@ def lcd_model(
         # Under a fit's condition-by-condition minibatch, only that batch's conditions.
         conditions, slot, covered = batch_strata(condition_index[index], targets.shape[0])
         laws = condition_laws(
-            values, targets[conditions], intervention, mask, explicit, _rank(knockout_rank, own)
+            values,
+            targets[conditions],
+            intervention,
+            mask,
+            explicit,
+            _rank(knockout_rank, own),
+            None if pairs is None else pairs.take(conditions),
         )
         means = laws.means[slot]
         if covered is not None:  # a batch not drawn condition by condition: fail loudly
@@ -351,6 +432,11 @@ def _intervention_site(kind: str, genes: int):
     else:
         prior = dist.Normal(-3.0, 2.0)  # pinned level below the baseline
     return numpyro.sample(PARAMETER_SITE[kind], prior.expand([genes]).to_event(1))
+
+
+def _count(pair_coordinates) -> int:
+    """Number of (perturbation, target) pairs: 0 without them."""
+    return 0 if pair_coordinates is None else int(np.shape(pair_coordinates)[-1])
 
 
 def _rank(knockout_rank, requested):

@@ -49,6 +49,7 @@ from causalcell.handlers import WORLDS, InterventionSpec, learned
 from causalcell.models.lcd._cells import cells_anndata
 from causalcell.models.lcd._counterfactual import counterfactual_counts, counterfactual_latents
 from causalcell.models.lcd._decoder import decode, decoder_from_sites
+from causalcell.models.lcd._pairs import pair_design, pair_weights, request_pairs
 from causalcell.models.lcd._program import condition_laws, lcd_model
 from causalcell.models.lcd._targets import UnseenTargetError, perturbation_targets
 from causalcell.perturbations import canonical_label, parse_perturbation
@@ -99,14 +100,17 @@ def lcd_program(model):
     settings.pop("knockout_rank", None)
     library_sizes = np.asarray(model.library_sizes, np.float32)
 
+    design = pair_design(model.registry, model.coordinates)
+
     def program(num_cells: int = 100, *, perturbation: str = "control", size_factors=None):
-        row, _, _ = perturbation_targets(model, perturbation, allow_prior_only=True)
+        request = perturbation_targets(model, perturbation, allow_prior_only=True)
         if size_factors is None:
             size_factors = np.resize(library_sizes, num_cells)
         return lcd_model(
             None,
             condition_index=jnp.zeros(num_cells, jnp.int32),
-            condition_targets=jnp.asarray(row[None], jnp.float32),
+            condition_targets=jnp.asarray(request.row[None], jnp.float32),
+            **_program_pairs(model, design, request),
             size_factors=jnp.asarray(size_factors, jnp.float32),
             coordinates=model.coordinates,
             **fixed,
@@ -116,12 +120,38 @@ def lcd_program(model):
     return program
 
 
+def _program_pairs(model, design, request) -> dict:
+    """The program's pair data for one query condition: trained perturbations only (the
+    program's deviation site has one entry per trained pair)."""
+    if design is None:
+        return {}
+    if request.prior_only:
+        raise UnseenTargetError(
+            f"{request.label!r} names a perturbation or target no training cell carried; the "
+            "program samples trained pairs only. LCD.predict and LCD.counterfactual draw unseen "
+            "perturbations from the fitted spread."
+        )
+    applied = np.isin(model.registry.perturbations, request.members)[None]
+    return {
+        "pair_weights": jnp.asarray(pair_weights(applied, design, len(model.coordinates))),
+        "pair_coordinates": jnp.asarray(design.coordinate),
+    }
+
+
 def action_request(model, perturbation: str, allow_prior_only: bool = False) -> dict:
     """``{"genes": {gene: learned()}}`` asking ``do`` for the learned intervention (the
     screen's kind) of every target of ``perturbation``; raises :class:`UnseenTargetError` as
-    :meth:`LCD.predict` does."""
-    row, _, _ = perturbation_targets(model, perturbation, allow_prior_only)
-    genes = [gene for gene, hit in zip(model.coordinates, row, strict=False) if hit]
+    :meth:`LCD.predict` does. ``do`` acts on genes: on a screen of perturbations named apart
+    from their targets, a gene's learned intervention is its targets' shared parameter
+    (``mu_j`` of :mod:`._pairs`), so a perturbation of the table is refused here."""
+    request = perturbation_targets(model, perturbation, allow_prior_only)
+    named = [name for name in request.members if name in model.registry.perturbation_targets]
+    if named:
+        raise ValueError(
+            f"{perturbation!r} names perturbations of perturbation_targets ({named}); do() acts "
+            "on genes. Name their target genes, or ask LCD.counterfactual or LCD.predict."
+        )
+    genes = [gene for gene, hit in zip(model.coordinates, request.row, strict=False) if hit]
     return {"genes": {gene: learned() for gene in genes}}
 
 
@@ -150,18 +180,30 @@ def _observed_arrays(model, cells):
 
 
 @functools.partial(jax.jit, static_argnames=("guide", "kind", "modelled", "coupling", "noise"))
-def _all_draws(draws, keys, data, heads, action_rows, prior_mask, **static):
+def _all_draws(draws, keys, data, heads, action_rows, prior_mask, pairs, **static):
     """:func:`_one_draw` for every draw, one at a time (``lax.map``): the memory of one draw's
     cells, not of all draws' at once."""
 
     def one(pair):
-        return _one_draw(pair[0], pair[1], data, heads, action_rows, prior_mask, **static)
+        return _one_draw(pair[0], pair[1], data, heads, action_rows, prior_mask, pairs, **static)
 
     return jax.lax.map(one, (draws, keys))
 
 
 def _one_draw(
-    draw, key, data, heads, action_rows, prior_mask, *, guide, kind, modelled, coupling, noise
+    draw,
+    key,
+    data,
+    heads,
+    action_rows,
+    prior_mask,
+    pairs,
+    *,
+    guide,
+    kind,
+    modelled,
+    coupling,
+    noise,
 ):
     """Latents, log-rates (internal order) and counterfactual counts of every cell, one draw."""
     index = jnp.arange(data["counts"].shape[0])
@@ -180,9 +222,11 @@ def _one_draw(
         prior_mask,
         pair_index=condition,
         latent_scale_tril=law.scale_tril,
+        pairs=pairs,
     )
-    means = condition_laws(draw, factual_rows, kind, prior_mask).means
-    means_cf = condition_laws(draw, action_rows, kind, prior_mask).means
+    factual_pairs, action_pairs = (None, None) if pairs is None else pairs
+    means = condition_laws(draw, factual_rows, kind, prior_mask, pairs=factual_pairs).means
+    means_cf = condition_laws(draw, action_rows, kind, prior_mask, pairs=action_pairs).means
     decoder = decoder_from_sites(draw)
     rate = decode(x, means[condition], draw["baseline"], decoder, modelled)
     rate_cf = decode(x_cf, means_cf[condition], draw["baseline"], decoder, modelled)
@@ -233,12 +277,21 @@ def counterfactual_worlds(
             "(AmortizedGuide(local_posterior=lcd_local_posterior(...))), which this posterior's "
             "guide lacks; refit with LCD.fit."
         )
-    action_row, prior_only, label = perturbation_targets(model, perturbation, allow_prior_only)
+    request = perturbation_targets(model, perturbation, allow_prior_only)
     arrays = _observed_arrays(model, cells)
     factual_rows = np.asarray(posterior.data["condition_targets"], bool)
     action_rows = (
-        factual_rows | action_row if compose else np.broadcast_to(action_row, factual_rows.shape)
+        factual_rows | request.row if compose else np.broadcast_to(request.row, factual_rows.shape)
     )
+    registry = model.registry
+    factual_members = [
+        parse_perturbation(condition, control=registry.control, separator=registry.separator)
+        for condition in registry.conditions
+    ]
+    action_members = [
+        tuple(dict.fromkeys((*members, *request.members))) if compose else request.members
+        for members in factual_members
+    ]
     data = {
         **posterior.data,
         "counts": jnp.asarray(arrays.counts),
@@ -249,6 +302,18 @@ def counterfactual_worlds(
     heads = guide.encoder_heads(posterior.params, data, jnp.arange(arrays.counts.shape[0]))
     draw_key, world_key = jax.random.split(key)
     draws = model.posterior.sample(draw_key, num_samples)
+    # Both worlds' pairs at once, so that they share the draws' deviations.
+    both, draws = request_pairs(
+        model, factual_members + action_members, draws, jax.random.fold_in(draw_key, 1)
+    )
+    pairs = (
+        None
+        if both is None
+        else (
+            both.take(slice(0, len(factual_members))),
+            both.take(slice(len(factual_members), None)),
+        )
+    )
     x, x_cf, rate, rate_cf, counts_cf = _all_draws(
         draws,
         jax.random.split(world_key, num_samples),
@@ -256,6 +321,7 @@ def counterfactual_worlds(
         heads,
         jnp.asarray(action_rows),
         model.prior_mask,
+        pairs,
         guide=guide,
         kind=model.intervention,
         modelled=len(model.modelled_genes),
@@ -264,14 +330,10 @@ def counterfactual_worlds(
     )
     observed = jnp.broadcast_to(data["counts"], counts_cf.shape)
     in_order = model.space.in_gene_order
-    conditions = np.asarray(model.registry.conditions, dtype=object)
+    conditions = np.asarray(registry.conditions, dtype=object)
     labels = [
-        canonical_label(
-            [gene for gene, hit in zip(model.coordinates, targets, strict=False) if hit],
-            control=model.registry.control[0],
-            separator=model.registry.separator,
-        )
-        for targets in action_rows
+        canonical_label(members, control=registry.control[0], separator=registry.separator)
+        for members in action_members
     ]
     return {
         "latent": np.asarray(jnp.stack([x, x_cf], axis=1)),
@@ -281,8 +343,8 @@ def counterfactual_worlds(
         "factual": conditions[arrays.condition_index].astype(str),
         "counterfactual": np.asarray(labels, dtype=object)[arrays.condition_index].astype(str),
         "size_factors": np.asarray(arrays.size_factors),
-        "prior_only": prior_only,
-        "perturbation": label,
+        "prior_only": request.prior_only,
+        "perturbation": request.label,
     }
 
 
