@@ -28,6 +28,8 @@ def fitted(tmp_path_factory):
     adata.write_h5ad(folder / "screen.h5ad")
     adata[~adata.obs["perturbation"].isin(held_out)].copy().write_h5ad(folder / "train.h5ad")
     adata[:40].copy().write_h5ad(folder / "cells.h5ad")
+    pd.DataFrame({"reagent": ["drugX"], "gene": ["G1"]}).to_csv(folder / "columns.csv")
+    pd.DataFrame({"perturbation": ["drugX"], "target": ["G9"]}).to_csv(folder / "unknown.csv")
     arguments = ["fit", str(folder / "train.h5ad"), "--output", str(folder / "model")]
     arguments += ["--steps", "300", "--size-factor-key", "size_factor", "--quiet"]
     assert main(arguments) == 0
@@ -123,6 +125,39 @@ def test_counterfactual_writes_both_worlds_of_each_cell(fitted):
             "obs['perturbation'] or layers['expression']",
         ),
         (["simulate", "--output", "{folder}"], "must end in .h5ad"),
+        (
+            [
+                "fit",
+                "{folder}/train.h5ad",
+                "--output",
+                "{folder}/m",
+                "--perturbation-targets",
+                "{folder}/none.csv",
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "fit",
+                "{folder}/train.h5ad",
+                "--output",
+                "{folder}/m",
+                "--perturbation-targets",
+                "{folder}/columns.csv",
+            ],
+            "needs the columns 'perturbation' and 'target'",
+        ),
+        (
+            [
+                "fit",
+                "{folder}/train.h5ad",
+                "--output",
+                "{folder}/m",
+                "--perturbation-targets",
+                "{folder}/unknown.csv",
+            ],
+            "names targets that are not genes: ['G9']",
+        ),
     ],
 )
 def test_a_mistake_is_one_line_with_exit_code_2(fitted, capsys, arguments, message):

@@ -101,12 +101,28 @@ def _modelled_genes(value: str | None):
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
+def perturbation_table(arguments):
+    """``--perturbation-targets``: the table read (columns ``perturbation`` and ``target``,
+    one row per pair), or None."""
+    if arguments.perturbation_targets is None:
+        return None
+    path = input_file(arguments.perturbation_targets, "perturbation table")
+    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
+    if not {"perturbation", "target"} <= set(table.columns):
+        raise UsageError(
+            f"{path} needs the columns 'perturbation' and 'target' (one row per pair); it has "
+            f"{list(table.columns)}."
+        )
+    return table
+
+
 def _fit(arguments) -> int:
     started = time.perf_counter()
     screen = input_file(arguments.screen, "screen")
     output = LCD.check_folder(arguments.output)
     if arguments.checkpoint is not None:
         output_file(arguments.checkpoint, (".npz",))
+    table = perturbation_table(arguments)
     adata = read_h5ad(screen, "screen", arguments)
     print(f"Read {adata.n_obs} cells x {adata.n_vars} genes from {screen}.")
     model = LCD.fit(
@@ -127,6 +143,7 @@ def _fit(arguments) -> int:
         drift=arguments.drift,
         noise=arguments.noise,
         checkpoint=arguments.checkpoint,
+        perturbation_targets=table,
     )
     model.save(output)
     losses = np.asarray(model.posterior.losses)
@@ -207,7 +224,10 @@ def _evaluate(arguments) -> int:
     screen = read_h5ad(arguments.screen, "screen", arguments)
     predicted = read_h5ad(arguments.predicted, "predictions file")
     registry = register(
-        screen, perturbation_key=arguments.perturbation_key, control=arguments.control
+        screen,
+        perturbation_key=arguments.perturbation_key,
+        control=arguments.control,
+        perturbation_targets=perturbation_table(arguments),
     )
     if list(predicted.var_names) != list(registry.genes):
         raise UsageError(
@@ -259,6 +279,11 @@ def _screen_keys(parser) -> None:
         choices=FORMATS,
         help="map another tool's labels first (scPerturb 'A_B', GEARS 'A+ctrl', guides "
         "'A_2', 'non-targeting'): causalcell.data.read_screen",
+    )
+    parser.add_argument(
+        "--perturbation-targets",
+        help=".csv (or .tsv) with columns perturbation,target naming the target gene(s) of "
+        "perturbations that are not genes (guides, reagents, drugs)",
     )
 
 

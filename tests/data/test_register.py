@@ -208,7 +208,7 @@ def test_from_dict_rejects_other_schema_and_bad_conditions():
     data = Registry(genes=("A",), conditions=("control", "A")).to_dict()
     with pytest.raises(ValueError, match=r"schema_version 99 .* register the AnnData again"):
         Registry.from_dict({**data, "schema_version": 99})
-    with pytest.raises(ValueError, match="'Z' is not a canonical label of genes"):
+    with pytest.raises(ValueError, match="'Z' is not a canonical label of perturbations"):
         Registry.from_dict({**data, "conditions": ["control", "Z"]})
 
 

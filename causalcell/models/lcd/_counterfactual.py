@@ -232,7 +232,7 @@ def counterfactual_latents(
         Optional ``[cells, m, m]`` (or shared ``[m, m]``) lower Cholesky factor of the local
         posterior covariance (the guide's ``scale_tril``), which saves a factorisation per cell.
     pairs
-        Optional ``(factual, action)`` :class:`._program.Pairs` of the two target rows, on a
+        Optional ``(factual, action)`` :class:`._pairs.Pairs` of the two target rows, on a
         screen of perturbations named apart from their targets.
 
     Returns

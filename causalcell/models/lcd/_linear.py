@@ -34,7 +34,7 @@ __all__ = [
 
 def stationary_laws(model, draws: dict, rows, rank_of=None, pairs=None):
     """Per-draw stationary means ``[S, K, m]``, covariances and Cholesky factors of the latent
-    state under the multi-hot targets ``rows`` ``[K, m]`` (and their :class:`._program.Pairs`,
+    state under the multi-hot targets ``rows`` ``[K, m]`` (and their :class:`._pairs.Pairs`,
     on a screen of perturbations named apart from their targets). On a knockout screen the
     laws come from low-rank updates of one inverse (:func:`._program.condition_laws`) whose
     rank is the most targets of one of ``rank_of`` (``rows`` by default: pass all rows when
@@ -116,9 +116,8 @@ def stationary_linear(model, request, *, key, num_samples: int, **simulation):
     """:meth:`LCD.stationary` of a :class:`._targets.Request`: the exact per-draw mean and
     covariance."""
     _no_simulation(simulation)
-    draw_key, pair_key = jax.random.split(key)
-    draws = model.posterior.sample(draw_key, num_samples)
-    pairs, draws = request_pairs(model, [request.members], draws, pair_key)
+    draws = model.posterior.sample(key, num_samples)
+    pairs, draws = request_pairs(model, [request.members], draws, jax.random.fold_in(key, 1))
     mean, covariance, _ = stationary_laws(model, draws, request.row[None], pairs=pairs)
     return np.asarray(mean[:, 0]), np.asarray(covariance[:, 0])
 

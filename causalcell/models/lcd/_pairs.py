@@ -2,7 +2,7 @@
 
 When a screen names its perturbations (guides, reagents, drugs) apart from their target genes
 (``Registry.perturbation_targets``), every pair ``e = (perturbation r, target j)`` gets its own
-intervention parameter ``mu_j + tau delta_e`` (:func:`._program.target_values`): perturbations
+intervention parameter ``mu_j + tau delta_e`` (:func:`pair_values`): perturbations
 of one target share strength through ``mu_j`` and the spread ``tau``, and differ where the data
 say so (PMA activates PKC where G06976 inhibits it; two guides knock a gene down to different
 depths). A condition's parameter of target ``j`` averages those of its perturbations of ``j``.
@@ -25,20 +25,83 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from causalcell.models.lcd._program import DEVIATION_SITE, SPREAD_SITE, Pairs
+import numpyro
+import numpyro.distributions as dist
 
 __all__ = [
+    "DEVIATION_SITE",
+    "SPREAD_SITE",
     "PairDesign",
+    "Pairs",
     "pair_design",
     "pair_start",
+    "pair_values",
     "pair_weights",
+    "pairs_of",
     "query_pairs",
     "request_pairs",
+    "sample_pair_sites",
 ]
 
+#: Sites of the perturbation hierarchy (:func:`pair_values`): the spread of perturbations of
+#: one target around its parameter, and each (perturbation, target) pair's standard deviation.
+SPREAD_SITE = "perturbation_spread"
+DEVIATION_SITE = "perturbation_deviations"
 #: Where the spread ``tau`` of perturbations around their target's parameter starts.
 START_SPREAD = 0.5
+
+
+class Pairs(NamedTuple):
+    """Which (perturbation, target) pairs act in each condition: ``weights`` ``[K, E]``
+    (``1 / n`` for each of the ``n`` pairs of a condition that target one coordinate, else 0)
+    and the latent ``coordinates`` ``[E]`` of the pairs' targets. Present when a screen names
+    its perturbations apart from their targets (``Registry.perturbation_targets``)."""
+
+    weights: jax.Array
+    coordinates: jax.Array
+
+    def take(self, conditions) -> Pairs:
+        """The rows of ``conditions`` (an index array)."""
+        return Pairs(self.weights[conditions], self.coordinates)
+
+
+def pairs_of(data: dict) -> Pairs | None:
+    """The :class:`Pairs` of a program's data dict (``pair_weights``, ``pair_coordinates``), or
+    None for a screen whose perturbations are its genes."""
+    if data.get("pair_weights") is None:
+        return None
+    return Pairs(data["pair_weights"], data["pair_coordinates"])
+
+
+def sample_pair_sites(pairs: int) -> dict:
+    """Sample the hierarchy of ``pairs`` (perturbation, target) pairs by name:
+    ``perturbation_spread ~ HalfNormal(1)`` and ``perturbation_deviations ~ N(0, 1)``
+    ``[pairs]`` (none for no pairs)."""
+    if not pairs:
+        return {}
+    return {
+        SPREAD_SITE: numpyro.sample(SPREAD_SITE, dist.HalfNormal(1.0)),
+        DEVIATION_SITE: numpyro.sample(
+            DEVIATION_SITE, dist.Normal(0.0, 1.0).expand([pairs]).to_event(1)
+        ),
+    }
+
+
+def pair_values(value, values, pairs: Pairs | None):
+    """The per-target value ``value`` ``[m]`` (a site of ``values``, one draw), or with
+    ``pairs`` ``[K, m]``: ``mu_j + tau * mean(delta_e)`` over the condition's pairs that
+    target ``j`` (``mu_j`` where none does, e.g. a ``do`` request of the gene itself).
+
+    Perturbations of one target share ``mu`` and differ by ``tau delta``, so an unseen
+    perturbation of a trained target draws its ``delta`` from the prior (non-centred
+    hierarchical prior)."""
+    if pairs is None:
+        return value
+    deviation = values[SPREAD_SITE][..., None] * values[DEVIATION_SITE]  # [E]
+    moved = jax.ops.segment_sum(
+        (pairs.weights * deviation).T, pairs.coordinates, num_segments=value.shape[-1]
+    )
+    return value + moved.T
 
 
 class PairDesign(NamedTuple):
@@ -70,7 +133,7 @@ def pair_design(registry, coordinates) -> PairDesign | None:
 
 
 def pair_weights(applied, design: PairDesign, size: int) -> np.ndarray:
-    """``[K, E]`` weights of :class:`._program.Pairs` from ``applied`` ``[K, R]`` (row ``k``
+    """``[K, E]`` weights of :class:`Pairs` from ``applied`` ``[K, R]`` (row ``k``
     applies perturbation ``r``): ``1 / n`` for each of the ``n`` applied pairs of a row that
     target one coordinate (of ``size``)."""
     active = np.asarray(applied, bool)[:, design.perturbation]
@@ -99,7 +162,7 @@ def pair_start(pair_values, design: PairDesign, target_start) -> dict:
 
 
 def query_pairs(registry, design: PairDesign, members, coordinates, draws: dict, key):
-    """The :class:`._program.Pairs` of query conditions and the draws they need.
+    """The :class:`Pairs` of query conditions and the draws they need.
 
     ``members``: each query's perturbation names; ``coordinates``: the latent coordinates'
     names. A trained perturbation uses its pairs; any other (a perturbation of the table that

@@ -36,22 +36,19 @@ from causalcell.models.lcd._drift import (
     drift_weight_prior,
     linear_drift_from_sites,
 )
+from causalcell.models.lcd._pairs import Pairs, pair_values, pairs_of, sample_pair_sites
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
     "BIAS_KINDS",
-    "DEVIATION_SITE",
     "INTERVENTION_KINDS",
     "PARAMETER_SITE",
-    "SPREAD_SITE",
     "ConditionLaws",
-    "Pairs",
     "condition_interventions",
     "condition_laws",
     "condition_shifts",
     "intervention_parameters",
     "lcd_model",
-    "pairs_of",
     "sample_screen_sites",
     "target_values",
 ]
@@ -67,10 +64,6 @@ PARAMETER_SITE = {
     "knockdown": "knockdown_strength",
     "knockout": "knockout_depth",
 }
-#: Sites of the perturbation hierarchy (:func:`target_values`): the spread of perturbations of
-#: one target around its parameter, and each (perturbation, target) pair's standard deviation.
-SPREAD_SITE = "perturbation_spread"
-DEVIATION_SITE = "perturbation_deviations"
 
 
 def knockout_rank_of(kind: str, condition_targets) -> int | None:
@@ -95,45 +88,11 @@ def condition_interventions(condition_targets, kind: str, parameters: dict, drif
     )
 
 
-class Pairs(NamedTuple):
-    """Which (perturbation, target) pairs act in each condition: ``weights`` ``[K, E]``
-    (``1 / n`` for each of the ``n`` pairs of a condition that target one coordinate, else 0)
-    and the latent ``coordinates`` ``[E]`` of the pairs' targets. Present when a screen names
-    its perturbations apart from their targets (``Registry.perturbation_targets``)."""
-
-    weights: jax.Array
-    coordinates: jax.Array
-
-    def take(self, conditions) -> Pairs:
-        """The rows of ``conditions`` (an index array)."""
-        return Pairs(self.weights[conditions], self.coordinates)
-
-
-def pairs_of(data: dict) -> Pairs | None:
-    """The :class:`Pairs` of a program's data dict (``pair_weights``, ``pair_coordinates``), or
-    None for a screen whose perturbations are its genes."""
-    if data.get("pair_weights") is None:
-        return None
-    return Pairs(data["pair_weights"], data["pair_coordinates"])
-
-
 def target_values(values, kind: str, pairs: Pairs | None = None):
-    """The unconstrained intervention value of each target: the per-target site ``[m]``, or
-    with ``pairs`` ``[K, m]``: ``mu_j + tau * mean(delta_e)`` over the condition's pairs that
-    target ``j`` (``mu_j`` where none does, e.g. a ``do`` request of the gene itself).
-
-    ``mu`` is the site ``PARAMETER_SITE[kind]``, ``tau`` the ``perturbation_spread`` and
-    ``delta`` the ``perturbation_deviations`` [E] (:func:`sample_screen_sites`): perturbations
-    of one target share ``mu`` and differ by ``tau delta``, so an unseen perturbation of a
-    trained target draws its ``delta`` from the prior (non-centred hierarchical prior)."""
-    value = values[PARAMETER_SITE[kind]]
-    if pairs is None:
-        return value
-    deviation = values[SPREAD_SITE][..., None] * values[DEVIATION_SITE]  # [E]
-    moved = jax.ops.segment_sum(
-        (pairs.weights * deviation).T, pairs.coordinates, num_segments=value.shape[-1]
-    )
-    return value + moved.T
+    """The unconstrained intervention value of each target: the per-target site
+    ``PARAMETER_SITE[kind]`` ``[m]``, or with ``pairs`` that of each condition's perturbations
+    ``[K, m]`` (:func:`._pairs.pair_values`)."""
+    return pair_values(values[PARAMETER_SITE[kind]], values, pairs)
 
 
 def intervention_parameters(kind: str, value, baseline) -> dict:
@@ -161,12 +120,7 @@ def sample_screen_sites(genes: int, baseline_prior, intervention: str, pairs: in
         ),
         PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
     }
-    if pairs:
-        sites[SPREAD_SITE] = numpyro.sample(SPREAD_SITE, dist.HalfNormal(1.0))
-        sites[DEVIATION_SITE] = numpyro.sample(
-            DEVIATION_SITE, dist.Normal(0.0, 1.0).expand([pairs]).to_event(1)
-        )
-    return sites
+    return {**sites, **sample_pair_sites(pairs)}
 
 
 class ConditionLaws(NamedTuple):

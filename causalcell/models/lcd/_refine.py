@@ -247,7 +247,8 @@ def refine_lcd(
     Raises
     ------
     ValueError
-        For neural drift or a reduced gene space, which the collapsed program does not cover.
+        For neural drift, a reduced gene space or perturbations named apart from their
+        targets, which the collapsed program does not cover.
 
     References
     ----------
@@ -259,6 +260,12 @@ def refine_lcd(
             "refine_lcd needs a linear-drift LCD in the full gene space (every gene modelled, "
             "no programs); refit with LCD.fit(..., drift='linear', modelled_genes='all', "
             "programs=0) or keep the SVI posterior."
+        )
+    if model.registry.perturbation_targets:
+        raise ValueError(
+            "refine_lcd's collapsed program learns one parameter per target gene, not per "
+            "(perturbation, target) pair: keep the SVI posterior of a screen fitted with "
+            "perturbation_targets."
         )
     posterior = model.posterior
     draws = posterior.sample(as_key(key), _INITIAL_DRAWS)

@@ -7,12 +7,8 @@ from __future__ import annotations
 import anndata
 
 from causalcell._core.keys import as_key
-from causalcell.models.lcd._worlds import (
-    action_request,
-    counterfactual_worlds,
-    lcd_program,
-    worlds_anndata,
-)
+from causalcell.models.lcd._do_program import action_request, lcd_program
+from causalcell.models.lcd._worlds import counterfactual_worlds, worlds_anndata
 
 __all__ = ["CellWorlds"]
 

@@ -169,6 +169,11 @@ def test_bad_perturbation_tables_are_named(screen):
         LCD.fit(adata, drift="neural", perturbation_targets={"act_G0": "G0"})
 
 
+def test_refine_refuses_a_screen_of_pairs(model):
+    with pytest.raises(ValueError, match="per \\(perturbation, target\\) pair"):
+        model.refine(num_warmup=1, num_samples=1)
+
+
 def test_unknown_perturbations_are_named(model):
     with pytest.raises(UnseenTargetError, match="perturbations of perturbation_targets"):
         model.predict("act_G9", num_cells=10)
