@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Sites of the perturbation hierarchy (:func:`pair_values`): the spread of perturbations of
-#: one target around its parameter, and each (perturbation, target) pair's standard deviation.
+#: one target around its parameter, and each (perturbation, target) pair's standardised deviation.
 SPREAD_SITE = "perturbation_spread"
 DEVIATION_SITE = "perturbation_deviations"
 #: Where the spread ``tau`` of perturbations around their target's parameter starts.
@@ -112,9 +112,6 @@ class PairDesign(NamedTuple):
     perturbation: np.ndarray
     coordinate: np.ndarray
     gene: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.coordinate)
 
 
 def pair_design(registry, coordinates) -> PairDesign | None:
