@@ -107,3 +107,18 @@ def test_causal_questions_notebook_answers_are_right(executed):
     for table in (namespace["mediation_table"], namespace["causation_table"]):
         for quantity, row in table.iterrows():
             assert row["hdi_lower"] <= row["truth"] <= row["hdi_upper"], quantity
+
+
+def test_sachs_notebook_reports_the_split_and_the_network(executed):
+    namespace = executed(NOTEBOOKS / "sachs.ipynb")
+    # PMA's reagent is unseen, its target (PKC) trained through G06976: predicted from the
+    # spread of PKC's reagents, and flagged.
+    assert namespace["prior_only"]
+    table = namespace["held_out_table"]
+    assert set(table.index) == {"LCD (per reagent)", "no change", "same target (G06976)"}
+    assert np.isfinite(table.to_numpy()).all()
+    # Six of eleven molecules targeted: CLIPR identifies no row (each needs ten perturbations).
+    assert namespace["identified"] == 0
+    network = namespace["network_table"]
+    assert network.loc["random", "AUPRC"] == pytest.approx(18 / 110)
+    assert np.isfinite(network.to_numpy()).all()
