@@ -121,4 +121,5 @@ def test_sachs_notebook_reports_the_split_and_the_network(executed):
     assert namespace["identified"] == 0
     network = namespace["network_table"]
     assert network.loc["random", "AUPRC"] == pytest.approx(18 / 110)
-    assert np.isfinite(network.to_numpy()).all()
+    lcd = network.loc[["LCD drift |W|", "LCD drift sign probability"]].to_numpy()
+    assert np.isfinite(lcd).all() and ((lcd >= 0) & (lcd <= 1)).all()
