@@ -102,11 +102,13 @@ def _modelled_genes(value: str | None):
 
 
 def perturbation_table(arguments):
-    """``--perturbation-targets``: the table read (columns ``perturbation`` and ``target``,
-    one row per pair), or None."""
-    if arguments.perturbation_targets is None:
-        return None
-    path = input_file(arguments.perturbation_targets, "perturbation table")
+    """``--perturbation-targets``: the table read from a ``.csv``/``.tsv`` file (columns
+    ``perturbation`` and ``target``, one row per pair), an ``.obs`` column's name (any other
+    value), or None."""
+    value = arguments.perturbation_targets
+    if value is None or Path(value).suffix not in (".csv", ".tsv"):
+        return value
+    path = input_file(value, "perturbation table")
     table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
     if not {"perturbation", "target"} <= set(table.columns):
         raise UsageError(
@@ -282,8 +284,9 @@ def _screen_keys(parser) -> None:
     )
     parser.add_argument(
         "--perturbation-targets",
-        help=".csv (or .tsv) with columns perturbation,target naming the target gene(s) of "
-        "perturbations that are not genes (guides, reagents, drugs)",
+        help="target gene(s) of perturbations that are not genes (guides, reagents, drugs): "
+        "a .csv or .tsv with columns perturbation,target, or an obs column of each cell's "
+        "target(s)",
     )
 
 

@@ -136,6 +136,46 @@ def _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_ke
     )
 
 
+def _targets_from_column(adata, perturbation_key, column, control, separator) -> dict:
+    """The perturbation table read off ``.obs[column]`` (each cell's target gene(s), in
+    label syntax): a single perturbation maps to every target of its cells; the members of a
+    combination that no single names map to its targets in order."""
+    checks.require_key(
+        column, list(adata.obs.columns), where="adata.obs", argument="perturbation_targets"
+    )
+    pairs = adata.obs[[perturbation_key, column]].astype(str).drop_duplicates()
+    parsed = [
+        (
+            parse_perturbation(label, control=control, separator=separator),
+            parse_perturbation(targets, control=control, separator=separator),
+            label,
+            targets,
+        )
+        for label, targets in pairs.itertuples(index=False)
+    ]
+    parsed.sort(key=lambda row: len(row[0]))  # singles first: they name their members' targets
+    table: dict[str, tuple[str, ...]] = {}
+    for members, genes, label, targets in parsed:
+        if not members or (len(members) > 1 and all(member in table for member in members)):
+            continue
+        if len(members) == 1:
+            found = {members[0]: tuple(genes)}
+        elif len(genes) == len(members):
+            found = {member: (gene,) for member, gene in zip(members, genes, strict=True)}
+        else:
+            raise ValueError(
+                f".obs[{column!r}] gives {targets!r} for the combination {label!r}: name one "
+                f"target per member ({len(members)}), joined by {separator!r}, or pass a table."
+            )
+        for member, genes_of in found.items():
+            if table.setdefault(member, genes_of) != genes_of:
+                raise ValueError(
+                    f".obs[{column!r}] gives {member!r} two sets of targets: "
+                    f"{list(table[member])} and {list(genes_of)}."
+                )
+    return {member: genes for member, genes in table.items() if genes != (member,)}
+
+
 def _covariate_column(adata, key: str) -> pd.Series:
     """``adata.obs[key]``, checked for missing (or, if numeric, non-finite) values."""
     column = adata.obs[key]
@@ -211,9 +251,11 @@ def register(
         False only finiteness is checked (for normalised data).
     perturbation_targets
         The target gene(s) of perturbations that are not genes themselves (guides, reagents,
-        drugs): a mapping ``{"PMA": "PKC", "GATA1_2": "GATA1", "drug": ["A", "B"]}`` or a
-        DataFrame with columns ``perturbation`` and ``target``. Label members absent from it
-        must be genes, each perturbing itself (the default for every member).
+        drugs): a mapping ``{"PMA": "PKC", "GATA1_2": "GATA1", "drug": ["A", "B"]}``, a
+        DataFrame with columns ``perturbation`` and ``target``, or the name of an ``.obs``
+        column holding each cell's target(s) in label syntax (``"GATA1"``, ``"A+B"`` for a
+        drug with two targets, or one per member of a combination). Label members absent from
+        it must be genes, each perturbing itself (the default for every member).
     store
         Also write ``registry.to_dict()`` to ``adata.uns["causalcell"]``.
 
@@ -236,6 +278,10 @@ def register(
     covariate_keys = as_tuple(covariate_keys)
     _check_keys(adata, perturbation_key, covariate_keys, size_factor_key)
     genes = checks.gene_names(adata, gene_key)
+    if isinstance(perturbation_targets, str):  # an .obs column of each cell's target(s)
+        perturbation_targets = _targets_from_column(
+            adata, perturbation_key, perturbation_targets, control, separator
+        )
     table = perturbation_table(perturbation_targets, genes, control)
     counts = checks.counts_matrix(adata, layer)
     codes, labels, label_targets = _factorize_labels(adata, perturbation_key, control, separator)

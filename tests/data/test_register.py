@@ -411,3 +411,40 @@ def test_labels_joined_by_another_separator_suggest_it():
     with pytest.raises(ValueError) as error:
         register(make_screen(labels=["control", "A_2", "A", "B", "C", "control", "B"]))
     assert "separator" not in str(error.value)
+
+
+def test_perturbation_targets_from_an_obs_column():
+    """Guides and a two-target drug named in .obs["target"]: singles define each member,
+    a combination of known members adds nothing, an unknown one pairs members in order."""
+    labels = ["control", "GATA1_1", "GATA1_2", "drug", "GATA1_1+drug", "sgA+sgB", "a"]
+    targets = ["control", "GATA1", "GATA1", "a+b", "GATA1+a+b", "a+b", "a"]
+    adata = anndata.AnnData(
+        np.ones((len(labels), 3), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"perturbation": labels, "target": targets},
+            index=[f"c{index}" for index in range(len(labels))],
+        ),
+        var=pd.DataFrame(index=["a", "b", "GATA1"]),
+    )
+    registry = register(adata, perturbation_targets="target")
+    assert registry.perturbation_targets == {
+        "GATA1_1": ("GATA1",),
+        "GATA1_2": ("GATA1",),
+        "drug": ("a", "b"),
+        "sgA": ("a",),
+        "sgB": ("b",),
+    }
+    row = registry.conditions.index("GATA1_1+drug")
+    assert registry.condition_targets[row].tolist() == [True, True, True]
+    conflicting = anndata.AnnData(
+        np.ones((3, 3), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"perturbation": ["control", "g1", "g1"], "target": ["control", "a", "b"]},
+            index=["c0", "c1", "c2"],
+        ),
+        var=pd.DataFrame(index=["a", "b", "GATA1"]),
+    )
+    with pytest.raises(ValueError, match="'g1' two sets of targets"):
+        register(conflicting, perturbation_targets="target")
+    with pytest.raises(KeyError, match="nocolumn"):
+        register(conflicting, perturbation_targets="nocolumn")
