@@ -6,13 +6,15 @@ directory. The namespace is kept, so tests can check the numbers a notebook comp
 """
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
@@ -75,6 +77,21 @@ def test_notebook_is_plain_python(path):
     for index, source in enumerate(cells(path, "code")):
         magics = [line for line in source.splitlines() if line.lstrip().startswith(("%", "!"))]
         assert not magics, f"code cell {index} uses IPython syntax: {magics}"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name)
+def test_rendered_page_holds_the_notebooks_current_code(path):
+    """``docs/notebooks/<name>.md`` (``python docs/render_notebooks.py``) shows this
+    notebook's code cells, in order, exactly: rerun the script after editing a notebook."""
+    page = ROOT / "docs" / "notebooks" / f"{path.stem}.md"
+    assert page.exists(), f"{page} is missing: run python docs/render_notebooks.py {path}"
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith(f"<!-- rendered by docs/render_notebooks.py from notebooks/{path.name}")
+    shown = re.findall(r"^```python\n(.*?)\n```$", text, flags=re.DOTALL | re.MULTILINE)
+    code = [source.strip("\n") for source in cells(path, "code")]
+    assert shown == code, f"{page} is stale: run python docs/render_notebooks.py {path}"
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+        assert (page.parent / image).exists(), image
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name)
