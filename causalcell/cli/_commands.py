@@ -285,8 +285,8 @@ def _screen_keys(parser) -> None:
     parser.add_argument(
         "--perturbation-targets",
         help="target gene(s) of perturbations that are not genes (guides, reagents, drugs): "
-        "a .csv or .tsv with columns perturbation,target, or an obs column of each cell's "
-        "target(s)",
+        "a .csv or .tsv with columns perturbation,target (and optionally kind, where it is not "
+        "--intervention's), or an obs column of each cell's target(s)",
     )
 
 

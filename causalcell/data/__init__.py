@@ -40,7 +40,14 @@ from scipy import sparse
 
 from causalcell.data import _checks as checks
 from causalcell.data._formats import CONTROL_ALIASES, FORMATS, read_screen
-from causalcell.data._registry import Registry, as_tuple, control_labels, perturbation_table
+from causalcell.data._registry import (
+    Registry,
+    as_tuple,
+    control_labels,
+    kind_table,
+    perturbation_table,
+    targets_from_column,
+)
 from causalcell.perturbations import canonical_label, parse_perturbation
 
 __all__ = [
@@ -136,46 +143,6 @@ def _check_targets_are_genes(adata, codes, labels, label_targets, genes, gene_ke
     )
 
 
-def _targets_from_column(adata, perturbation_key, column, control, separator) -> dict:
-    """The perturbation table read off ``.obs[column]`` (each cell's target gene(s), in
-    label syntax): a single perturbation maps to every target of its cells; the members of a
-    combination that no single names map to its targets in order."""
-    checks.require_key(
-        column, list(adata.obs.columns), where="adata.obs", argument="perturbation_targets"
-    )
-    pairs = adata.obs[[perturbation_key, column]].astype(str).drop_duplicates()
-    parsed = [
-        (
-            parse_perturbation(label, control=control, separator=separator),
-            parse_perturbation(targets, control=control, separator=separator),
-            label,
-            targets,
-        )
-        for label, targets in pairs.itertuples(index=False)
-    ]
-    parsed.sort(key=lambda row: len(row[0]))  # singles first: they name their members' targets
-    table: dict[str, tuple[str, ...]] = {}
-    for members, genes, label, targets in parsed:
-        if not members or (len(members) > 1 and all(member in table for member in members)):
-            continue
-        if len(members) == 1:
-            found = {members[0]: tuple(genes)}
-        elif len(genes) == len(members):
-            found = {member: (gene,) for member, gene in zip(members, genes, strict=True)}
-        else:
-            raise ValueError(
-                f".obs[{column!r}] gives {targets!r} for the combination {label!r}: name one "
-                f"target per member ({len(members)}), joined by {separator!r}, or pass a table."
-            )
-        for member, genes_of in found.items():
-            if table.setdefault(member, genes_of) != genes_of:
-                raise ValueError(
-                    f".obs[{column!r}] gives {member!r} two sets of targets: "
-                    f"{list(table[member])} and {list(genes_of)}."
-                )
-    return {member: genes for member, genes in table.items() if genes != (member,)}
-
-
 def _covariate_column(adata, key: str) -> pd.Series:
     """``adata.obs[key]``, checked for missing (or, if numeric, non-finite) values."""
     column = adata.obs[key]
@@ -219,6 +186,7 @@ def register(
     covariate_keys: Iterable[str] = (),
     count_data: bool = True,
     perturbation_targets=None,
+    perturbation_kinds=None,
     store: bool = False,
 ) -> Registry:
     """Check an AnnData screen and return the :class:`Registry` that describes it.
@@ -255,7 +223,12 @@ def register(
         DataFrame with columns ``perturbation`` and ``target``, or the name of an ``.obs``
         column holding each cell's target(s) in label syntax (``"GATA1"``, ``"A+B"`` for a
         drug with two targets, or one per member of a combination). Label members absent from
-        it must be genes, each perturbing itself (the default for every member).
+        it must be genes, each perturbing itself (the default for every member). A DataFrame
+        may also have a ``kind`` column, read into ``perturbation_kinds``.
+    perturbation_kinds
+        The intervention kind (``"shift"``, ``"knockdown"``, ``"knockout"``) of perturbations
+        whose kind is not the model's default, e.g. ``{"sgGATA1": "knockout"}`` in a CRISPRi
+        screen.
     store
         Also write ``registry.to_dict()`` to ``adata.uns["causalcell"]``.
 
@@ -279,9 +252,13 @@ def register(
     _check_keys(adata, perturbation_key, covariate_keys, size_factor_key)
     genes = checks.gene_names(adata, gene_key)
     if isinstance(perturbation_targets, str):  # an .obs column of each cell's target(s)
-        perturbation_targets = _targets_from_column(
+        perturbation_targets = targets_from_column(
             adata, perturbation_key, perturbation_targets, control, separator
         )
+    kinds = dict(kind_table(perturbation_kinds))
+    if isinstance(perturbation_targets, pd.DataFrame) and "kind" in perturbation_targets:
+        column = perturbation_targets.dropna(subset=["kind"])
+        kinds = {**kind_table(dict(zip(column["perturbation"], column["kind"]))), **kinds}
     table = perturbation_table(perturbation_targets, genes, control)
     counts = checks.counts_matrix(adata, layer)
     codes, labels, label_targets = _factorize_labels(adata, perturbation_key, control, separator)
@@ -310,6 +287,7 @@ def register(
         conditions=tuple(dict.fromkeys([control[0], *canonical])),
         covariate_categories=covariate_categories,
         perturbation_targets=table,
+        perturbation_kinds=kinds,
     )
     if store:
         adata.uns[UNS_KEY] = registry.to_dict()

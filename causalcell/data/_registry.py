@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from causalcell.data import _checks as checks
+from causalcell.interventions import INTERVENTION_KINDS
 from causalcell.perturbations import canonical_label, parse_perturbation
 
 #: Version of the ``Registry.to_dict`` layout; bumped when it changes incompatibly.
@@ -103,6 +105,76 @@ def perturbation_table(table, genes, control=()) -> dict[str, tuple[str, ...]]:
     return result
 
 
+def kind_table(kinds) -> dict[str, str]:
+    """``{perturbation: kind}`` from a mapping (or None), each kind one of
+    :data:`causalcell.interventions.INTERVENTION_KINDS`.
+
+    Raises
+    ------
+    TypeError
+        For another kind of table.
+    ValueError
+        For an unknown kind.
+    """
+    if kinds is None:
+        return {}
+    if not isinstance(kinds, Mapping):
+        raise TypeError(
+            "perturbation_kinds must map perturbations to kinds, e.g. {'sgGATA1': 'knockout'}; "
+            f"got {type(kinds).__name__}."
+        )
+    result = {
+        str(name): str(kind.item() if hasattr(kind, "item") else kind)
+        for name, kind in kinds.items()
+    }
+    unknown = {name: kind for name, kind in result.items() if kind not in INTERVENTION_KINDS}
+    if unknown:
+        raise ValueError(
+            f"perturbation_kinds names unknown kinds {unknown}; use {INTERVENTION_KINDS}."
+        )
+    return result
+
+
+def targets_from_column(adata, perturbation_key, column, control, separator) -> dict:
+    """The perturbation table read off ``.obs[column]`` (each cell's target gene(s), in
+    label syntax): a single perturbation maps to every target of its cells; the members of a
+    combination that no single names map to its targets in order."""
+    checks.require_key(
+        column, list(adata.obs.columns), where="adata.obs", argument="perturbation_targets"
+    )
+    pairs = adata.obs[[perturbation_key, column]].astype(str).drop_duplicates()
+    parsed = [
+        (
+            parse_perturbation(label, control=control, separator=separator),
+            parse_perturbation(targets, control=control, separator=separator),
+            label,
+            targets,
+        )
+        for label, targets in pairs.itertuples(index=False)
+    ]
+    parsed.sort(key=lambda row: len(row[0]))  # singles first: they name their members' targets
+    table: dict[str, tuple[str, ...]] = {}
+    for members, genes, label, targets in parsed:
+        if not members or (len(members) > 1 and all(member in table for member in members)):
+            continue
+        if len(members) == 1:
+            found = {members[0]: tuple(genes)}
+        elif len(genes) == len(members):
+            found = {member: (gene,) for member, gene in zip(members, genes, strict=True)}
+        else:
+            raise ValueError(
+                f".obs[{column!r}] gives {targets!r} for the combination {label!r}: name one "
+                f"target per member ({len(members)}), joined by {separator!r}, or pass a table."
+            )
+        for member, genes_of in found.items():
+            if table.setdefault(member, genes_of) != genes_of:
+                raise ValueError(
+                    f".obs[{column!r}] gives {member!r} two sets of targets: "
+                    f"{list(table[member])} and {list(genes_of)}."
+                )
+    return {member: genes for member, genes in table.items() if genes != (member,)}
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Registry:
     """Where an AnnData keeps each piece of a screen, and the vocabularies found in it.
@@ -127,6 +199,10 @@ class Registry:
         The target genes of each named perturbation (a guide, reagent or drug) that is not
         itself a gene: ``{"PMA": ("PKC",), "GATA1_2": ("GATA1",)}``. A label's members are
         perturbations; a member absent from this table is a gene perturbed by itself.
+    perturbation_kinds
+        The intervention kind of perturbations whose kind is not the screen's
+        (``{"sgGATA1": "knockout"}`` in a CRISPRi screen); a model's default applies to the
+        others.
     condition_targets
         Read-only bool ``[P, d]``; ``condition_targets[p, g]`` iff condition ``p`` targets gene
         ``g``.
@@ -152,6 +228,7 @@ class Registry:
     conditions: tuple[str, ...]
     covariate_categories: dict[str, tuple] = field(default_factory=dict)
     perturbation_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    perturbation_kinds: dict[str, str] = field(default_factory=dict)
     condition_targets: np.ndarray = field(init=False, repr=False)
     targets: tuple[str, ...] = field(init=False)
     perturbations: tuple[str, ...] = field(init=False, repr=False)
@@ -176,6 +253,7 @@ class Registry:
             raise ValueError("covariate_categories names covariates missing from covariate_keys.")
         table = perturbation_table(self.perturbation_targets, self.genes, self.control)
         assign("perturbation_targets", table)
+        assign("perturbation_kinds", kind_table(self.perturbation_kinds))
         column = {gene: index for index, gene in enumerate(self.genes)}  # gene -> column
         members = []
         for label in self.conditions:
@@ -235,6 +313,7 @@ class Registry:
         data["perturbation_targets"] = {
             key: list(values) for key, values in self.perturbation_targets.items()
         }
+        data["perturbation_kinds"] = dict(self.perturbation_kinds)
         return data
 
     @classmethod

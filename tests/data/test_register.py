@@ -448,3 +448,27 @@ def test_perturbation_targets_from_an_obs_column():
         register(conflicting, perturbation_targets="target")
     with pytest.raises(KeyError, match="nocolumn"):
         register(conflicting, perturbation_targets="nocolumn")
+
+
+def test_perturbation_kinds_from_a_mapping_or_a_kind_column():
+    adata = anndata.AnnData(
+        np.ones((3, 2), dtype=np.float32),
+        obs=pd.DataFrame({"perturbation": ["control", "ko_a", "kd_a"]}, index=["c0", "c1", "c2"]),
+        var=pd.DataFrame(index=["a", "b"]),
+    )
+    table = pd.DataFrame(
+        {"perturbation": ["ko_a", "kd_a"], "target": ["a", "a"], "kind": ["knockout", None]}
+    )
+    registry = register(adata, perturbation_targets=table)
+    assert registry.perturbation_kinds == {"ko_a": "knockout"}
+    assert Registry.from_dict(registry.to_dict()) == registry
+    registry = register(
+        adata, perturbation_targets={"ko_a": "a", "kd_a": "a"}, perturbation_kinds={"kd_a": "shift"}
+    )
+    assert registry.perturbation_kinds == {"kd_a": "shift"}
+    with pytest.raises(ValueError, match="unknown kinds"):
+        register(
+            adata,
+            perturbation_targets={"ko_a": "a", "kd_a": "a"},
+            perturbation_kinds={"ko_a": "ko"},
+        )

@@ -63,12 +63,8 @@ from causalcell.diffusion import (
 )
 from causalcell.interventions import Intervention
 from causalcell.models.lcd._drift import linear_drift_from_sites
-from causalcell.models.lcd._program import (
-    PARAMETER_SITE,
-    condition_interventions,
-    intervention_parameters,
-    target_values,
-)
+from causalcell.models.lcd._kinds import condition_interventions
+from causalcell.models.lcd._pairs import screen_kinds
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = [
@@ -240,15 +236,12 @@ def counterfactual_latents(
     factual, counterfactual
         ``[cells, m]`` each: ``x`` drawn from the local posterior and ``x'`` from ``x' | x``.
     """
-    if kind not in PARAMETER_SITE:
-        raise ValueError(f"kind must be one of {tuple(PARAMETER_SITE)}, got {kind!r}.")
+    screen_kinds(kind)  # raises for an unknown kind
     drift = linear_drift_from_sites(values, prior_mask)
     factual_pairs, action_pairs = (None, None) if pairs is None else pairs
 
     def interventions(targets, rows):
-        value = target_values(values, kind, rows)
-        parameters = intervention_parameters(kind, value, values["baseline"])
-        return condition_interventions(jnp.atleast_2d(targets), kind, parameters, drift)
+        return condition_interventions(jnp.atleast_2d(targets), kind, values, drift, rows)
 
     factual = interventions(factual_targets, factual_pairs)
     action = interventions(action_targets, action_pairs)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalcell.handlers import learned
-from causalcell.models.lcd._pairs import pair_design, pair_weights
+from causalcell.models.lcd._pairs import pair_design, screen_kinds
 from causalcell.models.lcd._program import lcd_model
 from causalcell.models.lcd._targets import UnseenTargetError, perturbation_targets
 
@@ -55,7 +55,7 @@ def lcd_program(model):
     settings.pop("knockout_rank", None)
     library_sizes = np.asarray(model.library_sizes, np.float32)
 
-    design = pair_design(model.registry, model.coordinates)
+    design = pair_design(model.registry, model.coordinates, screen_kinds(model.intervention)[0])
 
     def program(num_cells: int = 100, *, perturbation: str = "control", size_factors=None):
         request = perturbation_targets(model, perturbation, allow_prior_only=True)
@@ -86,10 +86,11 @@ def _program_pairs(model, design, request) -> dict:
             "program samples trained pairs only. LCD.predict and LCD.counterfactual draw unseen "
             "perturbations from the fitted spread."
         )
-    applied = np.isin(model.registry.perturbations, request.members)[None]
+    pairs = design.pairs(np.isin(model.registry.perturbations, request.members)[None])
     return {
-        "pair_weights": jnp.asarray(pair_weights(applied, design, len(model.coordinates))),
-        "pair_coordinates": jnp.asarray(design.coordinate),
+        "pair_active": pairs.active,
+        "pair_coordinates": pairs.coordinates,
+        "pair_kinds": pairs.kinds,
     }
 
 

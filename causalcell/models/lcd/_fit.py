@@ -4,7 +4,6 @@ starts, the encoder's inputs, and the SVI call of linear drift (neural drift: :m
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -13,19 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from causalcell._core.overdispersion import split_overdispersion
-from causalcell.clipr import IllConditionedResponsesWarning, NotIdentifiedWarning, direct_effects
 from causalcell.inference import AmortizedGuide, Posterior, Strata, default_encoder_inputs, fit
-from causalcell.metrics import pseudobulk
 from causalcell.models.lcd._decoder import DECODER_SITES
-from causalcell.models.lcd._drift import raw_weights_of
 from causalcell.models.lcd._guide import lcd_local_posterior
-from causalcell.models.lcd._pairs import pair_design, pair_start, pair_weights
-from causalcell.models.lcd._program import (
-    BIAS_KINDS,
-    PARAMETER_SITE,
-    knockout_rank_of,
-    lcd_model,
+from causalcell.models.lcd._kinds import BIAS_KINDS, knockout_rank_of
+from causalcell.models.lcd._pairs import pair_design, screen_kinds
+from causalcell.models.lcd._program import lcd_model
+from causalcell.models.lcd._start import (
+    condition_means,
+    condition_rates,
+    initial_drift,
+    initial_values,
+    noise_split,
+    pair_starts,
 )
 from causalcell.noise import (
     Gaussian,
@@ -41,15 +40,10 @@ __all__ = [
     "SviProblem",
     "check_condition_batch",
     "condition_encoder_inputs",
-    "condition_means",
-    "condition_rates",
     "condition_strata",
     "fit_options",
-    "initial_drift",
-    "initial_values",
     "linear_problem",
     "noise_model",
-    "noise_split",
     "prepare_screen",
     "screen_data",
 ]
@@ -123,7 +117,7 @@ def prepare_screen(
     coordinates and the condition rates, from the registered screen's ``arrays`` in
     ``space``'s gene order, observed through ``noise``."""
     rates = condition_rates(arrays, noise)  # once per fit: the start and the guide's messages
-    design = pair_design(registry, space.coordinates)
+    design = pair_design(registry, space.coordinates, screen_kinds(intervention)[0])
     data, start, prior_mask = screen_data(
         arrays, rates, space, intervention, prior_mask, noise, design, registry
     )
@@ -191,87 +185,6 @@ def fit_options(arrays, num_steps, learning_rate, batch_size, condition_batch) -
     }
 
 
-def condition_means(values, arrays) -> np.ndarray:
-    """Mean of ``values`` [cells, d] over the cells of each condition, in registry order."""
-    bulk = pseudobulk(values, arrays.condition_index)
-    order = [bulk.index_of(str(condition)) for condition in range(len(arrays.condition_targets))]
-    return bulk.means[order].astype(np.float32)
-
-
-def condition_rates(arrays, noise: NoiseModel = NOISE_MODELS["negative_binomial"]) -> np.ndarray:
-    """Mean of ``counts / size_factors`` over the cells of each condition ``[P, d]``; for
-    continuous data on a log scale, ``e`` to the condition mean of ``y - log l`` (the log of
-    either is the condition's level)."""
-    if noise.is_count_model:
-        return condition_means(arrays.counts / arrays.size_factors[:, None], arrays)
-    values = arrays.counts - np.log(arrays.size_factors)[:, None]
-    return np.exp(condition_means(values, arrays))
-
-
-def initial_values(rates, condition_targets, intervention: str, latent_variance) -> dict:
-    """Where the global guide starts: control baseline and per-target effects from pseudobulk.
-
-    Log mean fractions per condition (``rates``, :func:`condition_rates`), less half the genes'
-    ``latent_variance`` (a lognormal rate's mean is ``e^(mu + v / 2)``), give the control
-    baseline and, for each target, the mean change of its own level over the conditions that
-    carry it (shift effect, knockout depth, or the knockdown strength whose ``-softplus`` is
-    that change).
-    """
-    levels = np.log(rates + 1e-6) - 0.5 * latent_variance
-    control = levels[0]
-    targets = np.asarray(condition_targets, bool)
-    carried = np.maximum(targets.sum(axis=0), 1)
-    change = ((levels - control) * targets).sum(axis=0) / carried
-    values = {"baseline": control.astype(np.float32)}
-    if intervention == "shift":
-        values["intervention_effect"] = change
-    elif intervention == "knockout":
-        values["knockout_depth"] = np.minimum(change, -0.1)
-    else:
-        strength = np.maximum(-change, 0.05)
-        values["knockdown_strength"] = np.log(np.expm1(strength))
-    return {name: np.asarray(value, np.float32) for name, value in values.items()}
-
-
-def initial_drift(rates, condition_targets, intervention: str, space, prior_mask) -> dict:
-    """Where the drift's raw weights and log-scalings start on a shift or knockdown screen:
-    closed-form CLIPR of the pseudobulk responses, denoised (empty on knockout screens).
-
-    Under a bias intervention the change of the log mean rates is ``-A^{-1} e_j delta_j``, so
-    :func:`causalcell.clipr.direct_effects` of the single targets' responses estimates every
-    direct effect onto and from a perturbed gene (the rest start at zero). Entries below twice
-    the noise level (1.4826 times the median absolute entry, a robust scale when most
-    entries are zero) are soft-thresholded to zero; :func:`._drift.raw_weights_of` maps the
-    rest into the dominance set. Starting at zero instead, SVI left weak true edges in the
-    prior's spike at zero. ``rates`` are :func:`condition_rates`, ``condition_targets`` the
-    screen's ``[P, genes]``, ``space`` its gene space, ``prior_mask`` in latent coordinates.
-    """
-    if intervention not in BIAS_KINDS:
-        return {}
-    levels = np.log(rates + 1e-6)
-    targets = np.asarray(condition_targets, bool)
-    single = np.flatnonzero(targets.sum(axis=-1) == 1)
-    genes, first = np.unique(targets[single].argmax(axis=-1), return_index=True)
-    single = single[first]
-    latent_size, modelled = space.latent_size, len(space.modelled)  # modelled genes lead
-    effects = np.zeros((latent_size, latent_size))
-    if single.size:
-        responses = (levels[single, :modelled] - levels[0, :modelled]).T
-        with warnings.catch_warnings():  # a poor start is still a start
-            warnings.simplefilter("ignore", IllConditionedResponsesWarning)
-            warnings.simplefilter("ignore", NotIdentifiedWarning)
-            estimate = direct_effects(responses, targets=genes)
-        effects[:modelled, :modelled] = np.nan_to_num(estimate.mean)
-    off = ~np.eye(latent_size, dtype=bool)
-    entries = np.abs(effects[:modelled, :modelled][off[:modelled, :modelled]])
-    noise = 1.4826 * np.median(entries) if entries.size else 0.0  # one gene: no entry
-    effects = np.sign(effects) * np.maximum(np.abs(effects) - 2.0 * noise, 0.0) * off
-    if prior_mask is not None:
-        effects = effects * np.asarray(prior_mask)
-    raw, log_scaling = raw_weights_of(effects)
-    return {"drift_weights": raw, "log_scaling": log_scaling}
-
-
 def screen_data(
     arrays,
     rates,
@@ -285,23 +198,21 @@ def screen_data(
     """The program's data (internal gene order, latent coordinates), where the global guide
     starts, and the prior mask in latent coordinates (``None`` stays ``None``); ``rates`` are
     :func:`condition_rates`. With a :class:`._pairs.PairDesign` (and its ``registry``), the
-    pairs' weights and coordinates, and their deviations' start from each pair's own
-    pseudobulk change."""
+    pairs (active in each condition, coordinates, kinds) and where they start
+    (:func:`pair_starts`)."""
     latent_variance, noise_start = noise_split(arrays, rates, noise)
-    values = initial_values(rates, arrays.condition_targets, intervention, latent_variance)
+    values = {}
+    for kind in screen_kinds(intervention):  # the baseline is the same for every kind
+        values.update(initial_values(rates, arrays.condition_targets, kind, latent_variance))
     start = {**space.latent_values(values, arrays), **noise_start}
     pair_data = {}
     if design is not None:
-        active = np.asarray(registry.condition_perturbations)[:, design.perturbation]
-        columns = design.coordinate  # modelled genes lead the internal gene order
-        own = initial_values(rates[:, columns], active, intervention, latent_variance[columns])
-        site = PARAMETER_SITE[intervention]
-        start.update(pair_start(own[site], design, start[site]))
+        pairs = design.pairs(registry.condition_perturbations)
+        start.update(pair_starts(rates, latent_variance, design, pairs, start))
         pair_data = {
-            "pair_weights": pair_weights(
-                registry.condition_perturbations, design, space.latent_size
-            ),
+            "pair_active": np.asarray(pairs.active),
             "pair_coordinates": design.coordinate,
+            "pair_kinds": design.kind,
         }
     data = {
         "counts": arrays.counts,
@@ -318,33 +229,6 @@ def screen_data(
     if prior_mask is not None:
         data["prior_mask"] = prior_mask
     return data, start, prior_mask
-
-
-def noise_split(arrays, rates, noise: NoiseModel) -> tuple[np.ndarray, dict]:
-    """Each gene's start of latent variance (of its log-rate, within a condition) and of the
-    noise parameters: the split of its variance between the two.
-
-    Negative binomials (zero-inflated too) take the split of the count variance that maximises
-    the exact lognormal-negative-binomial marginal likelihood
-    (:mod:`causalcell._core.overdispersion`; every gene's, modelled or decoded: the fit does
-    not leave a start away from it); Poisson's latent variance is the whole log excess over
-    Poisson variance, the same split's total.
-    Continuous data give the latent and the Gaussian noise half of each gene's pooled
-    within-condition variance each; its latent variance is not subtracted from the levels
-    (a Gaussian's mean is not a lognormal's).
-    """
-    if not noise.is_count_model:
-        residual = arrays.counts - condition_means(arrays.counts, arrays)[arrays.condition_index]
-        scale = np.sqrt(0.5 * np.maximum(residual.var(axis=0), 1e-6))
-        return np.zeros(arrays.counts.shape[1]), {
-            noise.site_name("scale"): scale.astype(np.float32)
-        }
-    concentration, variance = split_overdispersion(
-        arrays.counts, arrays.size_factors, arrays.condition_index, rates
-    )
-    if "concentration" not in noise.parameter_names:  # Poisson: the split's total log excess
-        return variance + np.log1p(1.0 / concentration), {}
-    return variance, {noise.site_name("concentration"): concentration.astype(np.float32)}
 
 
 def condition_encoder_inputs(conditions: int, count_data: bool = True):
@@ -377,7 +261,8 @@ def linear_problem(screen: PreparedScreen, settings: dict) -> SviProblem:
     update_rank = knockout_rank_of(intervention, arrays.condition_targets)
     rates = screen.rates
     pooled = None
-    if intervention in BIAS_KINDS and space.latent_size > SHARED_MESSAGES_ABOVE:
+    bias_only = set(screen_kinds(intervention)) <= set(BIAS_KINDS)
+    if bias_only and space.latent_size > SHARED_MESSAGES_ABOVE:
         pooled = arrays.counts.mean(axis=0)  # float32 [genes], dense
     return SviProblem(
         lcd_model,

@@ -48,7 +48,8 @@ from causalcell._core.gaussian import MultivariateNormal
 from causalcell._core.linalg import covariance_factor
 from causalcell.inference import batch_strata
 from causalcell.models.lcd._decoder import decoded_offsets, decoder_from_sites
-from causalcell.models.lcd._program import condition_laws, pairs_of
+from causalcell.models.lcd._pairs import pairs_of
+from causalcell.models.lcd._program import condition_laws
 from causalcell.noise import NegativeBinomial, NoiseModel
 
 __all__ = ["lcd_local_posterior", "linearised_mean", "message_mean", "message_precision"]

@@ -15,11 +15,9 @@ from causalcell.clipr import linear_responses
 from causalcell.models.lcd._cells import generated_cells
 from causalcell.models.lcd._drift import linear_drift_from_sites
 from causalcell.models.lcd._gene_space import reduce_programs
+from causalcell.models.lcd._kinds import knockout_rank_of
 from causalcell.models.lcd._pairs import request_pairs
-from causalcell.models.lcd._program import (
-    condition_laws,
-    knockout_rank_of,
-)
+from causalcell.models.lcd._program import condition_laws
 from causalcell.models.lcd._targets import perturbation_targets
 
 __all__ = [
@@ -90,7 +88,7 @@ def _latent_draws(model, draws: dict, rows: np.ndarray, repeats: int, key, pairs
     for start in range(0, count, chunk):
         block = _padded(rows, start, chunk)
         block_pairs = (
-            None if pairs is None else pairs._replace(weights=_padded(pairs.weights, start, chunk))
+            None if pairs is None else pairs._replace(active=_padded(pairs.active, start, chunk))
         )
         mean, _, factor = stationary_laws(model, draws, block, rows, block_pairs)  # [S, k, m(, m)]
         kept = min(chunk, count - start)

@@ -24,6 +24,7 @@ from causalcell.models.lcd._fit import (
     prepare_screen,
 )
 from causalcell.models.lcd._gene_space import GeneSpace, choose_gene_space
+from causalcell.models.lcd._pairs import kind_spec, screen_kinds
 from causalcell.models.lcd._refine import refine_lcd
 from causalcell.models.lcd._targets import effect_columns, perturbation_labels, perturbation_targets
 from causalcell.models.lcd._world_queries import CellWorlds
@@ -46,7 +47,9 @@ class LCD(CellWorlds, SavedLCD):
     registry
         The :class:`causalcell.data.Registry` of the training AnnData.
     intervention
-        The screen's intervention kind.
+        The screen's intervention kind (``"shift"``, ``"knockdown"``, ``"knockout"``), or its
+        kinds joined by ``"|"`` when perturbations have their own (``"knockdown|knockout"``;
+        the first is the default).
     space
         The :class:`._gene_space.GeneSpace`: modelled genes and number of programs.
     backend
@@ -113,6 +116,7 @@ class LCD(CellWorlds, SavedLCD):
         drift_options: dict | None = None,
         noise: str = "negative_binomial",
         perturbation_targets=None,
+        perturbation_kinds=None,
         **fit_kwargs,
     ) -> LCD:
         """Register ``adata`` and fit LCD by minibatch SVI with the amortized guide.
@@ -161,12 +165,19 @@ class LCD(CellWorlds, SavedLCD):
         target's, with a learned spread (:mod:`._pairs`): two reagents may act on one target in
         opposite directions, two guides to different depths, and an unseen perturbation of a
         trained target is predicted from that spread (flagged ``prior_only``). Linear drift.
+
+        ``perturbation_kinds`` gives perturbations a kind other than ``intervention`` (which
+        stays the default, of genes named directly and of ``do`` requests), e.g.
+        ``{"sgGATA1": "knockout"}`` in a CRISPRi screen; each kind has its own per-target
+        parameter, and :attr:`intervention` joins the screen's kinds (``"knockdown|knockout"``).
         """
         backend = backend_named(drift)
-        if perturbation_targets is not None and not backend.perturbation_pairs:
+        screen_kinds(intervention)  # an unknown kind raises before any work
+        named = perturbation_targets is not None or perturbation_kinds is not None
+        if named and not backend.perturbation_pairs:
             raise ValueError(
                 f"drift={drift!r} learns one parameter per target gene: perturbation_targets "
-                "needs drift='linear'."
+                "and perturbation_kinds need drift='linear'."
             )
         observation = noise_model(noise)
         if noise not in backend.noises:
@@ -185,7 +196,10 @@ class LCD(CellWorlds, SavedLCD):
             size_factor_key=size_factor_key,
             count_data=observation.is_count_model,
             perturbation_targets=perturbation_targets,
+            perturbation_kinds=perturbation_kinds,
         )
+        kinds = registry.perturbation_kinds  # of the perturbations the cells carry
+        intervention = kind_spec(intervention, [kinds.get(name) for name in registry.perturbations])
         arrays = to_arrays(adata, registry)
         space = choose_gene_space(arrays, registry.targets, modelled_genes, programs)
         if not (observation.is_count_model or space.is_full):

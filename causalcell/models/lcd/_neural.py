@@ -51,12 +51,8 @@ from causalcell._core.errors import CausalcellWarning
 from causalcell.clipr import linearized_responses
 from causalcell.diffusion import NeuralDrift, UnstableDriftError, simulate_chains
 from causalcell.models.lcd._cells import generated_cells
+from causalcell.models.lcd._kinds import condition_interventions
 from causalcell.models.lcd._neural_program import neural_drift_from_sites
-from causalcell.models.lcd._program import (
-    PARAMETER_SITE,
-    condition_interventions,
-    intervention_parameters,
-)
 from causalcell.models.lcd._targets import perturbation_targets
 
 __all__ = [
@@ -125,9 +121,7 @@ def simulate_draws(key, draws, targets, prior_mask, *, kind, replicates, dt, bur
     drifts = jax.vmap(neural_drift_from_sites, in_axes=(0, None))(draws, prior_mask)
 
     def rows_of(sites, drift):
-        value = sites[PARAMETER_SITE[kind]]
-        parameters = intervention_parameters(kind, value, sites["baseline"])
-        return condition_interventions(targets, kind, parameters, drift)
+        return condition_interventions(targets, kind, sites, drift)
 
     rows = jax.vmap(rows_of)(draws, drifts)  # fields [S, P, d]
     rows = rows._replace(noise_scale=rows.noise_scale * jnp.exp(draws["log_sigma"])[:, None])

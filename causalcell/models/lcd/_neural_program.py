@@ -27,11 +27,9 @@ import numpyro
 import numpyro.distributions as dist
 
 from causalcell.diffusion import NeuralDrift, intervene, kds
-from causalcell.models.lcd._program import (
+from causalcell.models.lcd._kinds import (
     INTERVENTION_KINDS,
-    PARAMETER_SITE,
     condition_interventions,
-    intervention_parameters,
     sample_screen_sites,
 )
 from causalcell.noise import NegativeBinomial, NoiseModel
@@ -317,10 +315,7 @@ def _scaled_kds(
     under each condition's intervened drift (see :func:`lcd_neural_model`, Notes)."""
     num_conditions = condition_targets.shape[0]
     drift = neural_drift_from_sites(sites, prior_mask)
-    parameters = intervention_parameters(
-        intervention, sites[PARAMETER_SITE[intervention]], sites["baseline"]
-    )
-    interventions = condition_interventions(condition_targets, intervention, parameters, drift)
+    interventions = condition_interventions(condition_targets, intervention, sites, drift)
     sigma = jnp.exp(sites["log_sigma"])
     # jnp indexing: a knockout mask may be a NumPy constant (Intervention.identity).
     rows = jax.tree_util.tree_map(lambda field: jnp.asarray(field)[condition], interventions)

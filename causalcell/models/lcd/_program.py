@@ -28,7 +28,7 @@ from causalcell.diffusion import (
 )
 from causalcell.handlers import intervention as intervention_request
 from causalcell.inference import batch_strata
-from causalcell.interventions import Intervention, compose
+from causalcell.interventions import compose
 from causalcell.models.lcd._decoder import decode, sample_decoder
 from causalcell.models.lcd._drift import (
     WEIGHT_SCALE,
@@ -36,91 +36,16 @@ from causalcell.models.lcd._drift import (
     drift_weight_prior,
     linear_drift_from_sites,
 )
-from causalcell.models.lcd._pairs import Pairs, pair_values, pairs_of, sample_pair_sites
+from causalcell.models.lcd._kinds import (
+    BIAS_KINDS,
+    condition_interventions,
+    condition_shifts,
+    sample_screen_sites,
+)
+from causalcell.models.lcd._pairs import Pairs, pairs_of, screen_kinds
 from causalcell.noise import NegativeBinomial, NoiseModel
 
-__all__ = [
-    "BIAS_KINDS",
-    "INTERVENTION_KINDS",
-    "PARAMETER_SITE",
-    "ConditionLaws",
-    "condition_interventions",
-    "condition_laws",
-    "condition_shifts",
-    "intervention_parameters",
-    "lcd_model",
-    "sample_screen_sites",
-    "target_values",
-]
-
-#: Intervention kinds that move only the bias: the conditions of such a screen share one
-#: stationary covariance (:func:`condition_laws`).
-BIAS_KINDS = ("shift", "knockdown")
-#: Screen-wide intervention kinds LCD learns per-target parameters for.
-INTERVENTION_KINDS = ("shift", "knockdown", "knockout")
-#: The sample site of each kind's per-gene intervention parameter.
-PARAMETER_SITE = {
-    "shift": "intervention_effect",
-    "knockdown": "knockdown_strength",
-    "knockout": "knockout_depth",
-}
-
-
-def knockout_rank_of(kind: str, condition_targets) -> int | None:
-    """The most targets of one of the (concrete) ``condition_targets`` rows on a knockout
-    screen, the static rank of :func:`condition_laws`'s low-rank path; ``None`` otherwise."""
-    if kind != "knockout":
-        return None
-    return int(np.asarray(condition_targets).sum(axis=-1).max(initial=0))
-
-
-def condition_interventions(condition_targets, kind: str, parameters: dict, drift: LinearDrift):
-    """Interventions of every condition ``[P, d]``: each target gets its learned parameter."""
-    targets = jnp.asarray(condition_targets, bool)
-    identity = Intervention.identity(targets.shape[-1], batch_shape=targets.shape[:-1])
-    if kind == "shift":
-        return identity._replace(shift=jnp.where(targets, drift.decay * parameters["effect"], 0.0))
-    if kind == "knockdown":
-        return identity._replace(knockdown=jnp.where(targets, parameters["log_fraction"], 0.0))
-    return identity._replace(
-        knockout=targets,
-        knockout_level=jnp.where(targets, parameters["level"], 0.0),
-    )
-
-
-def target_values(values, kind: str, pairs: Pairs | None = None):
-    """The unconstrained intervention value of each target: the per-target site
-    ``PARAMETER_SITE[kind]`` ``[m]``, or with ``pairs`` that of each condition's perturbations
-    ``[K, m]`` (:func:`._pairs.pair_values`)."""
-    return pair_values(values[PARAMETER_SITE[kind]], values, pairs)
-
-
-def intervention_parameters(kind: str, value, baseline) -> dict:
-    """The intervention parameter of ``kind`` from its unconstrained site ``value`` [d]."""
-    if kind == "shift":
-        return {"effect": value}
-    if kind == "knockdown":
-        return {"log_fraction": -jax.nn.softplus(value)}
-    return {"level": baseline + value}
-
-
-def sample_screen_sites(genes: int, baseline_prior, intervention: str, pairs: int = 0) -> dict:
-    """Sample the global sites both LCD programs share, by name: ``baseline`` and ``log_sigma``
-    [d], then the intervention parameter [d] (site ``PARAMETER_SITE[intervention]``), and with
-    ``pairs`` (perturbation, target) pairs the hierarchy of :func:`target_values`:
-    ``perturbation_spread ~ HalfNormal(1)`` and ``perturbation_deviations ~ N(0, 1)`` [pairs].
-
-    Each program samples its drift's own sites (``log_decay`` included) before these, so both
-    keep their site order and hence their seeded draws.
-    """
-    sites = {
-        "baseline": numpyro.sample("baseline", dist.Normal(baseline_prior, 1.5).to_event(1)),
-        "log_sigma": numpyro.sample(
-            "log_sigma", dist.Normal(jnp.log(0.5), 0.5).expand([genes]).to_event(1)
-        ),
-        PARAMETER_SITE[intervention]: _intervention_site(intervention, genes),
-    }
-    return {**sites, **sample_pair_sites(pairs)}
+__all__ = ["ConditionLaws", "condition_laws", "lcd_model"]
 
 
 class ConditionLaws(NamedTuple):
@@ -189,21 +114,18 @@ def condition_laws(
     inverse (:func:`causalcell.diffusion.stationary_moments_of_knockouts`).
     Consumers factorise through :class:`ConditionLaws`, so a shared covariance is factorised
     once too. ``pairs`` (rows of the same conditions): each target's parameter is that of
-    the condition's perturbations of it (:func:`target_values`).
+    the condition's perturbations of it (:func:`._pairs.pair_values`), of its kind.
     """
     drift = linear_drift_from_sites(values, prior_mask)
-    parameters = intervention_parameters(
-        kind, target_values(values, kind, pairs), values["baseline"]
-    )
     sigma = jnp.exp(values["log_sigma"])
-    if kind in BIAS_KINDS:
+    if set(screen_kinds(kind)) <= set(BIAS_KINDS):
         # Every condition has the same drift matrix and noise: one Lyapunov solve for all.
-        shifts = condition_shifts(condition_targets, kind, parameters, drift)
+        shifts = condition_shifts(condition_targets, kind, values, drift, pairs)
         means, covariance = stationary_moments_of_shifts(
             drift, sigma, shifts, explicit, drift_inverses(drift)
         )
         return ConditionLaws(drift, means, covariance)
-    interventions = condition_interventions(condition_targets, kind, parameters, drift)
+    interventions = condition_interventions(condition_targets, kind, values, drift, pairs)
     if explicit is not None:
         interventions = compose(interventions, explicit)
         knockout_rank = _rank(knockout_rank, explicit.knockout)
@@ -214,16 +136,6 @@ def condition_laws(
             drift, sigma, interventions, knockout_rank, drift_inverses(drift)
         )
     return ConditionLaws(drift, means, covariances)
-
-
-def condition_shifts(condition_targets, kind: str, parameters: dict, drift: LinearDrift):
-    """What a shift or knockdown screen's conditions add to the bias ``[P, d]``: ``decay_j``
-    times the learned effect (shift) or log-fraction (knockdown) of each target, the bias
-    change of :func:`condition_interventions` under :func:`causalcell.diffusion.intervene_linear`.
-    """
-    targets = jnp.asarray(condition_targets, bool)
-    value = parameters["effect"] if kind == "shift" else parameters["log_fraction"]
-    return jnp.where(targets, drift.decay * value, 0.0)
 
 
 def lcd_model(
@@ -243,8 +155,9 @@ def lcd_model(
     loading_scale: float = 1.0,
     coordinates=None,
     knockout_rank: int | None = None,
-    pair_weights=None,
+    pair_active=None,
     pair_coordinates=None,
+    pair_kinds=None,
 ):
     """LCD with linear drift: cells are draws of the intervened stationary law, seen as counts.
 
@@ -280,7 +193,8 @@ def lcd_model(
         gene (with ``decoded_prior``; :func:`._decoder.initial_decoder` estimates them).
     intervention
         ``"shift"`` (learned own-level change per target), ``"knockdown"`` (learned log
-        fraction) or ``"knockout"`` (learned pinned level).
+        fraction) or ``"knockout"`` (learned pinned level); several joined by ``"|"`` when the
+        pairs have their own kinds (``"knockdown|knockout"``: the first is the default).
     noise
         Observation model; negative binomial by default.
     weight_scale
@@ -296,14 +210,16 @@ def lcd_model(
     knockout_rank
         Most targets of one condition of a knockout screen (static): the conditions' laws then
         come from one inverse and low-rank updates instead of one solve each (same values).
-    pair_weights, pair_coordinates
-        ``[conditions, E]`` and ``[E]`` (:class:`Pairs`): the screen's (perturbation, target)
-        pairs, when its perturbations are named apart from their targets; each pair then gets
-        its own parameter around its target's (:func:`target_values`).
+    pair_active, pair_coordinates, pair_kinds
+        ``[conditions, E]``, ``[E]`` and ``[E]`` (:class:`._pairs.Pairs`): the screen's
+        (perturbation, target) pairs, when its perturbations are named apart from their
+        targets or have their own kinds; each pair then gets its own parameter around its
+        target's (:func:`._pairs.pair_values`).
 
     Interventions
     -------------
-    The program asks for ``intervention("genes", names=coordinates, learned=intervention)``
+    The program asks for ``intervention("genes", names=coordinates, learned=kind)``, ``kind``
+    the screen's default (its first)
     (:func:`causalcell.handlers.intervention`), so ``do(lcd_model, {"genes": {...}})`` acts on
     every cell. A request for the learned intervention (:func:`causalcell.handlers.learned`,
     or the screen's kind without a value, e.g. ``knockout()`` on a knockout screen) ORs the
@@ -317,15 +233,15 @@ def lcd_model(
     Sample sites
     ------------
     Globals: ``drift_weights`` [m, m], ``log_decay``, ``log_scaling``, ``baseline``,
-    ``log_sigma`` [m], the intervention parameter [m], with pairs ``perturbation_spread`` and
+    ``log_sigma`` [m], the intervention parameter [m] of each kind, with pairs
+    ``perturbation_spread`` and
     ``perturbation_deviations`` [E], the noise parameters [genes], and with
     decoded genes ``decoder_offset`` [decoded], ``decoder_responses``
     [decoded, m - programs] and ``decoder_loadings`` [decoded, m]. Per
     cell (plate ``"cells"``): ``latent`` [m] (log-expression of modelled genes, then
     programs), ``counts`` [genes].
     """
-    if intervention not in INTERVENTION_KINDS:
-        raise ValueError(f"intervention must be one of {INTERVENTION_KINDS}, got {intervention!r}.")
+    default_kind = screen_kinds(intervention)[0]  # raises for an unknown kind
     noise = noise if noise is not None else NegativeBinomial()
     size = condition_targets.shape[-1]  # latent coordinates: modelled genes, then programs
     mask = jnp.ones((size, size)) if prior_mask is None else jnp.asarray(prior_mask, float)
@@ -338,9 +254,11 @@ def lcd_model(
         "log_scaling": log_scaling,
         **sample_screen_sites(size, baseline_prior, intervention, _count(pair_coordinates)),
     }
-    pairs = pairs_of({"pair_weights": pair_weights, "pair_coordinates": pair_coordinates})
+    pairs = pairs_of(
+        {"pair_active": pair_active, "pair_coordinates": pair_coordinates, "pair_kinds": pair_kinds}
+    )
     names = coordinates or [f"coordinate{index}" for index in range(size)]
-    explicit, own = intervention_request("genes", names=names, learned=intervention)
+    explicit, own = intervention_request("genes", names=names, learned=default_kind)
     targets = jnp.logical_or(jnp.asarray(condition_targets, bool), own)
     numpyro.deterministic("drift", linear_drift_from_sites(values, mask).matrix())
     modelled = size - programs
@@ -375,17 +293,6 @@ def lcd_model(
             noise.distribution(log_rate, size_factors[index], **noise_parameters).to_event(1),
             obs=observed,
         )
-
-
-def _intervention_site(kind: str, genes: int):
-    """The per-gene unconstrained intervention parameter (used where a gene is targeted)."""
-    if kind == "shift":
-        prior = dist.Normal(0.0, 3.0)  # own-level change, log scale
-    elif kind == "knockdown":
-        prior = dist.Normal(1.0, 1.0)  # log fraction -softplus(.) ~ -1.3
-    else:
-        prior = dist.Normal(-3.0, 2.0)  # pinned level below the baseline
-    return numpyro.sample(PARAMETER_SITE[kind], prior.expand([genes]).to_event(1))
 
 
 def _count(pair_coordinates) -> int:

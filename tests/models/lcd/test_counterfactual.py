@@ -21,11 +21,7 @@ from causalcell.models.lcd._counterfactual import (
     paired_stationary_moments,
 )
 from causalcell.models.lcd._drift import linear_drift_from_sites
-from causalcell.models.lcd._program import (
-    PARAMETER_SITE,
-    condition_interventions,
-    intervention_parameters,
-)
+from causalcell.models.lcd._kinds import condition_interventions
 
 EXACT = 1e-4  # float32 identities (see the module docstring)
 CELLS = 40000  # one cell count everywhere, so tests of one kind share a compiled function
@@ -69,8 +65,7 @@ def _posterior(m, seed):
 def _reference_law(values, targets, kind):
     """Stationary mean and covariance of one condition, by numpy and scipy (not our solver)."""
     drift = linear_drift_from_sites(values)
-    parameters = intervention_parameters(kind, values[PARAMETER_SITE[kind]], values["baseline"])
-    intervention = condition_interventions(jnp.asarray(targets), kind, parameters, drift)
+    intervention = condition_interventions(jnp.asarray(targets), kind, values, drift)
     matrix, bias, sigma = (
         np.asarray(v, np.float64)
         for v in intervene_linear(drift, jnp.exp(values["log_sigma"]), intervention)
@@ -173,10 +168,7 @@ def test_counterfactual_marginal_is_the_intervened_stationary_law():
     mu_cf, sigma_cf = _reference_law(values, action[0], "knockout")
     # Analytically: offset + K mu = mu' and K Sigma K^T + L L^T = Sigma'.
     drift = linear_drift_from_sites(values)
-    parameters = intervention_parameters("knockout", values["knockout_depth"], values["baseline"])
-    pair = condition_interventions(
-        jnp.concatenate([factual, action]), "knockout", parameters, drift
-    )
+    pair = condition_interventions(jnp.concatenate([factual, action]), "knockout", values, drift)
     first, second = (jax.tree.map(lambda leaf, i=i: leaf[i], pair) for i in (0, 1))
     _, _, (offset, gain, factor) = _conditional(drift, jnp.exp(values["log_sigma"]), first, second)
     np.testing.assert_allclose(offset + gain @ mu, mu_cf, atol=EXACT)

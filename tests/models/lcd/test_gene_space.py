@@ -32,7 +32,8 @@ from causalcell.models.lcd._gene_space import (
     reduce_programs,
 )
 from causalcell.models.lcd._guide import MAX_STEP, SCORING_STEPS, lcd_local_posterior
-from causalcell.models.lcd._program import condition_interventions, lcd_model
+from causalcell.models.lcd._kinds import condition_interventions
+from causalcell.models.lcd._program import lcd_model
 
 
 def _dense(matrix):
@@ -57,9 +58,7 @@ def _laws(values, targets):
     drift = drift_from_sites(
         values["drift_weights"], values["log_decay"], values["log_scaling"], values["baseline"]
     )
-    interventions = condition_interventions(
-        targets, "shift", {"effect": values["intervention_effect"]}, drift
-    )
+    interventions = condition_interventions(targets, "shift", values, drift)
     return stationary_moments(drift, jnp.exp(values["log_sigma"]), interventions)
 
 

@@ -11,11 +11,8 @@ from numpyro.handlers import condition, seed, trace
 from causalcell.diffusion import spectral_abscissa, stationary_moments
 from causalcell.interventions import compose, from_targets
 from causalcell.models.lcd._drift import drift_from_sites, drift_inverses, linear_drift_from_sites
-from causalcell.models.lcd._program import (
-    condition_interventions,
-    condition_laws,
-    lcd_model,
-)
+from causalcell.models.lcd._kinds import condition_interventions
+from causalcell.models.lcd._program import condition_laws, lcd_model
 
 
 @pytest.mark.parametrize("seed_value", range(5))
@@ -99,9 +96,7 @@ def test_cells_follow_the_intervened_stationary_law_of_their_condition():
     drift = drift_from_sites(
         fixed["drift_weights"], fixed["log_decay"], fixed["log_scaling"], fixed["baseline"]
     )
-    interventions = condition_interventions(
-        targets, "shift", {"effect": fixed["intervention_effect"]}, drift
-    )
+    interventions = condition_interventions(targets, "shift", fixed, drift)
     means, covariances = stationary_moments(drift, 0.5, interventions)
     law = sites["latent"]["fn"]
     # Each cell's latent law is exactly its condition's Gaussian stationary law (the conditions
@@ -288,9 +283,7 @@ def test_guide_is_the_exact_gaussian_update_of_each_conditions_law():
     drift = drift_from_sites(
         values["drift_weights"], values["log_decay"], values["log_scaling"], values["baseline"]
     )
-    interventions = condition_interventions(
-        targets, "shift", {"effect": values["intervention_effect"]}, drift
-    )
+    interventions = condition_interventions(targets, "shift", values, drift)
     means, covariances = stationary_moments(drift, 0.5, interventions)
     precision_of_counts = message_precision(condition_counts, values["noise_concentration"])
     # By hand, in float64: N(mu_p, Sigma_p) times N(mode + loc, diag(1 / lambda_p)).

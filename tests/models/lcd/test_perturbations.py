@@ -65,7 +65,7 @@ def model(screen):
 
 def _pair_values(model, draws):
     """Each pair's shift ``mu_j + tau delta_e`` per draw ``[S, E]`` and the design."""
-    design = pair_design(model.registry, model.coordinates)
+    design = pair_design(model.registry, model.coordinates, model.intervention)
     target = np.asarray(draws["intervention_effect"])[:, design.coordinate]
     spread = np.asarray(draws["perturbation_spread"])[:, None]
     return target + spread * np.asarray(draws["perturbation_deviations"]), design
@@ -165,7 +165,7 @@ def test_bad_perturbation_tables_are_named(screen):
         register(adata, perturbation_targets={"G1": "G2"})
     with pytest.raises(ValueError, match="perturbation_targets="):
         register(adata)  # act_G0 ... are neither genes nor in a table
-    with pytest.raises(ValueError, match="needs drift='linear'"):
+    with pytest.raises(ValueError, match=r"need drift='linear'"):
         LCD.fit(adata, drift="neural", perturbation_targets={"act_G0": "G0"})
 
 
@@ -177,3 +177,57 @@ def test_refine_refuses_a_screen_of_pairs(model):
 def test_unknown_perturbations_are_named(model):
     with pytest.raises(UnseenTargetError, match="perturbations of perturbation_targets"):
         model.predict("act_G9", num_cells=10)
+
+
+def _kind_screen(kind: str, prefix: str):
+    adata = simulate_screen(
+        num_genes=6,
+        num_cells=3000,
+        perturbed_genes=4,
+        double_perturbations=2,
+        intervention=kind,
+        key=5,
+    )
+    labels = adata.obs["perturbation"].astype(str)
+    adata.obs["perturbation"] = [
+        label if label == "control" else "+".join(prefix + gene for gene in label.split("+"))
+        for label in labels
+    ]
+    adata.obs_names = [prefix + name for name in adata.obs_names]
+    return adata
+
+
+def test_perturbations_of_two_kinds_keep_their_own():
+    """CRISPRi guides and knockouts of the same genes (one drift): with
+    ``perturbation_kinds`` the knockouts are knockouts, and their held-out double (not
+    additive) is predicted far better than by a model that takes every guide as a knockdown."""
+    adata = anndata.concat([_kind_screen("knockdown", "kd_"), _kind_screen("knockout", "ko_")])
+    table = {prefix + gene: gene for gene in adata.var_names for prefix in ("kd_", "ko_")}
+    kinds = {name: "knockout" for name in table if name.startswith("ko_")}
+    doubles = sorted({label for label in adata.obs["perturbation"] if "+" in label})
+    held = [label for label in doubles if label.startswith("ko_")][:1]
+    train = adata[~adata.obs["perturbation"].isin(held)].copy()
+    settings = dict(size_factor_key="size_factor", num_steps=1500, progress_bar=False)
+    mixed = LCD.fit(
+        train,
+        intervention="knockdown",
+        perturbation_targets=table,
+        perturbation_kinds=kinds,
+        **settings,
+    )
+    assert mixed.intervention == "knockdown|knockout"
+    assert {"knockdown_strength", "knockout_depth"} <= set(mixed.posterior.sample(0, 2))
+    single = LCD.fit(train, intervention="knockdown", perturbation_targets=table, **settings)
+    expression, labels = evaluation.observed_expression(
+        adata, register(adata, perturbation_targets=table)
+    )
+    models = {"mixed": mixed, "knockdown only": single}
+    means, cells = {}, {}
+    for name, model in models.items():
+        predicted = model.predict(held, num_cells=300, key=1)
+        means[name], cells[name] = evaluation.generated_predictions(predicted, held)
+    table_ = evaluation.evaluate_predictions(expression, labels, held, means, cells)
+    energy = table_[table_["metric"] == "energy_distance"].set_index("model")["value"]
+    # Measured 0.010 against 1.89: a knockdown cannot pin a gene, so the knockdown-only model
+    # misses the double's non-additive law; half is far inside that gap.
+    assert energy["mixed"] < 0.5 * energy["knockdown only"], energy
