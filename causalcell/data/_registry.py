@@ -255,6 +255,12 @@ class Registry:
         assign("perturbation_targets", table)
         assign("perturbation_kinds", kind_table(self.perturbation_kinds))
         column = {gene: index for index, gene in enumerate(self.genes)}  # gene -> column
+        stray = [name for name in self.perturbation_kinds if name not in table | column]
+        if stray:
+            raise ValueError(
+                f"perturbation_kinds names {stray}, which are neither genes nor perturbations "
+                "of perturbation_targets: a kind must belong to a perturbation of the screen."
+            )
         members = []
         for label in self.conditions:
             parsed = parse_perturbation(label, control=self.control, separator=self.separator)

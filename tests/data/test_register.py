@@ -466,6 +466,12 @@ def test_perturbation_kinds_from_a_mapping_or_a_kind_column():
         adata, perturbation_targets={"ko_a": "a", "kd_a": "a"}, perturbation_kinds={"kd_a": "shift"}
     )
     assert registry.perturbation_kinds == {"kd_a": "shift"}
+    with pytest.raises(ValueError, match=r"names \['ko_b'\], which are neither genes"):
+        register(
+            adata,
+            perturbation_targets={"ko_a": "a", "kd_a": "a"},
+            perturbation_kinds={"ko_b": "knockout"},
+        )
     with pytest.raises(ValueError, match="unknown kinds"):
         register(
             adata,
