@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from causalcell import evaluation
-from causalcell.data import FORMATS, read_screen, register
+from causalcell.data import FORMATS, GUIDES, read_screen, register
 from causalcell.models.lcd import LCD, NOISE_MODELS
 
 __all__ = ["UsageError", "add_model_commands", "output_file"]
@@ -72,7 +72,10 @@ def read_h5ad(path, what: str, arguments=None) -> anndata.AnnData:
         return adata
     key = arguments.perturbation_key
     adata = read_screen(
-        adata, arguments.format, perturbation_key=None if key == PERTURBATION else key
+        adata,
+        arguments.format,
+        perturbation_key=None if key == PERTURBATION else key,
+        guides=arguments.guides,
     )
     arguments.perturbation_key, arguments.control = PERTURBATION, "control"
     report = adata.uns["read_screen"]
@@ -104,8 +107,11 @@ def _modelled_genes(value: str | None):
 def perturbation_table(arguments):
     """``--perturbation-targets``: the table read from a ``.csv``/``.tsv`` file (columns
     ``perturbation`` and ``target``, one row per pair), an ``.obs`` column's name (any other
-    value), or None."""
+    value), ``read_screen``'s ``perturbation_target`` column with ``--guides perturbations``,
+    or None."""
     value = arguments.perturbation_targets
+    if value is None and arguments.format is not None and arguments.guides == "perturbations":
+        return "perturbation_target"  # read_screen's column of each cell's targets
     if value is None or Path(value).suffix not in (".csv", ".tsv"):
         return value
     path = input_file(value, "perturbation table")
@@ -281,6 +287,13 @@ def _screen_keys(parser) -> None:
         choices=FORMATS,
         help="map another tool's labels first (scPerturb 'A_B', GEARS 'A+ctrl', guides "
         "'A_2', 'non-targeting'): causalcell.data.read_screen",
+    )
+    parser.add_argument(
+        "--guides",
+        choices=GUIDES,
+        default="genes",
+        help="with --format: a guide-level label ('GATA1_2') becomes its gene, or stays a "
+        "perturbation of its own, learned around its gene's",
     )
     parser.add_argument(
         "--perturbation-targets",

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import sparse
 
 from causalcell.data import _checks as checks
-from causalcell.data._formats import CONTROL_ALIASES, FORMATS, read_screen
+from causalcell.data._formats import CONTROL_ALIASES, FORMATS, GUIDES, read_screen
 from causalcell.data._registry import (
     Registry,
     as_tuple,
@@ -53,6 +53,7 @@ from causalcell.perturbations import canonical_label, parse_perturbation
 __all__ = [
     "CONTROL_ALIASES",
     "FORMATS",
+    "GUIDES",
     "UNS_KEY",
     "Registry",
     "ScreenArrays",

@@ -32,7 +32,7 @@ import pandas as pd
 
 from causalcell.perturbations import canonical_label
 
-__all__ = ["CONTROL_ALIASES", "FORMATS", "read_screen"]
+__all__ = ["CONTROL_ALIASES", "FORMATS", "GUIDES", "read_screen"]
 
 #: Labels of control cells in common screens (compared case-insensitively).
 CONTROL_ALIASES = (
@@ -47,6 +47,8 @@ CONTROL_ALIASES = (
 )
 #: ``format=`` values of :func:`read_screen`.
 FORMATS = ("auto", "scperturb", "gears", "causalcell")
+#: ``guides=`` values of :func:`read_screen`: a guide becomes its gene, or stays itself.
+GUIDES = ("genes", "perturbations")
 #: Where each format keeps its labels, and how it joins several targets.
 _COLUMNS = {"scperturb": "perturbation", "gears": "condition", "causalcell": "perturbation"}
 _SEPARATORS = {"scperturb": "_", "gears": "+", "causalcell": "+"}
@@ -83,26 +85,30 @@ def _target(token: str, genes: set[str]) -> tuple[str | None, str]:
     return token, "unknown"
 
 
-def _map_label(label: str, separator: str, genes: set[str], count) -> tuple[str, str]:
-    """Canonical label and how it was read (``"control"``, ``"gene"``, ``"guide"``,
-    ``"combination"``, ``"unknown"``)."""
+def _map_label(label: str, separator: str, genes: set[str], count) -> tuple[str, str, str]:
+    """Canonical label of the targeted genes, how it was read (``"control"``, ``"gene"``,
+    ``"guide"``, ``"combination"``, ``"unknown"``) and the canonical label of the members as
+    named (guides kept)."""
     if label in genes:  # a gene whose name contains the separator (e.g. "HLA-A" with "-")
-        return label, "gene"
+        return label, "gene", label
     members = [label] if count == 1 else label.split(separator)
-    mapped = [_target(member.strip(), genes) for member in members]
+    members = [member.strip() for member in members]
+    mapped = [_target(member, genes) for member in members]
     if any(kind == "unknown" for _, kind in mapped) and count is None and len(members) > 1:
         whole = _target(label.strip(), genes)  # "GATA1_2": a guide, not two members
         if whole[1] != "unknown":
-            mapped = [whole]
+            members, mapped = [label.strip()], [whole]
     targets = [gene for gene, kind in mapped if kind != "control"]
+    named = [member for member, (_, kind) in zip(members, mapped, strict=True) if kind != "control"]
     kinds = {kind for _, kind in mapped}
     if "unknown" in kinds:
-        return label, "unknown"
+        return label, "unknown", label
     if not targets:
-        return "control", "control"
+        return "control", "control", "control"
+    as_named = canonical_label(named)
     if len(set(targets)) > 1:
-        return canonical_label(targets), "combination"
-    return targets[0], "guide" if "guide" in kinds else "gene"
+        return canonical_label(targets), "combination", as_named
+    return targets[0], "guide" if "guide" in kinds else "gene", as_named
 
 
 def read_screen(
@@ -111,6 +117,7 @@ def read_screen(
     *,
     perturbation_key: str | None = None,
     gene_key: str | None = None,
+    guides: str = "genes",
 ) -> anndata.AnnData:
     """A screen in scPerturb, GEARS or guide-level conventions, with causalcell's labels.
 
@@ -118,7 +125,8 @@ def read_screen(
     (``"CEBPA+GATA1"``); guide-level labels map to their gene; control aliases to
     ``"control"``. The result shares ``X``, layers and ``.var`` with ``source`` (nothing is
     copied or changed there) and has a new ``.obs``: ``"perturbation"`` holds the mapped
-    labels, ``"perturbation_original"`` the labels as read. ``.uns["read_screen"]`` reports
+    labels, ``"perturbation_original"`` the labels as read and ``"perturbation_target"`` the
+    targeted genes of each label. ``.uns["read_screen"]`` reports
     the mapping: the format, the column, and per original label its mapped label, how it was
     read and its cells. Labels that map to no gene are kept as they were and listed there
     (``register`` then names them).
@@ -137,6 +145,11 @@ def read_screen(
         ``"condition"`` for GEARS).
     gene_key
         A ``.var`` column of gene names the labels use (default: ``.var_names``).
+    guides
+        ``"genes"``: a guide-level label becomes its gene (every guide of a gene is one
+        perturbation); ``"perturbations"``: guides keep their names in ``"perturbation"``
+        (``"GATA1_2"``), so that ``LCD.fit(..., perturbation_targets="perturbation_target")``
+        learns one intervention per guide around its gene's.
 
     Raises
     ------
@@ -158,6 +171,8 @@ def read_screen(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
+    if guides not in GUIDES:
+        raise ValueError(f"guides must be one of {GUIDES}, got {guides!r}.")
     if not isinstance(source, anndata.AnnData):
         path = Path(source)
         if not path.is_file():
@@ -179,17 +194,20 @@ def read_screen(
         counts = pd.to_numeric(obs["nperts"], errors="coerce")
     rows = []
     mapped = np.empty(len(labels), dtype=object)
+    targeted = np.empty(len(labels), dtype=object)
     keys = labels if counts is None else labels + "\x00" + counts.astype(str)
     for positions in keys.groupby(keys, sort=False).indices.values():
         label = labels.iloc[positions[0]]
         count = None if counts is None else counts.iloc[positions[0]]
         count = None if count is None or not np.isfinite(count) else int(count)
-        target, how = _map_label(label, _SEPARATORS[format], genes, count)
-        mapped[positions] = target
-        rows.append({"original": label, "mapped": target, "read_as": how, "cells": len(positions)})
+        target, how, as_named = _map_label(label, _SEPARATORS[format], genes, count)
+        chosen = as_named if guides == "perturbations" else target
+        mapped[positions], targeted[positions] = chosen, target
+        rows.append({"original": label, "mapped": chosen, "read_as": how, "cells": len(positions)})
     new_obs = obs.copy()
     new_obs["perturbation_original"] = labels.to_numpy()
     new_obs["perturbation"] = pd.Categorical(mapped, categories=list(dict.fromkeys(mapped)))
+    new_obs["perturbation_target"] = targeted
     report = pd.DataFrame(rows).sort_values("cells", ascending=False, kind="stable")
     result = anndata.AnnData(
         X=source.X,

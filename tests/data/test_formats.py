@@ -92,3 +92,20 @@ def test_bad_formats_columns_and_paths_are_named(tmp_path):
         read_screen(screen(guide=["control"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_screen(tmp_path / "none.h5ad")
+
+
+def test_guides_kept_as_perturbations_map_to_their_genes_through_a_column():
+    adata = screen(perturbation=["NT", "GATA1_1", "GATA1_2", "CEBPA-sg1", "CEBPA"])
+    genes_only = read_screen(adata)
+    assert list(genes_only.obs["perturbation"]) == ["control", "GATA1", "GATA1", "CEBPA", "CEBPA"]
+    kept = read_screen(adata, guides="perturbations")
+    assert list(kept.obs["perturbation"]) == ["control", "GATA1_1", "GATA1_2", "CEBPA-sg1", "CEBPA"]
+    assert list(kept.obs["perturbation_target"]) == ["control", "GATA1", "GATA1", "CEBPA", "CEBPA"]
+    registry = register(kept, perturbation_targets="perturbation_target")
+    assert registry.perturbation_targets == {
+        "GATA1_1": ("GATA1",),
+        "GATA1_2": ("GATA1",),
+        "CEBPA-sg1": ("CEBPA",),
+    }
+    with pytest.raises(ValueError, match="guides must be one of"):
+        read_screen(adata, guides="guides")
