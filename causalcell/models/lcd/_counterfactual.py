@@ -73,6 +73,7 @@ __all__ = [
     "counterfactual_counts",
     "counterfactual_latents",
     "paired_stationary_moments",
+    "same_worlds",
 ]
 
 #: Relative size (to the largest variance) below which a conditional variance counts as zero:
@@ -268,12 +269,21 @@ def counterfactual_latents(
         + jnp.einsum("cij,cj->ci", gain[pair_index], x)
         + jnp.einsum("cij,cj->ci", factor[pair_index], eta)
     )
-    same = jnp.all(
-        jnp.atleast_2d(factual_targets).astype(bool) == jnp.atleast_2d(action_targets).astype(bool),
-        axis=-1,
-    )
+    same = same_worlds(factual_targets, action_targets, pairs)
     same = jnp.broadcast_to(same, offset.shape[:1])
     return x, jnp.where(same[pair_index][:, None], x, x_cf)
+
+
+def same_worlds(factual_targets, action_targets, pairs=None):
+    """Whether each row's two worlds have one intervention: the same targets and, on a screen
+    of perturbations named apart from their targets, the same perturbations (two reagents of
+    one gene are two interventions)."""
+    factual = jnp.atleast_2d(factual_targets).astype(bool)
+    same = jnp.all(factual == jnp.atleast_2d(action_targets).astype(bool), axis=-1)
+    if pairs is not None:
+        factual_pairs, action_pairs = pairs
+        same = same & jnp.all(factual_pairs.active == action_pairs.active, axis=-1)
+    return same
 
 
 _NEGATIVE_BINOMIAL = NegativeBinomial()

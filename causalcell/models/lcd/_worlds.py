@@ -43,7 +43,11 @@ from causalcell._core.keys import as_key
 from causalcell.data import to_arrays
 from causalcell.handlers import WORLDS, InterventionSpec
 from causalcell.models.lcd._cells import cells_anndata
-from causalcell.models.lcd._counterfactual import counterfactual_counts, counterfactual_latents
+from causalcell.models.lcd._counterfactual import (
+    counterfactual_counts,
+    counterfactual_latents,
+    same_worlds,
+)
 from causalcell.models.lcd._decoder import decode, decoder_from_sites
 from causalcell.models.lcd._do_program import linear_only
 from causalcell.models.lcd._pairs import request_pairs
@@ -140,7 +144,7 @@ def _one_draw(
         observed_counts=data["counts"],
         noise=noise,
     )
-    same = jnp.all(factual_rows == action_rows, axis=-1)[condition]
+    same = same_worlds(factual_rows, action_rows, pairs)[condition]
     counts_cf = jnp.where(same[:, None], data["counts"], counts_cf)
     return x, x_cf, rate, rate_cf, counts_cf
 

@@ -148,6 +148,23 @@ def test_counterfactuals_and_do_of_reagents(screen, model):
     assert model.actions("G2") == {"genes": {"G2": model.actions("G2")["genes"]["G2"]}}
 
 
+def test_another_reagent_of_the_same_gene_is_another_world(screen, model):
+    """Activator cells, had they been given the inhibitor instead: the same target gene, a
+    different intervention, so the cells must move (they were returned unchanged when the
+    worlds were compared by their targets alone)."""
+    _, train, _, _ = screen
+    cells = train[train.obs["perturbation"] == "act_G0"][:20].copy()
+    worlds = model.counterfactual(cells, "inh_G0", num_samples=20, key=0, compose=False)
+    column = model.coordinates.index("G0")
+    world = worlds.obs["world"].to_numpy()
+    factual = worlds.obsm["latent"][world == "factual"][:, column]
+    moved = worlds.obsm["latent"][world == "counterfactual"][:, column]
+    # act_G0 raises G0 by about 1.2 nats and inh_G0 lowers it by as much (the first test).
+    assert np.mean(moved - factual) < -1.5
+    counts = worlds.X.toarray() if hasattr(worlds.X, "toarray") else np.asarray(worlds.X)
+    assert not np.array_equal(counts[world == "factual"], counts[world == "counterfactual"])
+
+
 def test_saved_reagent_model_predicts_the_same(model, tmp_path):
     model.save(tmp_path / "model")
     loaded = LCD.load(tmp_path / "model")
