@@ -200,9 +200,9 @@ def counterfactual_latents(
 ):
     """Factual and counterfactual latent draws of cells, sharing each cell's Brownian path.
 
-    Where a cell's two worlds have the same targets, ``x' = x`` exactly (the conditional is
-    then ``K = I`` with no residual; returning ``x`` avoids the float32 rounding of the
-    Lyapunov solve and of ``C Sigma^{-1}``).
+    Where a cell's two worlds have one intervention (:func:`same_worlds`), ``x' = x``
+    exactly (the conditional is then ``K = I`` with no residual; returning ``x`` avoids the
+    float32 rounding of the Lyapunov solve and of ``C Sigma^{-1}``).
 
     Parameters
     ----------

@@ -18,8 +18,9 @@ cell already carries is unchanged (the union is idempotent, and every target has
 learned parameter), so asking a GATA1 cell for GATA1 returns its factual world exactly, and
 ``"control"`` asks for nothing. With ``compose=False`` the perturbation *replaces* the cell's
 own ("had it been GATA1 *instead*"; ``"control"``: "had it been unperturbed"). For control
-cells both agree. Cells whose two worlds have the same targets are returned unchanged
-(latents and counts), exactly.
+cells both agree. Cells whose two worlds have one intervention (the same targets and, with a
+perturbation table, the same perturbations) are returned unchanged (latents and counts),
+exactly.
 
 References
 ----------
