@@ -127,9 +127,10 @@ def pair_starts(rates, latent_variance, design, pairs, start) -> dict:
         site = PARAMETER_SITE[kind]
         values = initial_values(rates[:, columns], active, kind, latent_variance[columns])[site]
         own[chosen] = values[chosen]
-        mean = np.array(start[site], np.float32)
-        for coordinate in np.unique(columns[chosen]):
-            mean[coordinate] = values[chosen & (columns == coordinate)].mean()
+        size = len(start[site])
+        sums = np.bincount(columns[chosen], weights=values[chosen], minlength=size)
+        counts = np.bincount(columns[chosen], minlength=size)
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), start[site]).astype(np.float32)
         updated[site] = mean
         target[chosen] = mean[columns[chosen]]
     return {**updated, **pair_start(own, target)}

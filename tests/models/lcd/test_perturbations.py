@@ -20,15 +20,11 @@ from causalcell.models.lcd._pairs import pair_design
 STRENGTH = 1.5
 
 
-def _reagent_screen(sign: float, prefix: str):
+def _screen_of(prefix: str, *, key: int, **options):
+    """A 6-gene screen (4 genes alone, 2 doubles) whose labels name ``prefix + gene``
+    perturbations: the same ``key`` gives the same drift whatever the intervention."""
     adata = simulate_screen(
-        num_genes=6,
-        num_cells=3000,
-        perturbed_genes=4,
-        double_perturbations=2,
-        intervention="shift",
-        strength=-sign * STRENGTH,
-        key=3,
+        num_genes=6, num_cells=3000, perturbed_genes=4, double_perturbations=2, key=key, **options
     )
     labels = adata.obs["perturbation"].astype(str)
     adata.obs["perturbation"] = [
@@ -37,6 +33,10 @@ def _reagent_screen(sign: float, prefix: str):
     ]
     adata.obs_names = [prefix + name for name in adata.obs_names]
     return adata
+
+
+def _reagent_screen(sign: float, prefix: str):
+    return _screen_of(prefix, key=3, intervention="shift", strength=-sign * STRENGTH)
 
 
 @pytest.fixture(scope="module")
@@ -197,21 +197,7 @@ def test_unknown_perturbations_are_named(model):
 
 
 def _kind_screen(kind: str, prefix: str):
-    adata = simulate_screen(
-        num_genes=6,
-        num_cells=3000,
-        perturbed_genes=4,
-        double_perturbations=2,
-        intervention=kind,
-        key=5,
-    )
-    labels = adata.obs["perturbation"].astype(str)
-    adata.obs["perturbation"] = [
-        label if label == "control" else "+".join(prefix + gene for gene in label.split("+"))
-        for label in labels
-    ]
-    adata.obs_names = [prefix + name for name in adata.obs_names]
-    return adata
+    return _screen_of(prefix, key=5, intervention=kind)
 
 
 def test_perturbations_of_two_kinds_keep_their_own():
