@@ -30,7 +30,7 @@ from causalcell.clipr import DirectEffects
 from causalcell.data import Registry, register, to_arrays
 from causalcell.handlers import do, knockdown, knockout, learned, noise_scale, shift
 from causalcell.inference import Posterior, fit, fit_nuts
-from causalcell.models import LCD
+from causalcell.models import LCD, ConceptModel
 from causalcell.queries import (
     actual_causation,
     counterfactual,
@@ -45,6 +45,7 @@ __all__ = [
     "LCD",
     "CausalResult",
     "CausalcellWarning",
+    "ConceptModel",
     "DirectEffects",
     "Posterior",
     "Registry",

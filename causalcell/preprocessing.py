@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["library_size", "normalize_log1p"]
+__all__ = ["library_size", "normalize_log1p", "variable_genes"]
 
 #: Counts per cell after normalisation, as in ``scanpy.pp.normalize_total(target_sum=1e4)``.
 DEFAULT_TARGET_SUM = 1e4
@@ -54,3 +54,16 @@ def normalize_log1p(
         )
     dense = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
     return np.log1p(dense * (target_sum / sizes)[:, None]).astype(np.float32)
+
+
+def variable_genes(counts, size_factors=None) -> np.ndarray:
+    """Gene indices from most to least variable: by the variance of :func:`normalize_log1p`'d
+    expression over cells (ties in gene order), the usual choice of highly variable genes.
+
+    Examples
+    --------
+    >>> variable_genes(np.array([[1.0, 5.0, 2.0], [1.0, 0.0, 2.0]]))
+    array([1, 2, 0])
+    """
+    spread = normalize_log1p(counts, size_factors).var(axis=0)
+    return np.argsort(-spread, kind="stable")

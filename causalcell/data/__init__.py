@@ -39,6 +39,7 @@ import pandas as pd
 from scipy import sparse
 
 from causalcell.data import _checks as checks
+from causalcell.data._concepts import MISSING_LEVEL, ConceptArrays, concept_arrays
 from causalcell.data._formats import CONTROL_ALIASES, FORMATS, GUIDES, read_screen
 from causalcell.data._registry import (
     Registry,
@@ -54,9 +55,12 @@ __all__ = [
     "CONTROL_ALIASES",
     "FORMATS",
     "GUIDES",
+    "MISSING_LEVEL",
     "UNS_KEY",
+    "ConceptArrays",
     "Registry",
     "ScreenArrays",
+    "concept_arrays",
     "condition_labels",
     "read_screen",
     "register",

@@ -61,11 +61,28 @@ from causalcell.noise._models import (
 
 __all__ = [
     "LINKS",
+    "NOISE_MODELS",
     "Gaussian",
     "LogNormalizedGaussian",
     "NegativeBinomial",
     "NoiseModel",
     "Poisson",
     "ZeroInflatedNegativeBinomial",
+    "noise_model",
     "validate_counts",
 ]
+
+#: The noise models by the names the models' ``fit(noise=...)`` take.
+NOISE_MODELS = {
+    "negative_binomial": NegativeBinomial(),
+    "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial(),
+    "poisson": Poisson(),
+    "gaussian": Gaussian(),
+}
+
+
+def noise_model(name: str) -> NoiseModel:
+    """The noise model named ``name`` (:data:`NOISE_MODELS`), with a message for unknown names."""
+    if name not in NOISE_MODELS:
+        raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {name!r}.")
+    return NOISE_MODELS[name]

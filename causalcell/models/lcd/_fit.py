@@ -26,13 +26,7 @@ from causalcell.models.lcd._start import (
     noise_split,
     pair_starts,
 )
-from causalcell.noise import (
-    Gaussian,
-    NegativeBinomial,
-    NoiseModel,
-    Poisson,
-    ZeroInflatedNegativeBinomial,
-)
+from causalcell.noise import NOISE_MODELS, NoiseModel, noise_model
 
 __all__ = [
     "NOISE_MODELS",
@@ -78,22 +72,6 @@ class SviProblem(NamedTuple):
             guide=AmortizedGuide(self.model, **self.guide_kwargs),
             model_kwargs=self.model_kwargs,
         )
-
-
-#: ``LCD.fit``'s ``noise``: how the latent log-expression is observed.
-NOISE_MODELS = {
-    "negative_binomial": NegativeBinomial(),
-    "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial(),
-    "poisson": Poisson(),
-    "gaussian": Gaussian(),
-}
-
-
-def noise_model(name: str) -> NoiseModel:
-    """The noise model ``LCD.fit(noise=name)`` observes the cells through."""
-    if name not in NOISE_MODELS:
-        raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {name!r}.")
-    return NOISE_MODELS[name]
 
 
 class PreparedScreen(NamedTuple):

@@ -64,7 +64,7 @@ import numpy as np
 
 from causalcell._core.linalg import solve
 from causalcell.models.lcd._decoder import decode, decoder_from_sites, initial_decoder
-from causalcell.preprocessing import normalize_log1p
+from causalcell.preprocessing import variable_genes
 
 __all__ = [
     "DEFAULT_PROGRAMS",
@@ -264,8 +264,7 @@ def choose_gene_space(
     elif isinstance(modelled_genes, int | np.integer):
         if modelled_genes < 0:
             raise ValueError(f"modelled_genes must be non-negative, got {modelled_genes}.")
-        spread = normalize_log1p(arrays.counts, arrays.size_factors).var(axis=0)
-        ranked = [genes[position] for position in np.argsort(-spread, kind="stable")]
+        ranked = [genes[i] for i in variable_genes(arrays.counts, arrays.size_factors)]
         chosen |= set([gene for gene in ranked if gene not in chosen][:modelled_genes])
     else:
         unknown = [gene for gene in modelled_genes if gene not in genes]

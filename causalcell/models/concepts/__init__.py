@@ -1,0 +1,27 @@
+"""The causal concept model (CausCell-style): cell concepts (cell type, age, region, donor...)
+as a Gumbel-max SCM over a concept DAG, one embedding per concept next to an unexplained part,
+counts from a decoder; per-cell counterfactuals by abduction of each cell's own noise.
+
+:class:`ConceptModel` fits it to AnnData; :func:`concept_model` is the NumPyro program;
+:class:`ConceptSpec` and the array functions of :mod:`._scm` are the concept SCM.
+"""
+
+from causalcell.models.concepts._model import ConceptModel
+from causalcell.models.concepts._program import concept_model
+from causalcell.models.concepts._scm import (
+    ConceptSpec,
+    abduct_gumbel,
+    intervene,
+    mechanism_logits,
+    sample_levels,
+)
+
+__all__ = [
+    "ConceptModel",
+    "ConceptSpec",
+    "abduct_gumbel",
+    "concept_model",
+    "intervene",
+    "mechanism_logits",
+    "sample_levels",
+]

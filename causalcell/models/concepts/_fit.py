@@ -1,0 +1,118 @@
+"""The set-up of a concept model's fit: the concept graph checked against the columns, gene
+selection, the model's data and keyword arguments, and the guide's encoder features and
+starting scales."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+
+from causalcell.graph import validate_dag
+from causalcell.inference import default_encoder_inputs
+from causalcell.models.concepts._program import DECODER_SITES
+from causalcell.models.concepts._scm import ConceptSpec
+from causalcell.noise import noise_model
+from causalcell.preprocessing import variable_genes
+
+__all__ = [
+    "choose_genes",
+    "concept_graph",
+    "encoder_inputs",
+    "model_data",
+    "model_kwargs",
+    "point_sites",
+    "start_scales",
+]
+
+
+def concept_graph(concepts, graph) -> nx.DiGraph:
+    """The concept DAG, checked against ``concepts`` before any data is read."""
+    if isinstance(concepts, str):
+        raise ValueError(f"concepts must be a list of column names, got the string {concepts!r}.")
+    concepts = list(concepts)
+    if graph is None:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(concepts)
+    if not isinstance(graph, nx.DiGraph):
+        raise ValueError(f"graph must be a networkx.DiGraph, got {type(graph).__name__}.")
+    validate_dag(graph)
+    if set(graph.nodes) != set(concepts) or len(set(concepts)) != len(concepts):
+        raise ValueError(
+            f"The graph's nodes {sorted(map(str, graph.nodes))} must be the concepts "
+            f"{concepts}, each once; add isolated concepts with graph.add_node(name)."
+        )
+    return graph
+
+
+def choose_genes(arrays, genes) -> np.ndarray:
+    """Column indices of the modelled genes, in ``adata.var`` order."""
+    total = len(arrays.genes)
+    if genes is None:
+        return np.arange(total)
+    if isinstance(genes, int | np.integer):
+        if genes < 1:
+            raise ValueError(f"genes must be a positive number or a list of names, got {genes}.")
+        return np.sort(variable_genes(arrays.counts, arrays.size_factors)[: min(genes, total)])
+    position = {gene: index for index, gene in enumerate(arrays.genes)}
+    unknown = [gene for gene in genes if gene not in position]
+    if unknown:
+        raise ValueError(f"genes names genes that are not in adata.var_names: {unknown[:10]}.")
+    return np.array([position[gene] for gene in genes], dtype=int)
+
+
+def point_sites(decoder_posterior: str, hidden: int) -> tuple[str, ...]:
+    """The decoder sites estimated as points (none for a Bayesian decoder)."""
+    if decoder_posterior == "normal":
+        return ()
+    return DECODER_SITES if hidden else DECODER_SITES[2:]
+
+
+def start_scales(decoder_posterior: str, hidden: int) -> dict[str, float]:
+    """Start a Bayesian decoder near a point estimate (posterior sd 0.001): the default start
+    of 0.1 is as large as the weights' prior scale and drowns the fit's first steps in noise."""
+    if decoder_posterior == "point":
+        return {}
+    return dict.fromkeys(DECODER_SITES if hidden else DECODER_SITES[2:], 1e-3)
+
+
+def model_data(labels, counts, size_factors, noise) -> dict:
+    counts = np.asarray(counts, np.float32)
+    sizes = np.asarray(size_factors, np.float32)
+    scaled = counts / sizes[:, None] if noise.is_count_model else counts
+    mean = scaled.mean(axis=0)
+    log_mean = np.log(np.maximum(mean, 1e-6)) if noise.is_count_model else mean
+    return {
+        "labels": jnp.asarray(labels, jnp.int32),
+        "counts": jnp.asarray(counts),
+        "size_factors": jnp.asarray(sizes),
+        "log_mean": jnp.asarray(log_mean, jnp.float32),
+    }
+
+
+def model_kwargs(spec: ConceptSpec, num_genes: int, settings: Mapping) -> dict:
+    return {
+        "spec": spec,
+        "num_genes": num_genes,
+        "dimension": settings["dimension"],
+        "unexplained": settings["unexplained"],
+        "hidden": settings["hidden"],
+        "noise": noise_model(settings["noise"]),
+    }
+
+
+def encoder_inputs(spec: ConceptSpec, count_data: bool):
+    """Encoder features: log1p-normalised counts (or the values themselves, for continuous
+    data) and each concept's one-hot label."""
+    sizes = spec.sizes
+
+    def inputs(data, index):
+        labels = data["labels"][index]
+        hots = [jax.nn.one_hot(labels[:, k], size) for k, size in enumerate(sizes)]
+        values = default_encoder_inputs(data, index) if count_data else data["counts"][index]
+        return jnp.concatenate([values, *hots], axis=-1)
+
+    return inputs

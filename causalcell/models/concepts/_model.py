@@ -1,0 +1,415 @@
+"""``ConceptModel``: the causal concept model fitted to concept-labelled AnnData, and its
+queries (embeddings, generation, per-cell counterfactuals, concept-to-concept effects)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import anndata
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+import optax
+import pandas as pd
+import scipy.sparse
+
+from causalcell._core.keys import as_key
+from causalcell.data import MISSING_LEVEL, concept_arrays
+from causalcell.graph import topological_order
+from causalcell.inference import fit
+from causalcell.models.concepts._fit import (
+    choose_genes,
+    concept_graph,
+    encoder_inputs,
+    model_data,
+    model_kwargs,
+    point_sites,
+    start_scales,
+)
+from causalcell.models.concepts._program import concept_model
+from causalcell.models.concepts._queries import (
+    counterfactual_draws,
+    couple_counts,
+    generated_draws,
+    interventional_probabilities,
+)
+from causalcell.models.concepts._scm import ConceptSpec
+from causalcell.noise import noise_model
+
+__all__ = ["ConceptModel"]
+
+#: Cells per chunk of a counterfactual query (memory ``chunk x draws x genes`` floats).
+CHUNK = 256
+
+
+class ConceptModel:
+    """A fitted causal concept model (:mod:`._program`): ``ConceptModel.fit(adata, concepts,
+    graph)``, then :meth:`embed`, :meth:`generate`, :meth:`counterfactual` and :meth:`effects`.
+
+    Attributes
+    ----------
+    posterior
+        The :class:`causalcell.inference.Posterior` of the fit.
+    spec
+        The :class:`._scm.ConceptSpec`: concepts parents first, levels, parents.
+    genes
+        The modelled genes (highly variable ones by default), in ``adata.var`` order.
+    settings
+        ``fit``'s model settings (``dimension``, ``unexplained``, ``hidden``, ``noise``, ...).
+    library_sizes
+        Size factors of the training cells (generated cells draw theirs from these).
+    seen
+        The level combinations of the training cells, as a set of tuples of level names.
+    """
+
+    def __init__(self, posterior, spec: ConceptSpec, genes, settings, library_sizes, seen):
+        self.posterior, self.spec, self.genes = posterior, spec, tuple(genes)
+        self.settings, self.library_sizes, self.seen = dict(settings), library_sizes, set(seen)
+
+    @classmethod
+    def fit(
+        cls,
+        adata,
+        concepts: Sequence[str],
+        graph: nx.DiGraph | None = None,
+        *,
+        layer: str | None = None,
+        size_factor_key: str | None = None,
+        genes: int | Sequence[str] | None = 2000,
+        dimension: int = 8,
+        unexplained: int = 8,
+        hidden: int = 128,
+        encoder_hidden: Sequence[int] = (128,),
+        noise: str = "negative_binomial",
+        decoder_posterior: str = "point",
+        num_steps: int = 3000,
+        batch_size: int | None = 256,
+        learning_rate: float = 3e-3,
+        key: int = 0,
+        progress_bar: bool = True,
+        **fit_kwargs,
+    ) -> ConceptModel:
+        """Fit the concept model to the cells of ``adata`` by minibatch SVI.
+
+        Parameters
+        ----------
+        adata
+            Cells with one ``.obs`` column per concept; not modified.
+        concepts
+            The concept columns.
+        graph
+            The concept DAG over the names in ``concepts`` (``age -> cell_type``: age causes
+            cell type); ``None``: no edges (independent concepts).
+        layer, size_factor_key
+            Counts (``.X`` by default) and size factors (library sizes by default).
+        genes
+            A number: the most variable genes (:func:`causalcell.preprocessing.variable_genes`),
+            never the first columns; a list of names; ``None``: every gene.
+        dimension, unexplained, hidden
+            Embedding size per concept, size of the unexplained part, width of the decoder's
+            hidden layer (0: a linear decoder).
+        encoder_hidden
+            Widths of the encoder (counts and one-hot labels to each cell's noise).
+        decoder_posterior
+            ``"point"``: the decoder's weights and baseline are point (MAP) estimates, as a
+            VAE's; ``"normal"``: mean-field Gaussian posteriors, whose spread enters every
+            generated cell and counterfactual.
+        noise
+            ``"negative_binomial"``, ``"zero_inflated_negative_binomial"``, ``"poisson"`` or
+            ``"gaussian"`` (values already on a log scale).
+        num_steps, batch_size, learning_rate, key, progress_bar
+            SVI settings (Adam, step size decaying tenfold over the fit); the same key gives
+            the same fit. Other keywords go to :func:`causalcell.inference.fit`
+            (``checkpoint``, ``early_stopping``).
+
+        Raises
+        ------
+        ValueError
+            Before any work, for a graph over other names than ``concepts``, a cyclic graph,
+            bad sizes or an unknown noise; then for missing labels or invalid counts.
+        """
+        observation = noise_model(noise)
+        for name, value in (("dimension", dimension), ("num_steps", num_steps)):
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name, value in (("unexplained", unexplained), ("hidden", hidden)):
+            if not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        if decoder_posterior not in ("point", "normal"):
+            raise ValueError(
+                f"decoder_posterior must be 'point' or 'normal', got {decoder_posterior!r}."
+            )
+        graph = concept_graph(concepts, graph)
+        order = topological_order(graph)
+        arrays = concept_arrays(
+            adata,
+            order,
+            layer=layer,
+            size_factor_key=size_factor_key,
+            count_data=observation.is_count_model,
+        )
+        missing = (arrays.labels == MISSING_LEVEL).any(axis=0)
+        if missing.any():
+            names = [name for name, gap in zip(order, missing, strict=True) if gap]
+            raise ValueError(
+                f"Cells without a label of {names}: the concept model needs every label for now; "
+                "drop those cells (adata[adata.obs[name].notna()])."
+            )
+        spec = ConceptSpec.from_graph(graph, arrays.levels)
+        chosen = choose_genes(arrays, genes)
+        counts = arrays.counts[:, chosen]
+        settings = {
+            "dimension": int(dimension),
+            "unexplained": int(unexplained),
+            "hidden": int(hidden),
+            "noise": noise,
+            "encoder_hidden": tuple(encoder_hidden),
+            "decoder_posterior": decoder_posterior,
+            "layer": layer,
+            "size_factor_key": size_factor_key,
+        }
+        data = model_data(arrays.labels, counts, arrays.size_factors, observation)
+        posterior = fit(
+            concept_model,
+            data,
+            guide="amortized",
+            model_kwargs=model_kwargs(spec, counts.shape[1], settings),
+            guide_kwargs={
+                "encoder_inputs": encoder_inputs(spec, observation.is_count_model),
+                "hidden": tuple(encoder_hidden),
+                "global_guide": "normal",
+                "point_estimates": point_sites(decoder_posterior, hidden),
+                "init_values": {"baseline": data["log_mean"]},
+                "init_scales": start_scales(decoder_posterior, hidden),
+                "key": key,
+            },
+            optimizer=optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
+            num_steps=num_steps,
+            batch_size=batch_size,
+            key=key,
+            progress_bar=progress_bar,
+            **fit_kwargs,
+        )
+        seen = {tuple(row) for row in np.unique(arrays.labels, axis=0).tolist()}
+        genes_chosen = [arrays.genes[index] for index in chosen]
+        return cls(posterior, spec, genes_chosen, settings, arrays.size_factors, seen)
+
+    # -- cells ----------------------------------------------------------------------------
+    def _data(self, adata) -> tuple[dict, np.ndarray]:
+        """The model's data of the cells of ``adata`` (the fitted genes and levels)."""
+        arrays = concept_arrays(
+            adata,
+            self.spec.names,
+            layer=self.settings["layer"],
+            size_factor_key=self.settings["size_factor_key"],
+            levels=dict(zip(self.spec.names, self.spec.levels, strict=True)),
+            genes=self.genes,
+            count_data=noise_model(self.settings["noise"]).is_count_model,
+        )
+        if (arrays.labels == MISSING_LEVEL).any():
+            raise ValueError("Every cell needs a label of every concept for this query.")
+        data = model_data(arrays.labels, arrays.counts, arrays.size_factors, self.noise)
+        data["log_mean"] = self.posterior.data["log_mean"]
+        return data, arrays.labels
+
+    @property
+    def noise(self):
+        return noise_model(self.settings["noise"])
+
+    def embed(self, adata, *, store: bool = False) -> dict[str, np.ndarray]:
+        """Posterior-mean embedding of each concept ``{concept: [n, D]}`` and of the unexplained
+        part (``"unexplained"``: ``[n, U]``) of the cells of ``adata``; ``store=True`` also
+        writes them to ``adata.obsm["concept_<name>"]`` and ``adata.obsm["unexplained"]``."""
+        data, labels = self._data(adata)
+        local = self.posterior.encode(data=data)
+        own = np.asarray(local["concept_noise"]["mean"])
+        draws = self.posterior.sample(0, 100)
+        dimension = self.settings["dimension"]
+        result = {}
+        for concept, name in enumerate(self.spec.names):
+            table = np.asarray(draws[f"embedding_{name}"]).mean(axis=0)
+            spread = float(np.asarray(draws["spread"])[:, concept].mean())
+            part = own[:, concept * dimension : (concept + 1) * dimension]
+            result[name] = table[labels[:, concept]] + spread * part
+        result["unexplained"] = np.asarray(local["unexplained"]["mean"])
+        if store:
+            for name, value in result.items():
+                adata.obsm[name if name == "unexplained" else f"concept_{name}"] = value
+        return result
+
+    def _fixed(self, levels: Mapping) -> dict[int, int]:
+        if not isinstance(levels, Mapping) or not levels:
+            raise ValueError("Pass concept levels as a mapping, e.g. {'age': '90w'}.")
+        return {
+            self.spec.index(name): self.spec.level(name, value) for name, value in levels.items()
+        }
+
+    def generate(self, levels: Mapping, num_cells: int = 500, *, key=0, num_samples: int = 100):
+        """New cells under ``do(levels)`` (e.g. ``{"cell_type": "T", "age": "90w"}``), the other
+        concepts drawn from the fitted SCM, each cell from one of ``num_samples`` posterior
+        draws; ``obs["unseen"]`` flags level combinations no training cell had.
+
+        Returns an AnnData: ``X`` counts, ``obs`` the concepts, ``layers["log_rate"]``."""
+        fixed = self._fixed(levels)
+        draw_key, cell_key, size_key, count_key = jax.random.split(as_key(key), 4)
+        draws = self.posterior.sample(draw_key, num_samples)
+        levels_drawn, log_rate = generated_draws(cell_key, draws, self.spec, fixed, num_cells)
+        sizes = jax.random.choice(size_key, jnp.asarray(self.library_sizes), (num_cells,))
+        parameters = {
+            name: draws[self.noise.site_name(name)][jnp.arange(num_cells) % num_samples]
+            for name in self.noise.parameters_of(draws)
+        }
+        likelihood = self.noise.distribution(log_rate, sizes, **parameters)
+        counts = np.asarray(likelihood.sample(count_key), np.float32)
+        obs = self._obs(np.asarray(levels_drawn), [f"generated{i}" for i in range(num_cells)])
+        result = anndata.AnnData(
+            scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(self.genes))
+        )
+        result.obs["size_factor"] = np.asarray(sizes, np.float32)
+        result.layers["log_rate"] = np.asarray(log_rate, np.float32)
+        return result
+
+    def _obs(self, levels: np.ndarray, index) -> pd.DataFrame:
+        obs = pd.DataFrame(
+            {
+                name: pd.Categorical.from_codes(levels[:, concept], list(self.spec.levels[concept]))
+                for concept, name in enumerate(self.spec.names)
+            },
+            index=index,
+        )
+        obs["unseen"] = [tuple(row) not in self.seen for row in levels.tolist()]
+        return obs
+
+    def counterfactual(
+        self,
+        cells,
+        levels: Mapping,
+        *,
+        num_samples: int = 100,
+        key=0,
+        probability: float = 0.9,
+    ) -> anndata.AnnData:
+        """These observed cells, had their concepts been ``levels`` (e.g. ``{"age": "90w"}``).
+
+        Per posterior draw of the globals: abduction of each cell's own noise (its embedding
+        noise and unexplained part from the encoder's posterior, its Gumbel noise from its
+        observed labels under that draw's mechanisms), action (the intervened concepts set,
+        their descendants recomputed, every other concept kept) and prediction (decoded
+        log-rates; counts of draw 0 by quantile coupling with the observed counts).
+
+        Returns
+        -------
+        anndata.AnnData
+            Factual then counterfactual rows: ``obs["world"]``, ``obs["cell"]``, the concepts
+            (the counterfactual's of draw 0), ``obs["unseen"]``; ``X`` counts;
+            ``layers["shift_mean"|"shift_lower"|"shift_upper"]``: posterior mean and
+            equal-tailed interval of each gene's counterfactual minus factual log-rate (zero in
+            factual rows); ``obsm["level_probability_<concept>"]`` of counterfactual rows: the
+            share of draws giving each level.
+        """
+        fixed = self._fixed(levels)
+        if not 0 < probability < 1:
+            raise ValueError(f"probability must be in (0, 1), got {probability}.")
+        data, labels = self._data(cells)
+        draw_key, local_key, world_key, count_key = jax.random.split(as_key(key), 4)
+        draws = self.posterior.sample(draw_key, num_samples)
+        local = self.posterior.encode(data=data, num_samples=num_samples, key=local_key)
+        tails = ((1 - probability) / 2, (1 + probability) / 2)
+        parameters = {
+            name: draws[self.noise.site_name(name)][0] for name in self.noise.parameters_of(draws)
+        }
+        parts = {"mean": [], "lower": [], "upper": [], "levels": [], "counts": [], "share": []}
+        for start in range(0, labels.shape[0], CHUNK):
+            rows = slice(start, start + CHUNK)
+            worlds = counterfactual_draws(
+                jax.random.fold_in(world_key, start),
+                draws,
+                self.spec,
+                jnp.asarray(labels[rows]),
+                local["concept_noise"]["draws"][:, rows],
+                local["unexplained"]["draws"][:, rows],
+                fixed,
+            )
+            shift = np.asarray(worlds["counterfactual"] - worlds["factual"])
+            parts["mean"].append(shift.mean(axis=0))
+            low, high = np.quantile(shift, tails, axis=0)
+            parts["lower"].append(low)
+            parts["upper"].append(high)
+            parts["levels"].append(np.asarray(worlds["levels"][0]))
+            parts["share"].append(np.asarray(worlds["levels"]))
+            parts["counts"].append(
+                np.asarray(
+                    couple_counts(
+                        jax.random.fold_in(count_key, start),
+                        self.noise,
+                        parameters,
+                        data["counts"][rows],
+                        data["size_factors"][rows],
+                        worlds["factual"][0],
+                        worlds["counterfactual"][0],
+                    )
+                )
+            )
+        return self._worlds(cells, data, labels, parts, levels, probability)
+
+    def _worlds(self, cells, data, labels, parts, levels, probability) -> anndata.AnnData:
+        names = list(map(str, cells.obs_names))
+        factual = self._obs(labels, [f"{name}:factual" for name in names])
+        changed = self._obs(
+            np.concatenate(parts["levels"]), [f"{name}:counterfactual" for name in names]
+        )
+        for frame, world in ((factual, "factual"), (changed, "counterfactual")):
+            frame.insert(0, "cell", names)
+            frame.insert(0, "world", world)
+        counts = np.concatenate([np.asarray(data["counts"]), np.concatenate(parts["counts"])])
+        result = anndata.AnnData(
+            scipy.sparse.csr_matrix(counts.astype(np.float32)),
+            obs=pd.concat([factual, changed]),
+            var=pd.DataFrame(index=list(self.genes)),
+        )
+        zeros = np.zeros((len(names), len(self.genes)), np.float32)
+        for field in ("mean", "lower", "upper"):
+            values = np.concatenate(parts[field]).astype(np.float32)
+            result.layers[f"shift_{field}"] = np.concatenate([zeros, values])
+        share = np.concatenate(parts["share"], axis=1)  # [S, n, K]
+        for concept, name in enumerate(self.spec.names):
+            hits = np.eye(self.spec.sizes[concept])[share[..., concept]].mean(axis=0)
+            result.obsm[f"level_probability_{name}"] = np.concatenate(
+                [np.eye(hits.shape[1])[labels[:, concept]], hits]
+            )
+        result.uns["counterfactual"] = {"levels": dict(levels), "probability": probability}
+        return result
+
+    def effects(self, *, num_samples: int = 200, key=0, probability: float = 0.9) -> pd.DataFrame:
+        """Concept-to-concept effects: for every edge ``parent -> child`` of the graph and
+        every level pair, ``P(child = l | do(parent = a))`` with its posterior mean and
+        equal-tailed interval (the mechanisms' logits are identified only up to constants; these
+        probabilities are identified)."""
+        draws = self.posterior.sample(key, num_samples)
+        tails = ((1 - probability) / 2, (1 + probability) / 2)
+        rows = []
+        for parent_name, child_name in self.spec.edges:
+            parent, child = self.spec.index(parent_name), self.spec.index(child_name)
+            values = interventional_probabilities(
+                jax.random.fold_in(as_key(key), parent * 97 + child),
+                draws,
+                self.spec,
+                parent,
+                child,
+            )
+            low, high = np.quantile(values, tails, axis=0)
+            for a, parent_level in enumerate(self.spec.levels[parent]):
+                for level, child_level in enumerate(self.spec.levels[child]):
+                    rows.append(
+                        {
+                            "parent": parent_name,
+                            "child": child_name,
+                            "parent_level": parent_level,
+                            "child_level": child_level,
+                            "probability": float(values[:, a, level].mean()),
+                            "lower": float(low[a, level]),
+                            "upper": float(high[a, level]),
+                        }
+                    )
+        return pd.DataFrame(rows)

@@ -1,0 +1,104 @@
+"""Queries of a fitted concept model on arrays: per-cell counterfactuals (abduction, action,
+prediction), generation under ``do``, and interventional probabilities of the concept SCM.
+
+Every function takes posterior draws of the globals (``{site: [S, ...]}``) and returns draws
+with a leading ``S`` axis, so intervals come from the draws; cells are processed in chunks so
+that memory stays ``chunk x S x genes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalcell._core.coupling import couple
+from causalcell.models.concepts._program import concept_embeddings, decode
+from causalcell.models.concepts._scm import ConceptSpec, intervene, sample_levels
+from causalcell.noise import NoiseModel
+
+__all__ = ["counterfactual_draws", "generated_draws", "interventional_probabilities"]
+
+
+def counterfactual_draws(
+    key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed: Mapping
+) -> dict:
+    """Factual and counterfactual log-rates of cells, per posterior draw.
+
+    ``draws`` ``{site: [S, ...]}``; ``labels`` ``[n, K]`` observed levels; ``own`` ``[S, n, K D]``
+    and ``rest`` ``[S, n, U]``: each draw's abducted per-cell noise (the guide's posterior);
+    ``fixed`` ``{concept index: level index}``. Per draw the Gumbel noise of the changed
+    concepts is abducted from that draw's mechanisms (:func:`._scm.intervene`).
+
+    Returns ``{"levels": [S, n, K], "factual": [S, n, G], "counterfactual": [S, n, G]}``.
+    """
+    keys = jax.random.split(key, own.shape[0])
+
+    def one(key, values, own, rest):
+        levels = intervene(key, values, spec, labels, fixed)
+        factual = decode(values, concept_embeddings(values, spec, labels, own), rest)
+        changed = decode(values, concept_embeddings(values, spec, levels, own), rest)
+        return levels, factual, changed
+
+    levels, factual, changed = jax.vmap(one)(keys, dict(draws), own, rest)
+    return {"levels": levels, "factual": factual, "counterfactual": changed}
+
+
+def couple_counts(key, noise: NoiseModel, parameters, counts, sizes, factual, changed):
+    """Counterfactual counts of observed ``counts`` ``[n, G]`` by quantile coupling (each count
+    keeps its randomised quantile) from log-rates ``factual`` to ``changed`` ``[n, G]``."""
+    before = noise.distribution(factual, sizes, **parameters)
+    after = noise.distribution(changed, sizes, **parameters)
+    return couple(key, before, noise.observation(counts, sizes), after)
+
+
+def generated_draws(key, draws: Mapping, spec: ConceptSpec, fixed: Mapping, num_cells: int):
+    """Levels ``[n, K]`` and log-rates ``[n, G]`` of ``num_cells`` new cells under ``do(fixed)``:
+    cell ``i`` uses draw ``i mod S`` of the globals, its concepts from the SCM with ``fixed``
+    set, its own noise and unexplained part from their priors."""
+    count = next(iter(draws.values())).shape[0]
+    which = jnp.arange(num_cells) % count
+    values = {name: value[which] for name, value in draws.items()}
+    level_key, own_key, rest_key = jax.random.split(key, 3)
+    dimension = values[f"embedding_{spec.names[0]}"].shape[-1]
+    unexplained = _inputs(values) - len(spec.names) * dimension
+
+    def one(key, values):
+        return sample_levels(key, values, spec, (), fixed)
+
+    levels = jax.vmap(one)(jax.random.split(level_key, num_cells), values)
+    own = jax.random.normal(own_key, (num_cells, len(spec.names) * dimension))
+    rest = jax.random.normal(rest_key, (num_cells, unexplained))
+
+    def rates(values, levels, own, rest):
+        return decode(values, concept_embeddings(values, spec, levels, own), rest)
+
+    return levels, jax.vmap(rates)(values, levels, own, rest)
+
+
+def _inputs(values: Mapping) -> int:
+    """Width of the decoder's input (embeddings and unexplained part)."""
+    first = values["decoder_hidden"] if "decoder_hidden" in values else values["decoder_out"]
+    return first.shape[-2]
+
+
+def interventional_probabilities(
+    key, draws: Mapping, spec: ConceptSpec, parent: int, child: int, num_cells: int = 2000
+) -> np.ndarray:
+    """``[S, L_parent, L_child]``: ``P(child = l | do(parent = a))`` per draw, by ancestral
+    sampling of ``num_cells`` cells per draw and parent level (the child's other parents at
+    their interventional law)."""
+    count = next(iter(draws.values())).shape[0]
+    keys = jax.random.split(key, (count, spec.sizes[parent]))
+
+    def one(keys, values):
+        def at(key, level):
+            levels = sample_levels(key, values, spec, (num_cells,), {parent: level})
+            hits = jax.nn.one_hot(levels[:, child], spec.sizes[child])
+            return hits.mean(axis=0)
+
+        return jax.vmap(at)(keys, jnp.arange(spec.sizes[parent]))
+
+    return np.asarray(jax.vmap(one)(keys, dict(draws)))
