@@ -13,7 +13,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 from numpyro.handlers import block
-from numpyro.infer import init_to_median
+from numpyro.infer import Predictive, init_to_median
 from numpyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
@@ -25,7 +25,13 @@ from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._subsample import subsample
 from causalcell.inference._trace import abstract_trace, split_data
 
-__all__ = ["FULL_RANK_LIMIT", "AmortizedGuide", "default_encoder_inputs", "encode_batch"]
+__all__ = [
+    "FULL_RANK_LIMIT",
+    "AmortizedGuide",
+    "default_encoder_inputs",
+    "draw_sites",
+    "encode_batch",
+]
 
 #: Most global dimensions for which ``global_guide="auto"`` picks the full-covariance guide: its
 #: scale matrix has ``D (D + 1) / 2`` parameters (180k at 600), cheap next to the encoder, and
@@ -370,3 +376,11 @@ def encode_batch(guide, others, num_samples, num_cells, size, params, arrays, st
             noise = jax.random.normal(jax.random.fold_in(key, position), (num_samples, *loc.shape))
             result[name]["draws"] = jnp.moveaxis(loc + scale * noise, 0, 1)  # cells first
     return result
+
+
+def draw_sites(guide, names, num_samples, others, params, arrays, key) -> dict:
+    """``num_samples`` draws of the sites ``names`` from ``guide`` (its parameters ``params``)
+    called on the data ``arrays`` and the other keyword arguments ``others`` (pairs)."""
+    predictive = Predictive(guide, params=params, num_samples=num_samples, return_sites=list(names))
+    draws = predictive(key, **arrays, **dict(others))
+    return {name: draws[name] for name in names}

@@ -18,7 +18,7 @@ from numpyro.infer import Predictive
 
 from causalcell._core import arviz_adapter as _arviz
 from causalcell._core.keys import as_key
-from causalcell.inference._guides import AmortizedGuide, encode_batch
+from causalcell.inference._guides import AmortizedGuide, draw_sites, encode_batch
 from causalcell.inference._posterior_files import (
     describe_model,
     load_posterior_arguments,
@@ -112,7 +112,8 @@ class Posterior:
         self.losses = None if losses is None else jnp.asarray(losses)
         self.config = dict(config or {})
         self._description = None
-        self._encode_batch = None  # jitted per posterior, so no global cache keeps the guide
+        # Jitted per posterior, so that no global cache keeps the guide.
+        self._encode_batch = self._draw_sites = None
         if self.samples and self.num_draws % num_chains:
             raise ValueError(f"{self.num_draws} draws do not split into {num_chains} chains.")
 
@@ -224,11 +225,15 @@ class Posterior:
             return {}
         self.ready_guide()
         guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
-        predictive = Predictive(
-            guide, params=self.params, num_samples=num_samples, return_sites=list(names)
-        )
-        draws = predictive(as_key(key), **self.model_arguments())
-        return {name: draws[name] for name in names}
+        arrays, keywords = split_data(self.model_arguments())
+        others = tuple(sorted(keywords.items()))
+        try:
+            hash(others)
+        except TypeError:  # unhashable keyword arguments: run eagerly, compiled per call
+            return draw_sites(guide, names, num_samples, others, self.params, arrays, as_key(key))
+        if self._draw_sites is None:  # compiled once per posterior and shape of the request
+            self._draw_sites = jax.jit(partial(draw_sites, guide), static_argnums=(0, 1, 2))
+        return self._draw_sites(names, num_samples, others, self.params, arrays, as_key(key))
 
     def encode(
         self, batch_size: int = 1024, num_samples: int = 0, key=None, data: Mapping | None = None

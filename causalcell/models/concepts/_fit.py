@@ -101,6 +101,7 @@ def model_kwargs(spec: ConceptSpec, num_genes: int, settings: Mapping) -> dict:
         "unexplained": settings["unexplained"],
         "hidden": settings["hidden"],
         "noise": noise_model(settings["noise"]),
+        "own_noise": settings["concept_noise"],
     }
 
 

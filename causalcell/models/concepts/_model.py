@@ -83,6 +83,7 @@ class ConceptModel:
         encoder_hidden: Sequence[int] = (128,),
         noise: str = "negative_binomial",
         decoder_posterior: str = "point",
+        concept_noise: bool = True,
         num_steps: int = 3000,
         batch_size: int | None = 256,
         learning_rate: float = 3e-3,
@@ -115,6 +116,9 @@ class ConceptModel:
             ``"point"``: the decoder's weights and baseline are point (MAP) estimates, as a
             VAE's; ``"normal"``: mean-field Gaussian posteriors, whose spread enters every
             generated cell and counterfactual.
+        concept_noise
+            ``False``: no variation of a concept's embedding within a level (each concept enters
+            the decoder as its level, as the covariates of a conditional VAE; an ablation).
         noise
             ``"negative_binomial"``, ``"zero_inflated_negative_binomial"``, ``"poisson"`` or
             ``"gaussian"`` (values already on a log scale).
@@ -166,6 +170,7 @@ class ConceptModel:
             "noise": noise,
             "encoder_hidden": tuple(encoder_hidden),
             "decoder_posterior": decoder_posterior,
+            "concept_noise": bool(concept_noise),
             "layer": layer,
             "size_factor_key": size_factor_key,
         }
@@ -229,7 +234,9 @@ class ConceptModel:
         result = {}
         for concept, name in enumerate(self.spec.names):
             table = np.asarray(draws[f"embedding_{name}"]).mean(axis=0)
-            spread = float(np.asarray(draws["spread"])[:, concept].mean())
+            spread = (
+                float(np.asarray(draws["spread"])[:, concept].mean()) if "spread" in draws else 0.0
+            )
             part = own[:, concept * dimension : (concept + 1) * dimension]
             result[name] = table[labels[:, concept]] + spread * part
         result["unexplained"] = np.asarray(local["unexplained"]["mean"])
@@ -238,12 +245,16 @@ class ConceptModel:
                 adata.obsm[name if name == "unexplained" else f"concept_{name}"] = value
         return result
 
-    def _fixed(self, levels: Mapping) -> dict[int, int]:
+    def _fixed(self, levels: Mapping) -> tuple[tuple[int, int], ...]:
+        """``((concept index, level index), ...)`` of ``levels``, checked."""
         if not isinstance(levels, Mapping) or not levels:
             raise ValueError("Pass concept levels as a mapping, e.g. {'age': '90w'}.")
-        return {
-            self.spec.index(name): self.spec.level(name, value) for name, value in levels.items()
-        }
+        return tuple(
+            sorted(
+                (self.spec.index(name), self.spec.level(name, value))
+                for name, value in levels.items()
+            )
+        )
 
     def generate(self, levels: Mapping, num_cells: int = 500, *, key=0, num_samples: int = 100):
         """New cells under ``do(levels)`` (e.g. ``{"cell_type": "T", "age": "90w"}``), the other

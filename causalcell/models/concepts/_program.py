@@ -58,19 +58,23 @@ def concept_model(
     unexplained: int = 8,
     hidden: int = 128,
     noise: NoiseModel = NOISE_MODELS["negative_binomial"],
+    own_noise: bool = True,
 ):
     """The program (module docstring) over ``labels`` ``[n, K]`` (level codes, concepts in
     ``spec`` order), ``counts`` ``[n, G]`` (``None``: simulated) and ``size_factors`` ``[n]``;
-    ``log_mean`` ``[G]`` centres the baseline's prior (log mean count per unit size factor)."""
+    ``log_mean`` ``[G]`` centres the baseline's prior (log mean count per unit size factor).
+    ``own_noise=False`` drops the cells' own variation within a level (no ``spread`` site: each
+    concept's embedding is its level's, as one-hot covariates of a conditional VAE)."""
     values = mechanism_sites(spec)
     for name, size in zip(spec.names, spec.sizes, strict=True):
         values[f"embedding_{name}"] = numpyro.sample(
             f"embedding_{name}", dist.Normal(0.0, 1.0).expand([size, dimension]).to_event(2)
         )
-    values["spread"] = numpyro.sample(
-        "spread",
-        dist.LogNormal(jnp.log(SPREAD_MEDIAN), 1.0).expand([len(spec.names)]).to_event(1),
-    )
+    if own_noise:
+        values["spread"] = numpyro.sample(
+            "spread",
+            dist.LogNormal(jnp.log(SPREAD_MEDIAN), 1.0).expand([len(spec.names)]).to_event(1),
+        )
     centre = jnp.zeros(num_genes) if log_mean is None else jnp.asarray(log_mean)
     values.update(decoder_sites(len(spec.names) * dimension + unexplained, hidden, centre))
     parameters = noise.sample_parameters(num_genes)
@@ -132,13 +136,16 @@ def decoder_sites(inputs: int, hidden: int, centre) -> dict:
 
 def concept_embeddings(values, spec: ConceptSpec, levels, own) -> jnp.ndarray:
     """``[..., K D]``: each concept's level embedding plus its spread times the cell's own
-    ``own`` ``[..., K D]`` noise, concepts in ``spec`` order."""
+    ``own`` ``[..., K D]`` noise (none without a ``spread`` site), concepts in ``spec`` order."""
     parts = []
     dimension = own.shape[-1] // len(spec.names)
     for concept, name in enumerate(spec.names):
         table = values[f"embedding_{name}"]
         noise = own[..., concept * dimension : (concept + 1) * dimension]
-        parts.append(table[levels[..., concept]] + values["spread"][concept] * noise)
+        part = table[levels[..., concept]]
+        if "spread" in values:
+            part = part + values["spread"][concept] * noise
+        parts.append(part)
     return jnp.concatenate(parts, axis=-1)
 
 

@@ -8,6 +8,7 @@ that memory stays ``chunk x S x genes``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -22,19 +23,19 @@ from causalcell.noise import NoiseModel
 __all__ = ["counterfactual_draws", "generated_draws", "interventional_probabilities"]
 
 
-def counterfactual_draws(
-    key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed: Mapping
-) -> dict:
+@functools.partial(jax.jit, static_argnames=("spec", "fixed"))
+def counterfactual_draws(key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed) -> dict:
     """Factual and counterfactual log-rates of cells, per posterior draw.
 
     ``draws`` ``{site: [S, ...]}``; ``labels`` ``[n, K]`` observed levels; ``own`` ``[S, n, K D]``
     and ``rest`` ``[S, n, U]``: each draw's abducted per-cell noise (the guide's posterior);
-    ``fixed`` ``{concept index: level index}``. Per draw the Gumbel noise of the changed
-    concepts is abducted from that draw's mechanisms (:func:`._scm.intervene`).
+    ``fixed`` ``((concept index, level index), ...)`` (static). Per draw the Gumbel noise of the
+    changed concepts is abducted from that draw's mechanisms (:func:`._scm.intervene`).
 
     Returns ``{"levels": [S, n, K], "factual": [S, n, G], "counterfactual": [S, n, G]}``.
     """
     keys = jax.random.split(key, own.shape[0])
+    fixed = dict(fixed)
 
     def one(key, values, own, rest):
         levels = intervene(key, values, spec, labels, fixed)
@@ -48,14 +49,20 @@ def counterfactual_draws(
 
 def couple_counts(key, noise: NoiseModel, parameters, counts, sizes, factual, changed):
     """Counterfactual counts of observed ``counts`` ``[n, G]`` by quantile coupling (each count
-    keeps its randomised quantile) from log-rates ``factual`` to ``changed`` ``[n, G]``."""
+    keeps its randomised quantile; kept where the log-rate is) from log-rates ``factual`` to
+    ``changed`` ``[n, G]``."""
     before = noise.distribution(factual, sizes, **parameters)
     after = noise.distribution(changed, sizes, **parameters)
-    return couple(key, before, noise.observation(counts, sizes), after)
+    observed = noise.observation(counts, sizes)
+    # Where the law does not change the value is kept exactly (continuous laws' quantile
+    # round trip is exact only to rounding).
+    return jnp.where(changed == factual, observed, couple(key, before, observed, after))
 
 
-def generated_draws(key, draws: Mapping, spec: ConceptSpec, fixed: Mapping, num_cells: int):
-    """Levels ``[n, K]`` and log-rates ``[n, G]`` of ``num_cells`` new cells under ``do(fixed)``:
+@functools.partial(jax.jit, static_argnames=("spec", "fixed", "num_cells"))
+def generated_draws(key, draws: Mapping, spec: ConceptSpec, fixed, num_cells: int):
+    """Levels ``[n, K]`` and log-rates ``[n, G]`` of ``num_cells`` new cells under ``do(fixed)``
+    (``fixed`` as in :func:`counterfactual_draws`):
     cell ``i`` uses draw ``i mod S`` of the globals, its concepts from the SCM with ``fixed``
     set, its own noise and unexplained part from their priors."""
     count = next(iter(draws.values())).shape[0]
@@ -66,7 +73,7 @@ def generated_draws(key, draws: Mapping, spec: ConceptSpec, fixed: Mapping, num_
     unexplained = _inputs(values) - len(spec.names) * dimension
 
     def one(key, values):
-        return sample_levels(key, values, spec, (), fixed)
+        return sample_levels(key, values, spec, (), dict(fixed))
 
     levels = jax.vmap(one)(jax.random.split(level_key, num_cells), values)
     own = jax.random.normal(own_key, (num_cells, len(spec.names) * dimension))
@@ -87,6 +94,11 @@ def _inputs(values: Mapping) -> int:
 def interventional_probabilities(
     key, draws: Mapping, spec: ConceptSpec, parent: int, child: int, num_cells: int = 2000
 ) -> np.ndarray:
+    return np.asarray(_probabilities(key, dict(draws), spec, parent, child, num_cells))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "parent", "child", "num_cells"))
+def _probabilities(key, draws, spec, parent, child, num_cells):
     """``[S, L_parent, L_child]``: ``P(child = l | do(parent = a))`` per draw, by ancestral
     sampling of ``num_cells`` cells per draw and parent level (the child's other parents at
     their interventional law)."""
@@ -101,4 +113,4 @@ def interventional_probabilities(
 
         return jax.vmap(at)(keys, jnp.arange(spec.sizes[parent]))
 
-    return np.asarray(jax.vmap(one)(keys, dict(draws)))
+    return jax.vmap(one)(keys, draws)
