@@ -26,7 +26,7 @@ from causalcell.inference._posterior_files import (
     ready_guide,
     save_posterior,
 )
-from causalcell.inference._trace import split_data
+from causalcell.inference._trace import is_hashable, split_data
 
 __all__ = ["Posterior"]
 
@@ -200,9 +200,9 @@ class Posterior:
     def sample(self, key, num_samples: int | None = 1000) -> dict[str, jax.Array]:
         """Draws of the global sites.
 
-        An :class:`AmortizedGuide` draws from its global part only (its encoder does not run);
-        another guide runs whole through :class:`numpyro.infer.Predictive`; NUTS picks stored
-        draws at random without replacement.
+        An :class:`AmortizedGuide` draws from its global part only (its encoder does not run),
+        another guide runs whole, through :class:`numpyro.infer.Predictive` compiled once per
+        posterior; NUTS picks stored draws at random without replacement.
 
         Parameters
         ----------
@@ -227,9 +227,7 @@ class Posterior:
         guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
         arrays, keywords = split_data(self.model_arguments())
         others = tuple(sorted(keywords.items()))
-        try:
-            hash(others)
-        except TypeError:  # unhashable keyword arguments: run eagerly, compiled per call
+        if not is_hashable(others):  # e.g. a dict argument: compiled per call
             return draw_sites(guide, names, num_samples, others, self.params, arrays, as_key(key))
         if self._draw_sites is None:  # compiled once per posterior and shape of the request
             self._draw_sites = jax.jit(partial(draw_sites, guide), static_argnums=(0, 1, 2))

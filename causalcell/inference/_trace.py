@@ -12,7 +12,16 @@ import jax
 import numpy as np
 from numpyro.handlers import block, seed, trace
 
-__all__ = ["abstract_trace", "split_data"]
+__all__ = ["abstract_trace", "is_hashable", "split_data"]
+
+
+def is_hashable(value) -> bool:
+    """Whether ``value`` can be a static argument of a jitted function."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def split_data(data: Mapping) -> tuple[dict, dict]:
