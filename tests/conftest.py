@@ -38,6 +38,7 @@ LONGEST_FIRST = (
     "test_lcd.py",
     "test_effects.py",
     "test_worlds.py",
+    "test_concept_model.py",
     "test_accuracy.py",
     "test_kds.py",
     "test_cli.py",
