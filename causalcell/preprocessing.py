@@ -59,11 +59,21 @@ def normalize_log1p(
 def variable_genes(counts, size_factors=None) -> np.ndarray:
     """Gene indices from most to least variable: by the variance of :func:`normalize_log1p`'d
     expression over cells (ties in gene order), the usual choice of highly variable genes.
+    Sparse counts stay sparse (``log1p`` keeps zeros at zero).
 
     Examples
     --------
     >>> variable_genes(np.array([[1.0, 5.0, 2.0], [1.0, 0.0, 2.0]]))
     array([1, 2, 0])
     """
-    spread = normalize_log1p(counts, size_factors).var(axis=0)
-    return np.argsort(-spread, kind="stable")
+    if not hasattr(counts, "tocsr"):
+        spread = normalize_log1p(counts, size_factors).var(axis=0)
+        return np.argsort(-spread, kind="stable")
+    sizes = library_size(counts) if size_factors is None else np.asarray(size_factors, float)
+    if np.any(~(np.isfinite(sizes) & (sizes > 0))):
+        raise ValueError("Every size factor must be positive and finite; drop empty cells.")
+    scaled = counts.tocsr().astype(np.float64).multiply((DEFAULT_TARGET_SUM / sizes)[:, None])
+    values = scaled.tocsr().log1p()
+    mean = np.asarray(values.mean(axis=0)).ravel()
+    spread = np.asarray(values.multiply(values).mean(axis=0)).ravel() - mean**2
+    return np.argsort(-spread.astype(np.float32), kind="stable")

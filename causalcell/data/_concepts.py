@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from causalcell.data import _checks as checks
+from causalcell.preprocessing import variable_genes
 
 __all__ = ["MISSING_LEVEL", "ConceptArrays", "concept_arrays"]
 
@@ -34,7 +35,7 @@ def concept_arrays(
     layer: str | None = None,
     size_factor_key: str | None = None,
     levels: Mapping[str, Sequence[str]] | None = None,
-    genes: Sequence[str] | None = None,
+    genes: int | Sequence[str] | None = None,
     count_data: bool = True,
 ) -> ConceptArrays:
     """Read counts and concept labels from ``adata`` (not modified).
@@ -52,7 +53,9 @@ def concept_arrays(
         Level names of each concept (a fitted model's); by default the column's categories
         (or its sorted values). A label outside them raises.
     genes
-        Genes to read, in this order (a fitted model's); every gene by default.
+        Genes to read: names, in this order (a fitted model's); a number ``n``: the ``n`` most
+        variable genes (:func:`causalcell.preprocessing.variable_genes`, chosen on the sparse
+        matrix before any gene is densified), in ``.var`` order; every gene by default.
     count_data
         Check counts as non-negative integers.
 
@@ -74,16 +77,17 @@ def concept_arrays(
     if size_factor_key is not None:
         checks.require_key(size_factor_key, columns, where="adata.obs", argument="size_factor_key")
     all_genes = checks.gene_names(adata, None)
-    chosen = np.arange(len(all_genes))
-    if genes is not None:
+    named = genes is not None and not isinstance(genes, int | np.integer)
+    if named:
         position = {gene: index for index, gene in enumerate(all_genes)}
         missing = [gene for gene in genes if gene not in position]
         if missing:
             raise ValueError(
-                f"{len(missing)} gene(s) of the model are not in adata.var_names: "
-                f"{checks.listing(missing)}. Pass cells measured on the model's genes."
+                f"{len(missing)} gene(s) are not in adata.var_names: {checks.listing(missing)}. "
+                "Pass cells measured on the model's genes."
             )
-        chosen = np.array([position[gene] for gene in genes], dtype=int)
+    elif genes is not None and genes < 1:
+        raise ValueError(f"genes must be a positive number or a list of names, got {genes}.")
     codes, found = [], {}
     for concept in concepts:
         given = None if levels is None else tuple(map(str, levels[concept]))
@@ -92,6 +96,12 @@ def concept_arrays(
     matrix = checks.counts_matrix(adata, layer)
     checks.check_counts(matrix, adata=adata, genes=all_genes, layer=layer, count_data=count_data)
     sizes = checks.size_factors(adata, matrix, size_factor_key, count_data)
+    if named:
+        chosen = np.array([position[gene] for gene in genes], dtype=int)
+    elif genes is None or genes >= len(all_genes):
+        chosen = np.arange(len(all_genes))
+    else:
+        chosen = np.sort(variable_genes(matrix, sizes)[:genes])
     selected = matrix[:, chosen]
     dense = selected.toarray() if hasattr(selected, "toarray") else np.asarray(selected)
     return ConceptArrays(

@@ -1,6 +1,5 @@
-"""The set-up of a concept model's fit: the concept graph checked against the columns, gene
-selection, the model's data and keyword arguments, and the guide's encoder features and
-starting scales."""
+"""The set-up of a concept model's fit: the concept graph checked against the columns, the
+model's data and keyword arguments, and the guide's encoder features and starting scales."""
 
 from __future__ import annotations
 
@@ -16,10 +15,8 @@ from causalcell.inference import default_encoder_inputs
 from causalcell.models.concepts._program import DECODER_SITES
 from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
-from causalcell.preprocessing import variable_genes
 
 __all__ = [
-    "choose_genes",
     "concept_graph",
     "encoder_inputs",
     "model_data",
@@ -46,22 +43,6 @@ def concept_graph(concepts, graph) -> nx.DiGraph:
             f"{concepts}, each once; add isolated concepts with graph.add_node(name)."
         )
     return graph
-
-
-def choose_genes(arrays, genes) -> np.ndarray:
-    """Column indices of the modelled genes, in ``adata.var`` order."""
-    total = len(arrays.genes)
-    if genes is None:
-        return np.arange(total)
-    if isinstance(genes, int | np.integer):
-        if genes < 1:
-            raise ValueError(f"genes must be a positive number or a list of names, got {genes}.")
-        return np.sort(variable_genes(arrays.counts, arrays.size_factors)[: min(genes, total)])
-    position = {gene: index for index, gene in enumerate(arrays.genes)}
-    unknown = [gene for gene in genes if gene not in position]
-    if unknown:
-        raise ValueError(f"genes names genes that are not in adata.var_names: {unknown[:10]}.")
-    return np.array([position[gene] for gene in genes], dtype=int)
 
 
 def point_sites(decoder_posterior: str, hidden: int) -> tuple[str, ...]:

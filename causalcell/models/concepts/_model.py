@@ -18,8 +18,8 @@ from causalcell._core.keys import as_key
 from causalcell.data import MISSING_LEVEL, concept_arrays
 from causalcell.graph import topological_order
 from causalcell.inference import fit
+from causalcell.models.concepts._cells import concept_obs, worlds_anndata
 from causalcell.models.concepts._fit import (
-    choose_genes,
     concept_graph,
     encoder_inputs,
     model_data,
@@ -31,8 +31,8 @@ from causalcell.models.concepts._program import concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
     couple_counts,
+    effect_table,
     generated_draws,
-    interventional_probabilities,
 )
 from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
@@ -151,6 +151,7 @@ class ConceptModel:
             order,
             layer=layer,
             size_factor_key=size_factor_key,
+            genes=genes,
             count_data=observation.is_count_model,
         )
         missing = (arrays.labels == MISSING_LEVEL).any(axis=0)
@@ -161,8 +162,7 @@ class ConceptModel:
                 "drop those cells (adata[adata.obs[name].notna()])."
             )
         spec = ConceptSpec.from_graph(graph, arrays.levels)
-        chosen = choose_genes(arrays, genes)
-        counts = arrays.counts[:, chosen]
+        counts = arrays.counts
         settings = {
             "dimension": int(dimension),
             "unexplained": int(unexplained),
@@ -197,8 +197,7 @@ class ConceptModel:
             **fit_kwargs,
         )
         seen = {tuple(row) for row in np.unique(arrays.labels, axis=0).tolist()}
-        genes_chosen = [arrays.genes[index] for index in chosen]
-        return cls(posterior, spec, genes_chosen, settings, arrays.size_factors, seen)
+        return cls(posterior, spec, arrays.genes, settings, arrays.size_factors, seen)
 
     # -- cells ----------------------------------------------------------------------------
     def _data(self, adata) -> tuple[dict, np.ndarray]:
@@ -245,6 +244,16 @@ class ConceptModel:
                 adata.obsm[name if name == "unexplained" else f"concept_{name}"] = value
         return result
 
+    def reconstruct(self, cells, *, key=0) -> anndata.AnnData:
+        """One posterior predictive draw of the counts of each cell of ``cells`` (its noise from
+        the encoder, the globals from one posterior draw): a single sample, not an average."""
+        data, labels = self._data(cells)
+        draw = self.posterior.predictive(key, 1, data=data, return_sites=["counts"], counts=None)
+        counts = np.asarray(draw["counts"][0], np.float32)
+        obs = concept_obs(self.spec, self.seen, labels, list(map(str, cells.obs_names)))
+        var = pd.DataFrame(index=list(self.genes))
+        return anndata.AnnData(scipy.sparse.csr_matrix(counts), obs=obs, var=var)
+
     def _fixed(self, levels: Mapping) -> tuple[tuple[int, int], ...]:
         """``((concept index, level index), ...)`` of ``levels``, checked."""
         if not isinstance(levels, Mapping) or not levels:
@@ -273,24 +282,14 @@ class ConceptModel:
         }
         likelihood = self.noise.distribution(log_rate, sizes, **parameters)
         counts = np.asarray(likelihood.sample(count_key), np.float32)
-        obs = self._obs(np.asarray(levels_drawn), [f"generated{i}" for i in range(num_cells)])
+        index = [f"generated{i}" for i in range(num_cells)]
+        obs = concept_obs(self.spec, self.seen, np.asarray(levels_drawn), index)
         result = anndata.AnnData(
             scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(self.genes))
         )
         result.obs["size_factor"] = np.asarray(sizes, np.float32)
         result.layers["log_rate"] = np.asarray(log_rate, np.float32)
         return result
-
-    def _obs(self, levels: np.ndarray, index) -> pd.DataFrame:
-        obs = pd.DataFrame(
-            {
-                name: pd.Categorical.from_codes(levels[:, concept], list(self.spec.levels[concept]))
-                for concept, name in enumerate(self.spec.names)
-            },
-            index=index,
-        )
-        obs["unseen"] = [tuple(row) not in self.seen for row in levels.tolist()]
-        return obs
 
     def counterfactual(
         self,
@@ -300,6 +299,7 @@ class ConceptModel:
         num_samples: int = 100,
         key=0,
         probability: float = 0.9,
+        abduction: str = "cell",
     ) -> anndata.AnnData:
         """These observed cells, had their concepts been ``levels`` (e.g. ``{"age": "90w"}``).
 
@@ -308,6 +308,11 @@ class ConceptModel:
         observed labels under that draw's mechanisms), action (the intervened concepts set,
         their descendants recomputed, every other concept kept) and prediction (decoded
         log-rates; counts of draw 0 by quantile coupling with the observed counts).
+
+        ``abduction="swap"`` gives CausCell's population-level answer instead (a comparison,
+        not a counterfactual of the cell): the intervened concepts' own noise is that of a
+        random training cell with the new level, the unexplained part is drawn afresh and the
+        descendants are recomputed from fresh noise.
 
         Returns
         -------
@@ -322,10 +327,16 @@ class ConceptModel:
         fixed = self._fixed(levels)
         if not 0 < probability < 1:
             raise ValueError(f"probability must be in (0, 1), got {probability}.")
+        if abduction not in ("cell", "swap"):
+            raise ValueError(f"abduction must be 'cell' or 'swap', got {abduction!r}.")
         data, labels = self._data(cells)
         draw_key, local_key, world_key, count_key = jax.random.split(as_key(key), 4)
         draws = self.posterior.sample(draw_key, num_samples)
         local = self.posterior.encode(data=data, num_samples=num_samples, key=local_key)
+        own, rest = local["concept_noise"]["draws"], local["unexplained"]["draws"]
+        after = None
+        if abduction == "swap":
+            after = self._swapped(jax.random.fold_in(local_key, 1), own, rest.shape, fixed)
         tails = ((1 - probability) / 2, (1 + probability) / 2)
         parameters = {
             name: draws[self.noise.site_name(name)][0] for name in self.noise.parameters_of(draws)
@@ -338,9 +349,11 @@ class ConceptModel:
                 draws,
                 self.spec,
                 jnp.asarray(labels[rows]),
-                local["concept_noise"]["draws"][:, rows],
-                local["unexplained"]["draws"][:, rows],
+                own[:, rows],
+                rest[:, rows],
                 fixed,
+                abduction == "cell",
+                None if after is None else (after[0][:, rows], after[1][:, rows]),
             )
             shift = np.asarray(worlds["counterfactual"] - worlds["factual"])
             parts["mean"].append(shift.mean(axis=0))
@@ -362,65 +375,35 @@ class ConceptModel:
                     )
                 )
             )
-        return self._worlds(cells, data, labels, parts, levels, probability)
-
-    def _worlds(self, cells, data, labels, parts, levels, probability) -> anndata.AnnData:
-        names = list(map(str, cells.obs_names))
-        factual = self._obs(labels, [f"{name}:factual" for name in names])
-        changed = self._obs(
-            np.concatenate(parts["levels"]), [f"{name}:counterfactual" for name in names]
-        )
-        for frame, world in ((factual, "factual"), (changed, "counterfactual")):
-            frame.insert(0, "cell", names)
-            frame.insert(0, "world", world)
-        counts = np.concatenate([np.asarray(data["counts"]), np.concatenate(parts["counts"])])
-        result = anndata.AnnData(
-            scipy.sparse.csr_matrix(counts.astype(np.float32)),
-            obs=pd.concat([factual, changed]),
-            var=pd.DataFrame(index=list(self.genes)),
-        )
-        zeros = np.zeros((len(names), len(self.genes)), np.float32)
-        for field in ("mean", "lower", "upper"):
-            values = np.concatenate(parts[field]).astype(np.float32)
-            result.layers[f"shift_{field}"] = np.concatenate([zeros, values])
-        share = np.concatenate(parts["share"], axis=1)  # [S, n, K]
-        for concept, name in enumerate(self.spec.names):
-            hits = np.eye(self.spec.sizes[concept])[share[..., concept]].mean(axis=0)
-            result.obsm[f"level_probability_{name}"] = np.concatenate(
-                [np.eye(hits.shape[1])[labels[:, concept]], hits]
-            )
+        result = worlds_anndata(self.spec, self.seen, self.genes, cells, data, labels, parts)
         result.uns["counterfactual"] = {"levels": dict(levels), "probability": probability}
+        result.uns["counterfactual"]["abduction"] = abduction
         return result
+
+    def _swapped(self, key, own, shape, fixed):
+        """The counterfactual world's noise under ``abduction="swap"``: each intervened
+        concept's part of ``own`` ``[S, n, K D]`` from a random training cell with the new
+        level (its encoder mean), a fresh unexplained part of ``shape``."""
+        trained = self.posterior.encode()["concept_noise"]["mean"]
+        labels = np.asarray(self.posterior.data["labels"])
+        width = self.settings["dimension"]
+        pick_key, fresh_key = jax.random.split(key)
+        for position, (concept, level) in enumerate(fixed):
+            donors = np.flatnonzero(labels[:, concept] == level)
+            if donors.size == 0:
+                raise ValueError(f"No training cell has level {level} of concept {concept}.")
+            chosen = jax.random.choice(
+                jax.random.fold_in(pick_key, position), donors, own.shape[:2]
+            )
+            part = slice(concept * width, (concept + 1) * width)
+            own = own.at[..., part].set(trained[chosen][..., part])
+        return own, jax.random.normal(fresh_key, shape)
 
     def effects(self, *, num_samples: int = 200, key=0, probability: float = 0.9) -> pd.DataFrame:
         """Concept-to-concept effects: for every edge ``parent -> child`` of the graph and
         every level pair, ``P(child = l | do(parent = a))`` with its posterior mean and
         equal-tailed interval (the mechanisms' logits are identified only up to constants; these
-        probabilities are identified)."""
+        probabilities are identified). Columns ``parent``, ``child``, ``parent_level``,
+        ``child_level``, ``probability``, ``lower``, ``upper``."""
         draws = self.posterior.sample(key, num_samples)
-        tails = ((1 - probability) / 2, (1 + probability) / 2)
-        rows = []
-        for parent_name, child_name in self.spec.edges:
-            parent, child = self.spec.index(parent_name), self.spec.index(child_name)
-            values = interventional_probabilities(
-                jax.random.fold_in(as_key(key), parent * 97 + child),
-                draws,
-                self.spec,
-                parent,
-                child,
-            )
-            low, high = np.quantile(values, tails, axis=0)
-            for a, parent_level in enumerate(self.spec.levels[parent]):
-                for level, child_level in enumerate(self.spec.levels[child]):
-                    rows.append(
-                        {
-                            "parent": parent_name,
-                            "child": child_name,
-                            "parent_level": parent_level,
-                            "child_level": child_level,
-                            "probability": float(values[:, a, level].mean()),
-                            "lower": float(low[a, level]),
-                            "upper": float(high[a, level]),
-                        }
-                    )
-        return pd.DataFrame(rows)
+        return effect_table(as_key(key), draws, self.spec, probability)

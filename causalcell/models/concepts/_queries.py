@@ -14,36 +14,48 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from causalcell._core.coupling import couple
 from causalcell.models.concepts._program import concept_embeddings, decode
 from causalcell.models.concepts._scm import ConceptSpec, intervene, sample_levels
 from causalcell.noise import NoiseModel
 
-__all__ = ["counterfactual_draws", "generated_draws", "interventional_probabilities"]
+__all__ = [
+    "counterfactual_draws",
+    "couple_counts",
+    "effect_table",
+    "generated_draws",
+    "interventional_probabilities",
+]
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "fixed"))
-def counterfactual_draws(key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed) -> dict:
+@functools.partial(jax.jit, static_argnames=("spec", "fixed", "abduct"))
+def counterfactual_draws(
+    key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed, abduct=True, after=None
+) -> dict:
     """Factual and counterfactual log-rates of cells, per posterior draw.
 
     ``draws`` ``{site: [S, ...]}``; ``labels`` ``[n, K]`` observed levels; ``own`` ``[S, n, K D]``
     and ``rest`` ``[S, n, U]``: each draw's abducted per-cell noise (the guide's posterior);
     ``fixed`` ``((concept index, level index), ...)`` (static). Per draw the Gumbel noise of the
     changed concepts is abducted from that draw's mechanisms (:func:`._scm.intervene`).
+    ``after``: optional ``(own, rest)`` of the counterfactual world (another cell's noise, for
+    the population-level swap), with ``abduct=False`` (descendants from fresh noise).
 
     Returns ``{"levels": [S, n, K], "factual": [S, n, G], "counterfactual": [S, n, G]}``.
     """
     keys = jax.random.split(key, own.shape[0])
     fixed = dict(fixed)
+    own_after, rest_after = (own, rest) if after is None else after
 
-    def one(key, values, own, rest):
-        levels = intervene(key, values, spec, labels, fixed)
+    def one(key, values, own, rest, own_after, rest_after):
+        levels = intervene(key, values, spec, labels, fixed, abduct)
         factual = decode(values, concept_embeddings(values, spec, labels, own), rest)
-        changed = decode(values, concept_embeddings(values, spec, levels, own), rest)
+        changed = decode(values, concept_embeddings(values, spec, levels, own_after), rest_after)
         return levels, factual, changed
 
-    levels, factual, changed = jax.vmap(one)(keys, dict(draws), own, rest)
+    levels, factual, changed = jax.vmap(one)(keys, dict(draws), own, rest, own_after, rest_after)
     return {"levels": levels, "factual": factual, "counterfactual": changed}
 
 
@@ -114,3 +126,29 @@ def _probabilities(key, draws, spec, parent, child, num_cells):
         return jax.vmap(at)(keys, jnp.arange(spec.sizes[parent]))
 
     return jax.vmap(one)(keys, draws)
+
+
+def effect_table(key, draws: Mapping, spec: ConceptSpec, probability: float) -> pd.DataFrame:
+    """:meth:`ConceptModel.effects`: per edge and level pair, the posterior mean and
+    equal-tailed ``probability`` interval of :func:`interventional_probabilities`."""
+    tails = ((1 - probability) / 2, (1 + probability) / 2)
+    rows = []
+    for parent_name, child_name in spec.edges:
+        parent, child = spec.index(parent_name), spec.index(child_name)
+        edge_key = jax.random.fold_in(key, parent * len(spec.names) + child)
+        values = interventional_probabilities(edge_key, draws, spec, parent, child)
+        low, high = np.quantile(values, tails, axis=0)
+        for a, parent_level in enumerate(spec.levels[parent]):
+            for level, child_level in enumerate(spec.levels[child]):
+                rows.append(
+                    {
+                        "parent": parent_name,
+                        "child": child_name,
+                        "parent_level": parent_level,
+                        "child_level": child_level,
+                        "probability": float(values[:, a, level].mean()),
+                        "lower": float(low[a, level]),
+                        "upper": float(high[a, level]),
+                    }
+                )
+    return pd.DataFrame(rows)

@@ -146,11 +146,14 @@ def abduct_gumbel(key, logits, observed) -> jax.Array:
     return jnp.where(chosen, top[..., None], truncated) - logits
 
 
-def intervene(key, values: Mapping, spec: ConceptSpec, observed, fixed: Mapping) -> jax.Array:
+def intervene(
+    key, values: Mapping, spec: ConceptSpec, observed, fixed: Mapping, abduct: bool = True
+) -> jax.Array:
     """Counterfactual levels ``[..., K]`` of cells with observed levels ``observed`` (``[..., K]``)
     under ``fixed`` (``{concept index: level index or [...] array}``), for one draw ``values``:
     the fixed concepts set, their descendants recomputed from the cells' abducted Gumbel noise,
-    every other concept kept as observed."""
+    every other concept kept as observed. ``abduct=False`` recomputes the descendants from
+    fresh noise instead (a population-level answer, not the cell's)."""
     changed = spec.descendants(frozenset(fixed)) - frozenset(fixed)
     levels = observed
     keys = jax.random.split(key, len(spec.names))
@@ -159,7 +162,11 @@ def intervene(key, values: Mapping, spec: ConceptSpec, observed, fixed: Mapping)
             new = jnp.broadcast_to(jnp.asarray(fixed[concept]), observed.shape[:-1])
         elif concept in changed:
             factual = mechanism_logits(values, spec, concept, observed)
-            noise = abduct_gumbel(keys[concept], factual, observed[..., concept])
+            noise = (
+                abduct_gumbel(keys[concept], factual, observed[..., concept])
+                if abduct
+                else jax.random.gumbel(keys[concept], factual.shape)
+            )
             new = jnp.argmax(mechanism_logits(values, spec, concept, levels) + noise, axis=-1)
         else:
             continue

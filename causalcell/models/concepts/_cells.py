@@ -1,0 +1,57 @@
+"""AnnData of a concept model's cells: the concept columns of generated and counterfactual
+cells, and the factual and counterfactual worlds side by side."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+from causalcell.models.concepts._scm import ConceptSpec
+
+__all__ = ["concept_obs", "worlds_anndata"]
+
+
+def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFrame:
+    """One categorical column per concept from level codes ``[n, K]``, and ``unseen``: whether
+    the combination is outside ``seen`` (the training cells' combinations)."""
+    obs = pd.DataFrame(
+        {
+            name: pd.Categorical.from_codes(levels[:, concept], list(spec.levels[concept]))
+            for concept, name in enumerate(spec.names)
+        },
+        index=index,
+    )
+    obs["unseen"] = [tuple(row) not in seen for row in levels.tolist()]
+    return obs
+
+
+def worlds_anndata(spec: ConceptSpec, seen, genes, cells, data, labels, parts) -> anndata.AnnData:
+    """Factual rows (the observed cells) then counterfactual rows, from the chunks ``parts``
+    of :meth:`ConceptModel.counterfactual` (see its Returns)."""
+    names = list(map(str, cells.obs_names))
+    factual = concept_obs(spec, seen, labels, [f"{name}:factual" for name in names])
+    changed = concept_obs(
+        spec, seen, np.concatenate(parts["levels"]), [f"{name}:counterfactual" for name in names]
+    )
+    for frame, world in ((factual, "factual"), (changed, "counterfactual")):
+        frame.insert(0, "cell", names)
+        frame.insert(0, "world", world)
+    counts = np.concatenate([np.asarray(data["counts"]), np.concatenate(parts["counts"])])
+    result = anndata.AnnData(
+        scipy.sparse.csr_matrix(counts.astype(np.float32)),
+        obs=pd.concat([factual, changed]),
+        var=pd.DataFrame(index=list(genes)),
+    )
+    zeros = np.zeros((len(names), len(genes)), np.float32)
+    for field in ("mean", "lower", "upper"):
+        values = np.concatenate(parts[field]).astype(np.float32)
+        result.layers[f"shift_{field}"] = np.concatenate([zeros, values])
+    share = np.concatenate(parts["share"], axis=1)  # [S, n, K]
+    for concept, name in enumerate(spec.names):
+        hits = np.eye(spec.sizes[concept])[share[..., concept]].mean(axis=0)
+        result.obsm[f"level_probability_{name}"] = np.concatenate(
+            [np.eye(hits.shape[1])[labels[:, concept]], hits]
+        )
+    return result
