@@ -26,9 +26,9 @@ Columns: per-cell counterfactual change of log-rates against the truth (correlat
 over cells x genes; coverage and mean width of 90% intervals), energy distance of the
 counterfactual counts (log1p-normalised, coupled draw) to true counterfactual counts with the
 noise floor of two true draws (``floor``); concept prediction from each concept's embedding
-(nearest centroid, half the cells to train: mean accuracy and macro F1 over concepts) and from
-the unexplained part (``leak``, with the majority-class rate ``chance``); reconstruction from
-one posterior predictive draw per cell (per-cell Pearson and MSE of log1p-normalised counts,
+(nearest centroid, half the cells to train: mean accuracy and macro F1 over concepts) and
+from the unexplained part (``leak``; ``chance``: the same classifier on permuted labels);
+reconstruction from one posterior predictive draw per cell (per-cell Pearson and MSE of log1p-normalised counts,
 not an average of draws); the held-out combination generated (energy distance to half of its
 true cells, ``ood``, and the floor of the other half, ``ood floor``); fit seconds.
 ``--scale`` fits ``scm`` only and prints seconds per step and peak memory.
@@ -96,20 +96,26 @@ def nearest_centroid(features, labels, rng):
     return (predicted == truth).mean(), float(np.mean(f1))
 
 
-def score(model, method, cells, truth, rng, arguments, seconds, held):
+def true_worlds(cells, truth, rng):
+    """The true counterfactual log-rates of ``cells`` and two independent draws of their
+    counts (the second gives the noise floor)."""
+    true = truth.counterfactual(cells, QUERY)
+    concentration = np.asarray(cells.uns["concept_simulation"]["concentration"])
+    sizes = cells.obs["size_factor"].to_numpy(np.float64)
+    draws = [true_counts(rng, true["log_rate"], sizes, concentration) for _ in range(2)]
+    return true["log_rate"], draws
+
+
+def score(model, method, cells, worlds, rng, arguments, seconds, held):
     """One row of the table for one fitted model and counterfactual method."""
     abduction = "swap" if method == "swap" else "cell"
     result = model.counterfactual(
         cells, QUERY, num_samples=arguments.draws, key=arguments.seed, abduction=abduction
     )
     changed = result[result.obs["world"].to_numpy() == "counterfactual"]
-    true = truth.counterfactual(cells, QUERY)
-    shift = true["log_rate"] - cells.layers["log_rate"]
+    log_rate, (first, second) = worlds
+    shift = log_rate - cells.layers["log_rate"]
     mean, lower, upper = (changed.layers[f"shift_{f}"] for f in ("mean", "lower", "upper"))
-    concentration = np.asarray(cells.uns["concept_simulation"]["concentration"])
-    sizes = cells.obs["size_factor"].to_numpy(np.float64)
-    first = true_counts(rng, true["log_rate"], sizes, concentration)
-    second = true_counts(rng, true["log_rate"], sizes, concentration)
     row = {
         "method": method,
         "corr": np.corrcoef(shift.ravel(), mean.ravel())[0, 1],
@@ -124,15 +130,15 @@ def score(model, method, cells, truth, rng, arguments, seconds, held):
         embedded = model.embed(cells)
         scores = [
             nearest_centroid(embedded[c], cells.obs[c].cat.codes.to_numpy(), rng)
-            for c in truth.levels
+            for c in model.spec.names
         ]
         row["accuracy"] = np.mean([s[0] for s in scores])
         row["f1"] = np.mean([s[1] for s in scores])
         leaks, chance = [], []
-        for c in truth.levels:
+        for c in model.spec.names:
             codes = cells.obs[c].cat.codes.to_numpy()
             leaks.append(nearest_centroid(embedded["unexplained"], codes, rng)[0])
-            chance.append(np.bincount(codes).max() / len(codes))
+            chance.append(nearest_centroid(embedded["unexplained"], rng.permutation(codes), rng)[0])
         row["leak"], row["chance"] = np.mean(leaks), np.mean(chance)
         observed = log1p(cells.X.toarray())
         drawn = log1p(model.reconstruct(cells, key=arguments.seed).X.toarray())
@@ -209,9 +215,10 @@ def main() -> None:
         fits = {}
         for method, graph in (("scm", True), ("ind", False), ("cvae", False)):
             fits[method] = fit(train, truth, method, arguments, graph)
+        worlds = true_worlds(cells, truth, rng)
         for method in ("scm", "swap", "ind", "cvae"):
             model, seconds = fits["scm" if method == "swap" else method]
-            row = score(model, method, cells, truth, rng, arguments, seconds, held)
+            row = score(model, method, cells, worlds, rng, arguments, seconds, held)
             rows.append({"seed": seed, **row})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(
