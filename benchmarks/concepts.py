@@ -22,15 +22,15 @@ Methods (all :class:`causalcell.ConceptModel` fits of the same size and steps):
 - ``cvae``: no graph and no variation within a level (``concept_noise=False``): concepts as
   covariates of a conditional VAE; counterfactual = change the covariate, keep the latent.
 
-Columns: per-cell counterfactual change of log-rates against the truth (correlation and RMSE
-over cells x genes; coverage and mean width of 90% intervals), energy distance of the
-counterfactual counts (log1p-normalised, coupled draw) to true counterfactual counts with the
-noise floor of two true draws (``floor``); concept prediction from each concept's embedding
-(nearest centroid, half the cells to train: mean accuracy and macro F1 over concepts) and
-from the unexplained part (``leak``; ``chance``: the same classifier on permuted labels);
-reconstruction from one posterior predictive draw per cell (per-cell Pearson and MSE of
-log1p-normalised counts, not an average of draws); the held-out combination generated (energy distance to half of its
-true cells, ``ood``, and the floor of the other half, ``ood floor``); fit seconds.
+Columns: per-cell counterfactual change of log-rates against the truth (correlation and RMSE over
+cells x genes; coverage and mean width of 90% intervals), energy distance of the counterfactual
+counts (log1p-normalised, coupled draw) to true counterfactual counts with the noise floor of two
+true draws (``floor``); concept prediction from each concept's embedding (nearest centroid, half the
+cells to train: mean accuracy and macro F1 over concepts) and from the unexplained part (``leak``;
+``chance``: the same classifier on permuted labels); reconstruction from one posterior predictive
+draw per cell (per-cell Pearson and MSE of log1p-normalised counts, not an average of draws); the
+held-out combination generated (energy distance to half of its true cells, ``ood``, and the floor of
+the other half, ``ood floor``); fit seconds.
 ``--scale`` fits ``scm`` only and prints seconds per step and peak memory.
 """
 
