@@ -83,6 +83,7 @@ def model_kwargs(spec: ConceptSpec, num_genes: int, settings: Mapping) -> dict:
         "hidden": settings["hidden"],
         "noise": noise_model(settings["noise"]),
         "own_noise": settings["concept_noise"],
+        "missing": tuple(settings.get("missing", ())),
     }
 
 

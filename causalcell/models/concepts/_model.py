@@ -27,7 +27,7 @@ from causalcell.models.concepts._fit import (
     point_sites,
     start_scales,
 )
-from causalcell.models.concepts._program import concept_model
+from causalcell.models.concepts._program import MAX_COMBINATIONS, concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
     couple_counts,
@@ -96,7 +96,8 @@ class ConceptModel:
         Parameters
         ----------
         adata
-            Cells with one ``.obs`` column per concept; not modified.
+            Cells with one ``.obs`` column per concept (NaN where a cell lacks a label: its
+            level is summed out, :func:`._program.concept_model`); not modified.
         concepts
             The concept columns.
         graph
@@ -131,7 +132,8 @@ class ConceptModel:
         ------
         ValueError
             Before any work, for a graph over other names than ``concepts``, a cyclic graph,
-            bad sizes or an unknown noise; then for missing labels or invalid counts.
+            bad sizes or an unknown noise; then for invalid counts, or missing labels of
+            concepts whose joint levels are more than ``MAX_COMBINATIONS`` (64).
         """
         observation = noise_model(noise)
         for name, value in (("dimension", dimension), ("num_steps", num_steps)):
@@ -154,12 +156,15 @@ class ConceptModel:
             genes=genes,
             count_data=observation.is_count_model,
         )
-        missing = (arrays.labels == MISSING_LEVEL).any(axis=0)
-        if missing.any():
-            names = [name for name, gap in zip(order, missing, strict=True) if gap]
+        gaps = (arrays.labels == MISSING_LEVEL).any(axis=0)
+        missing = tuple(int(k) for k in np.flatnonzero(gaps))
+        combinations = int(np.prod([len(arrays.levels[order[k]]) for k in missing]))
+        if missing and combinations > MAX_COMBINATIONS:
+            names = [order[k] for k in missing]
             raise ValueError(
-                f"Cells without a label of {names}: the concept model needs every label for now; "
-                "drop those cells (adata[adata.obs[name].notna()])."
+                f"Cells lack labels of {names}: summing out their {combinations} joint levels "
+                f"per cell is over {MAX_COMBINATIONS}; drop the cells without a label of the "
+                "concepts with most levels (adata[adata.obs[name].notna()])."
             )
         spec = ConceptSpec.from_graph(graph, arrays.levels)
         counts = arrays.counts
@@ -173,6 +178,7 @@ class ConceptModel:
             "concept_noise": bool(concept_noise),
             "layer": layer,
             "size_factor_key": size_factor_key,
+            "missing": missing,
         }
         data = model_data(arrays.labels, counts, arrays.size_factors, observation)
         posterior = fit(
@@ -196,7 +202,8 @@ class ConceptModel:
             progress_bar=progress_bar,
             **fit_kwargs,
         )
-        seen = {tuple(row) for row in np.unique(arrays.labels, axis=0).tolist()}
+        labelled = arrays.labels[~(arrays.labels == MISSING_LEVEL).any(axis=1)]
+        seen = {tuple(row) for row in np.unique(labelled, axis=0).tolist()}
         return cls(posterior, spec, arrays.genes, settings, arrays.size_factors, seen)
 
     # -- cells ----------------------------------------------------------------------------
@@ -248,7 +255,9 @@ class ConceptModel:
         """One posterior predictive draw of the counts of each cell of ``cells`` (its noise from
         the encoder, the globals from one posterior draw): a single sample, not an average."""
         data, labels = self._data(cells)
-        draw = self.posterior.predictive(key, 1, data=data, return_sites=["counts"], counts=None)
+        draw = self.posterior.predictive(
+            key, 1, data=data, return_sites=["counts"], counts=None, missing=()
+        )
         counts = np.asarray(draw["counts"][0], np.float32)
         obs = concept_obs(self.spec, self.seen, labels, list(map(str, cells.obs_names)))
         var = pd.DataFrame(index=list(self.genes))

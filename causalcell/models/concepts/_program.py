@@ -29,14 +29,23 @@ Communications.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
 from causalcell.models.concepts._scm import ConceptSpec, mechanism_logits
 from causalcell.noise import NOISE_MODELS, NoiseModel
 
-__all__ = ["DECODER_SITES", "concept_embeddings", "concept_model", "decode"]
+__all__ = [
+    "DECODER_SITES",
+    "MAX_COMBINATIONS",
+    "candidate_levels",
+    "concept_embeddings",
+    "concept_model",
+    "decode",
+]
 
 #: Prior scale of the mechanisms' logits.
 MECHANISM_SCALE = 2.0
@@ -59,12 +68,19 @@ def concept_model(
     hidden: int = 128,
     noise: NoiseModel = NOISE_MODELS["negative_binomial"],
     own_noise: bool = True,
+    missing: tuple[int, ...] = (),
 ):
     """The program (module docstring) over ``labels`` ``[n, K]`` (level codes, concepts in
     ``spec`` order), ``counts`` ``[n, G]`` (``None``: simulated) and ``size_factors`` ``[n]``;
     ``log_mean`` ``[G]`` centres the baseline's prior (log mean count per unit size factor).
     ``own_noise=False`` drops the cells' own variation within a level (no ``spread`` site: each
-    concept's embedding is its level's, as one-hot covariates of a conditional VAE)."""
+    concept's embedding is its level's, as one-hot covariates of a conditional VAE).
+
+    ``missing``: the concepts some cells lack a label of (code ``-1``). Their levels are summed
+    out exactly, cell by cell: the joint of labels and counts is a factor
+    ``log sum_c p(labels = c) p(counts | c)`` over the combinations ``c`` of those concepts'
+    levels that agree with the cell's observed labels (:func:`candidate_levels`), so a step
+    decodes every cell once per combination."""
     values = mechanism_sites(spec)
     for name, size in zip(spec.names, spec.sizes, strict=True):
         values[f"embedding_{name}"] = numpyro.sample(
@@ -78,23 +94,59 @@ def concept_model(
     centre = jnp.zeros(num_genes) if log_mean is None else jnp.asarray(log_mean)
     values.update(decoder_sites(len(spec.names) * dimension + unexplained, hidden, centre))
     parameters = noise.sample_parameters(num_genes)
+    width = len(spec.names) * dimension
     with numpyro.plate("cells", labels.shape[0]) as index:
         levels = labels[index]
+        sizes = jnp.ones(labels.shape[0])[index] if size_factors is None else size_factors[index]
+        observed = None if counts is None else noise.observation(counts[index], sizes)
+        if missing:
+            own = numpyro.sample("concept_noise", dist.Normal(0.0, 1.0).expand([width]).to_event(1))
+            rest = numpyro.sample(
+                "unexplained", dist.Normal(0.0, 1.0).expand([unexplained]).to_event(1)
+            )
+            candidates, valid = candidate_levels(levels, spec, missing)  # [C, n, K], [C, n]
+            label_terms = sum(
+                jnp.take_along_axis(
+                    jax.nn.log_softmax(mechanism_logits(values, spec, concept, candidates)),
+                    candidates[..., concept, None],
+                    axis=-1,
+                )[..., 0]
+                for concept in range(len(spec.names))
+            )
+            log_rate = decode(values, concept_embeddings(values, spec, candidates, own), rest)
+            likelihood = noise.distribution(log_rate, sizes, **parameters).to_event(1)
+            joint = jnp.where(valid, label_terms + likelihood.log_prob(observed), -jnp.inf)
+            numpyro.factor("labels_and_counts", jax.nn.logsumexp(joint, axis=0))
+            return
         for concept, name in enumerate(spec.names):
             logits = mechanism_logits(values, spec, concept, levels)
             numpyro.sample(f"label_{name}", dist.Categorical(logits=logits), obs=levels[:, concept])
-        width = len(spec.names) * dimension
         own = numpyro.sample("concept_noise", dist.Normal(0.0, 1.0).expand([width]).to_event(1))
         rest = numpyro.sample(
             "unexplained", dist.Normal(0.0, 1.0).expand([unexplained]).to_event(1)
         )
         log_rate = decode(values, concept_embeddings(values, spec, levels, own), rest)
-        sizes = None if size_factors is None else size_factors[index]
-        if sizes is None:
-            sizes = jnp.ones(labels.shape[0])[index]
-        observed = None if counts is None else noise.observation(counts[index], sizes)
         likelihood = noise.distribution(log_rate, sizes, **parameters)
         numpyro.sample("counts", likelihood.to_event(1), obs=observed)
+
+
+#: Most level combinations of the concepts with missing labels that a fit sums out per cell.
+MAX_COMBINATIONS = 64
+
+
+def candidate_levels(levels, spec: ConceptSpec, missing: tuple[int, ...]):
+    """Every completion ``[C, n, K]`` of cells' levels ``[n, K]`` over the joint levels of the
+    concepts ``missing`` (``C`` their product), and which agree with each cell's observed
+    labels ``[C, n]`` (a missing label, ``-1``, agrees with every level)."""
+    grids = np.meshgrid(*(np.arange(spec.sizes[k]) for k in missing), indexing="ij")
+    combos = np.stack([grid.ravel() for grid in grids], axis=-1)  # [C, |missing|]
+    candidates = jnp.broadcast_to(levels, (combos.shape[0], *levels.shape))
+    valid = jnp.ones(candidates.shape[:2], bool)
+    for position, concept in enumerate(missing):
+        value = jnp.asarray(combos[:, position])[:, None]
+        valid = valid & ((levels[:, concept] < 0) | (levels[:, concept] == value))
+        candidates = candidates.at[..., concept].set(jnp.broadcast_to(value, candidates.shape[:2]))
+    return candidates, valid
 
 
 def mechanism_sites(spec: ConceptSpec) -> dict:
@@ -150,7 +202,9 @@ def concept_embeddings(values, spec: ConceptSpec, levels, own) -> jnp.ndarray:
 
 
 def decode(values, embeddings, rest) -> jnp.ndarray:
-    """Log-rates ``[..., G]`` from the concept embeddings and the unexplained part."""
+    """Log-rates ``[..., G]`` from the concept embeddings and the unexplained part (broadcast
+    over the embeddings' leading axes)."""
+    rest = jnp.broadcast_to(rest, (*embeddings.shape[:-1], rest.shape[-1]))
     inputs = jnp.concatenate([embeddings, rest], axis=-1)
     if "decoder_hidden" in values:
         inputs = jnp.tanh(inputs @ values["decoder_hidden"] + values["decoder_bias"])
