@@ -21,6 +21,8 @@ Methods (all :class:`causalcell.ConceptModel` fits of the same size and steps):
 - ``ind``: no concept graph (CausCell's "IND" ablation): cell type never follows age.
 - ``cvae``: no graph and no variation within a level (``concept_noise=False``): concepts as
   covariates of a conditional VAE; counterfactual = change the covariate, keep the latent.
+- ``oracle mean``: the true mean change of each gene over the queried cells, given to every
+  cell: the best any population-level answer can do (it knows the truth).
 
 Columns: per-cell counterfactual change of log-rates against the truth (correlation and RMSE over
 cells x genes; coverage and mean width of 90% intervals), energy distance of the counterfactual
@@ -216,6 +218,16 @@ def main() -> None:
         for method, graph in (("scm", True), ("ind", False), ("cvae", False)):
             fits[method] = fit(train, truth, method, arguments, graph)
         worlds = true_worlds(cells, truth, rng)
+        shift = worlds[0] - cells.layers["log_rate"]
+        oracle = np.broadcast_to(shift.mean(0), shift.shape)
+        rows.append(
+            {
+                "seed": seed,
+                "method": "oracle mean",
+                "corr": np.corrcoef(shift.ravel(), oracle.ravel())[0, 1],
+                "rmse": np.sqrt(np.mean((shift - oracle) ** 2)),
+            }
+        )
         for method in ("scm", "swap", "ind", "cvae"):
             model, seconds = fits["scm" if method == "swap" else method]
             row = score(model, method, cells, worlds, rng, arguments, seconds, held)
