@@ -19,6 +19,7 @@ from causalcell.noise import noise_model
 __all__ = [
     "concept_graph",
     "encoder_inputs",
+    "guide_kwargs",
     "model_data",
     "model_kwargs",
     "point_sites",
@@ -43,6 +44,21 @@ def concept_graph(concepts, graph) -> nx.DiGraph:
             f"{concepts}, each once; add isolated concepts with graph.add_node(name)."
         )
     return graph
+
+
+def guide_kwargs(spec: ConceptSpec, settings: Mapping, log_mean) -> dict:
+    """Arguments of the :class:`causalcell.inference.AmortizedGuide` of a fit (and of its
+    reload): the encoder, mean-field globals, the decoder's treatment, the baseline's start."""
+    decoder, hidden = settings["decoder_posterior"], settings["hidden"]
+    return {
+        "encoder_inputs": encoder_inputs(spec, noise_model(settings["noise"]).is_count_model),
+        "hidden": tuple(settings["encoder_hidden"]),
+        "global_guide": "normal",
+        "point_estimates": point_sites(decoder, hidden),
+        "init_values": {"baseline": log_mean},
+        "init_scales": start_scales(decoder, hidden),
+        "key": settings["key"],
+    }
 
 
 def point_sites(decoder_posterior: str, hidden: int) -> tuple[str, ...]:

@@ -19,14 +19,8 @@ from causalcell.data import MISSING_LEVEL, concept_arrays
 from causalcell.graph import topological_order
 from causalcell.inference import fit
 from causalcell.models.concepts._cells import concept_obs, worlds_anndata
-from causalcell.models.concepts._fit import (
-    concept_graph,
-    encoder_inputs,
-    model_data,
-    model_kwargs,
-    point_sites,
-    start_scales,
-)
+from causalcell.models.concepts._files import read_folder, write_folder
+from causalcell.models.concepts._fit import concept_graph, guide_kwargs, model_data, model_kwargs
 from causalcell.models.concepts._program import MAX_COMBINATIONS, concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
@@ -179,6 +173,7 @@ class ConceptModel:
             "layer": layer,
             "size_factor_key": size_factor_key,
             "missing": missing,
+            "key": key,
         }
         data = model_data(arrays.labels, counts, arrays.size_factors, observation)
         posterior = fit(
@@ -186,15 +181,7 @@ class ConceptModel:
             data,
             guide="amortized",
             model_kwargs=model_kwargs(spec, counts.shape[1], settings),
-            guide_kwargs={
-                "encoder_inputs": encoder_inputs(spec, observation.is_count_model),
-                "hidden": tuple(encoder_hidden),
-                "global_guide": "normal",
-                "point_estimates": point_sites(decoder_posterior, hidden),
-                "init_values": {"baseline": data["log_mean"]},
-                "init_scales": start_scales(decoder_posterior, hidden),
-                "key": key,
-            },
+            guide_kwargs=guide_kwargs(spec, settings, data["log_mean"]),
             optimizer=optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
             num_steps=num_steps,
             batch_size=batch_size,
@@ -205,6 +192,16 @@ class ConceptModel:
         labelled = arrays.labels[~(arrays.labels == MISSING_LEVEL).any(axis=1)]
         seen = {tuple(row) for row in np.unique(labelled, axis=0).tolist()}
         return cls(posterior, spec, arrays.genes, settings, arrays.size_factors, seen)
+
+    def save(self, folder) -> None:
+        """Write the fitted model to ``folder`` (:mod:`._files`); :meth:`load` reads it back
+        and answers every query as this one does, bit for bit."""
+        write_folder(self, folder)
+
+    @classmethod
+    def load(cls, folder) -> ConceptModel:
+        """A model written by :meth:`save`."""
+        return cls(**read_folder(folder))
 
     # -- cells ----------------------------------------------------------------------------
     def _data(self, adata) -> tuple[dict, np.ndarray]:
@@ -231,7 +228,8 @@ class ConceptModel:
     def embed(self, adata, *, store: bool = False) -> dict[str, np.ndarray]:
         """Posterior-mean embedding of each concept ``{concept: [n, D]}`` and of the unexplained
         part (``"unexplained"``: ``[n, U]``) of the cells of ``adata``; ``store=True`` also
-        writes them to ``adata.obsm["concept_<name>"]`` and ``adata.obsm["unexplained"]``."""
+        writes them to ``adata.obsm["concept_<name>"]`` and ``adata.obsm["concept_unexplained"]``
+        (the names keep clear of other keys, e.g. the simulator's true ``"unexplained"``)."""
         data, labels = self._data(adata)
         local = self.posterior.encode(data=data)
         own = np.asarray(local["concept_noise"]["mean"])
@@ -248,7 +246,7 @@ class ConceptModel:
         result["unexplained"] = np.asarray(local["unexplained"]["mean"])
         if store:
             for name, value in result.items():
-                adata.obsm[name if name == "unexplained" else f"concept_{name}"] = value
+                adata.obsm[f"concept_{name}"] = value
         return result
 
     def reconstruct(self, cells, *, key=0) -> anndata.AnnData:

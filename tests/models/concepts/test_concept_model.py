@@ -101,6 +101,10 @@ def test_embed_generate_and_effects(fitted, simulated):
     assert set(embedded) == {*truth.levels, "unexplained"}
     assert embedded["age"].shape == (200, model.settings["dimension"])
     assert "concept_age" not in train.obsm  # only store=True writes
+    stored = train[:20].copy()
+    model.embed(stored, store=True)
+    np.testing.assert_array_equal(stored.obsm["concept_age"], model.embed(stored)["age"])
+    assert "concept_unexplained" in stored.obsm and "gumbel_age" in stored.obsm
     generated = model.generate(HELD_OUT, 200, key=3)
     assert generated.obs["unseen"].all()
     assert (generated.obs["donor"] == HELD_OUT["donor"]).all()
@@ -123,6 +127,23 @@ def test_embed_generate_and_effects(fitted, simulated):
         # The fit sees about 1,800 cells, a fifth without cell type (binomial standard errors
         # 0.01-0.02 per share, plus the prior's pull): measured within 0.056; bound 0.08.
         np.testing.assert_allclose(rows["probability"], exact, atol=0.08)
+
+
+def test_a_saved_model_answers_as_the_fitted_one(fitted, simulated, tmp_path):
+    model, _ = fitted
+    _, train = simulated
+    model.save(tmp_path / "model")
+    loaded = cc.ConceptModel.load(tmp_path / "model")
+    assert loaded.spec == model.spec and loaded.genes == model.genes and loaded.seen == model.seen
+    cells = train[:50]
+    for query in (
+        lambda m: m.counterfactual(cells, {"age": "90w"}, num_samples=10).layers["shift_mean"],
+        lambda m: m.generate({"donor": "d1"}, 30, key=5).X.toarray(),
+        lambda m: m.embed(cells)["age"],
+    ):
+        np.testing.assert_array_equal(query(loaded), query(model))
+    with pytest.raises(FileNotFoundError, match="no complete concept model"):
+        cc.ConceptModel.load(tmp_path)
 
 
 def test_a_linear_gaussian_model_gives_the_analytic_counterfactual():
