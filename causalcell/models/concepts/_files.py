@@ -112,7 +112,8 @@ def read_folder(folder) -> dict:
             "log_mean": jnp.asarray(stored["log_mean"]),
         }
     kwargs = model_kwargs(spec, len(header["genes"]), settings)
-    guide = AmortizedGuide(concept_model, **guide_kwargs(spec, settings, data["log_mean"]))
+    kwargs_of_guide = guide_kwargs(spec, settings, data["log_mean"], np.asarray(data["labels"]))
+    guide = AmortizedGuide(concept_model, **kwargs_of_guide)
     posterior = Posterior.load(
         folder / POSTERIOR_FILE, concept_model, data=data, guide=guide, model_kwargs=kwargs
     )

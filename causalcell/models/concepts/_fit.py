@@ -20,6 +20,7 @@ __all__ = [
     "concept_graph",
     "encoder_inputs",
     "guide_kwargs",
+    "mechanism_start",
     "model_data",
     "model_kwargs",
     "point_sites",
@@ -46,16 +47,42 @@ def concept_graph(concepts, graph) -> nx.DiGraph:
     return graph
 
 
-def guide_kwargs(spec: ConceptSpec, settings: Mapping, log_mean) -> dict:
+def mechanism_start(labels, spec: ConceptSpec) -> dict:
+    """Where the mechanisms' logit tables start: the labels' log frequencies (one pseudo-count
+    per level), each parent's table the log ratio ``log P(c | p = a) - log P(c)`` (additive over
+    parents, as naive Bayes). Started at zero, the tables need thousands of Adam steps to reach
+    logits of a few units: 400 steps left held-out labels 1.1 nats per cell less likely than
+    under the true mechanisms."""
+    labels = np.asarray(labels)
+    start = {}
+    for concept, (name, size) in enumerate(zip(spec.names, spec.sizes, strict=True)):
+        known = labels[:, concept] >= 0
+        marginal = np.log(np.bincount(labels[known, concept], minlength=size) + 1.0)
+        marginal = marginal - np.log(marginal.size + known.sum())
+        start[spec.bias_site(name)] = (marginal - marginal.mean()).astype(np.float32)
+        for parent in spec.parents[concept]:
+            both = known & (labels[:, parent] >= 0)
+            table = np.ones((spec.sizes[parent], size))
+            np.add.at(table, (labels[both, parent], labels[both, concept]), 1.0)
+            conditional = np.log(table / table.sum(axis=1, keepdims=True))
+            start[spec.weight_site(spec.names[parent], name)] = (
+                conditional - marginal - (conditional - marginal).mean()
+            ).astype(np.float32)
+    return start
+
+
+def guide_kwargs(spec: ConceptSpec, settings: Mapping, log_mean, labels=None) -> dict:
     """Arguments of the :class:`causalcell.inference.AmortizedGuide` of a fit (and of its
-    reload): the encoder, mean-field globals, the decoder's treatment, the baseline's start."""
+    reload): the encoder, mean-field globals, the decoder's treatment, where the baseline and
+    (given the training ``labels``) the mechanisms start."""
     decoder, hidden = settings["decoder_posterior"], settings["hidden"]
+    start = {} if labels is None else mechanism_start(labels, spec)
     return {
         "encoder_inputs": encoder_inputs(spec, noise_model(settings["noise"]).is_count_model),
         "hidden": tuple(settings["encoder_hidden"]),
         "global_guide": "normal",
         "point_estimates": point_sites(decoder, hidden),
-        "init_values": {"baseline": log_mean},
+        "init_values": {"baseline": log_mean, **start},
         "init_scales": start_scales(decoder, hidden),
         "key": settings["key"],
     }

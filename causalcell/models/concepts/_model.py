@@ -27,6 +27,8 @@ from causalcell.models.concepts._queries import (
     couple_counts,
     effect_table,
     generated_draws,
+    label_log_density,
+    swapped_noise,
 )
 from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
@@ -181,7 +183,7 @@ class ConceptModel:
             data,
             guide="amortized",
             model_kwargs=model_kwargs(spec, counts.shape[1], settings),
-            guide_kwargs=guide_kwargs(spec, settings, data["log_mean"]),
+            guide_kwargs=guide_kwargs(spec, settings, data["log_mean"], arrays.labels),
             optimizer=optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.1)),
             num_steps=num_steps,
             batch_size=batch_size,
@@ -343,7 +345,9 @@ class ConceptModel:
         own, rest = local["concept_noise"]["draws"], local["unexplained"]["draws"]
         after = None
         if abduction == "swap":
-            after = self._swapped(jax.random.fold_in(local_key, 1), own, rest.shape, fixed)
+            trained = self.posterior.encode()["concept_noise"]["mean"]
+            donors = (trained, np.asarray(self.posterior.data["labels"]))
+            after = swapped_noise(jax.random.fold_in(local_key, 1), donors, own, rest.shape, fixed)
         tails = ((1 - probability) / 2, (1 + probability) / 2)
         parameters = {
             name: draws[self.noise.site_name(name)][0] for name in self.noise.parameters_of(draws)
@@ -387,24 +391,17 @@ class ConceptModel:
         result.uns["counterfactual"]["abduction"] = abduction
         return result
 
-    def _swapped(self, key, own, shape, fixed):
-        """The counterfactual world's noise under ``abduction="swap"``: each intervened
-        concept's part of ``own`` ``[S, n, K D]`` from a random training cell with the new
-        level (its encoder mean), a fresh unexplained part of ``shape``."""
-        trained = self.posterior.encode()["concept_noise"]["mean"]
-        labels = np.asarray(self.posterior.data["labels"])
-        width = self.settings["dimension"]
-        pick_key, fresh_key = jax.random.split(key)
-        for position, (concept, level) in enumerate(fixed):
-            donors = np.flatnonzero(labels[:, concept] == level)
-            if donors.size == 0:
-                raise ValueError(f"No training cell has level {level} of concept {concept}.")
-            chosen = jax.random.choice(
-                jax.random.fold_in(pick_key, position), donors, own.shape[:2]
-            )
-            part = slice(concept * width, (concept + 1) * width)
-            own = own.at[..., part].set(trained[chosen][..., part])
-        return own, jax.random.normal(fresh_key, shape)
+    def label_log_likelihood(self, cells, *, num_samples: int = 200, key=0) -> np.ndarray:
+        """Each cell's log posterior predictive density of its concept labels ``[n]``.
+
+        The concept graph enters the model only through the label mechanisms, so summing this
+        over held-out cells compares graphs fitted to the same training cells (higher: the
+        data support that graph better). Graphs of one Markov equivalence class (``a -> b``
+        and ``b -> a``) fit categorical labels equally well and cannot be told apart this way.
+        """
+        _, labels = self._data(cells)
+        draws = self.posterior.sample(key, num_samples)
+        return np.asarray(label_log_density(draws, self.spec, jnp.asarray(labels)))
 
     def effects(self, *, num_samples: int = 200, key=0, probability: float = 0.9) -> pd.DataFrame:
         """Concept-to-concept effects: for every edge ``parent -> child`` of the graph and

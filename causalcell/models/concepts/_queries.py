@@ -18,7 +18,12 @@ import pandas as pd
 
 from causalcell._core.coupling import couple
 from causalcell.models.concepts._program import concept_embeddings, decode
-from causalcell.models.concepts._scm import ConceptSpec, intervene, sample_levels
+from causalcell.models.concepts._scm import (
+    ConceptSpec,
+    intervene,
+    mechanism_logits,
+    sample_levels,
+)
 from causalcell.noise import NoiseModel
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "effect_table",
     "generated_draws",
     "interventional_probabilities",
+    "label_log_density",
+    "swapped_noise",
 ]
 
 
@@ -69,6 +76,24 @@ def couple_counts(key, noise: NoiseModel, parameters, counts, sizes, factual, ch
     # Where the law does not change the value is kept exactly (continuous laws' quantile
     # round trip is exact only to rounding).
     return jnp.where(changed == factual, observed, couple(key, before, observed, after))
+
+
+def swapped_noise(key, donors, own, shape, fixed):
+    """The counterfactual world's noise of CausCell's swap: each intervened concept's part of
+    ``own`` ``[S, n, K D]`` from a random training cell of the new level (``donors``: the
+    training cells' encoder means ``[N, K D]`` and labels ``[N, K]``), a fresh unexplained part
+    of ``shape``."""
+    means, labels = donors
+    width = own.shape[-1] // labels.shape[1]
+    pick_key, fresh_key = jax.random.split(key)
+    for position, (concept, level) in enumerate(fixed):
+        chosen = np.flatnonzero(labels[:, concept] == level)
+        if chosen.size == 0:
+            raise ValueError(f"No training cell has level {level} of concept {concept}.")
+        picked = jax.random.choice(jax.random.fold_in(pick_key, position), chosen, own.shape[:2])
+        part = slice(concept * width, (concept + 1) * width)
+        own = own.at[..., part].set(means[picked][..., part])
+    return own, jax.random.normal(fresh_key, shape)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "fixed", "num_cells"))
@@ -152,3 +177,23 @@ def effect_table(key, draws: Mapping, spec: ConceptSpec, probability: float) -> 
                     }
                 )
     return pd.DataFrame(rows)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def label_log_density(draws: Mapping, spec: ConceptSpec, labels) -> jax.Array:
+    """``[n]``: each cell's log posterior predictive density of its labels ``[n, K]``,
+    ``log (1/S) sum_s prod_k p(c_k | pa(c_k); draw s)`` over the ``S`` draws of the mechanisms."""
+
+    def one(values):
+        terms = [
+            jnp.take_along_axis(
+                jax.nn.log_softmax(mechanism_logits(values, spec, concept, labels)),
+                labels[..., concept, None],
+                axis=-1,
+            )[..., 0]
+            for concept in range(len(spec.names))
+        ]
+        return sum(terms)
+
+    per_draw = jax.vmap(one)(dict(draws))  # [S, n]
+    return jax.nn.logsumexp(per_draw, axis=0) - jnp.log(per_draw.shape[0])
