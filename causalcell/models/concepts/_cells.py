@@ -10,7 +10,7 @@ import scipy.sparse
 
 from causalcell.models.concepts._scm import ConceptSpec
 
-__all__ = ["concept_obs", "worlds_anndata"]
+__all__ = ["cells_anndata", "concept_obs", "worlds_anndata"]
 
 
 def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFrame:
@@ -25,6 +25,15 @@ def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFr
     )
     obs["unseen"] = [tuple(row) not in seen for row in levels.tolist()]
     return obs
+
+
+def cells_anndata(spec: ConceptSpec, seen, genes, counts, levels, index=None) -> anndata.AnnData:
+    """Cells with ``counts`` ``[n, G]`` (CSR) and concept ``levels`` ``[n, K]``; rows
+    ``generated<i>`` unless ``index`` names them."""
+    index = [f"generated{i}" for i in range(len(levels))] if index is None else index
+    obs = concept_obs(spec, seen, levels, index)
+    var = pd.DataFrame(index=list(genes))
+    return anndata.AnnData(scipy.sparse.csr_matrix(counts), obs=obs, var=var)
 
 
 def worlds_anndata(spec: ConceptSpec, seen, genes, cells, data, labels, parts) -> anndata.AnnData:

@@ -17,6 +17,7 @@ from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
 
 __all__ = [
+    "check_sizes",
     "concept_graph",
     "encoder_inputs",
     "guide_kwargs",
@@ -101,6 +102,21 @@ def start_scales(decoder_posterior: str, hidden: int) -> dict[str, float]:
     if decoder_posterior == "point":
         return {}
     return dict.fromkeys(DECODER_SITES if hidden else DECODER_SITES[2:], 1e-3)
+
+
+def check_sizes(dimension, num_steps, unexplained, hidden, decoder_posterior) -> None:
+    """Raise before any work for sizes that are not (non-negative) integers or an unknown
+    decoder posterior."""
+    for name, value in (("dimension", dimension), ("num_steps", num_steps)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    for name, value in (("unexplained", unexplained), ("hidden", hidden)):
+        if not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    if decoder_posterior not in ("point", "normal"):
+        raise ValueError(
+            f"decoder_posterior must be 'point' or 'normal', got {decoder_posterior!r}."
+        )
 
 
 def model_data(labels, counts, size_factors, noise) -> dict:

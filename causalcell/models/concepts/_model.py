@@ -12,15 +12,20 @@ import networkx as nx
 import numpy as np
 import optax
 import pandas as pd
-import scipy.sparse
 
 from causalcell._core.keys import as_key
 from causalcell.data import MISSING_LEVEL, concept_arrays
 from causalcell.graph import topological_order
 from causalcell.inference import fit
-from causalcell.models.concepts._cells import concept_obs, worlds_anndata
+from causalcell.models.concepts._cells import cells_anndata, worlds_anndata
 from causalcell.models.concepts._files import read_folder, write_folder
-from causalcell.models.concepts._fit import concept_graph, guide_kwargs, model_data, model_kwargs
+from causalcell.models.concepts._fit import (
+    check_sizes,
+    concept_graph,
+    guide_kwargs,
+    model_data,
+    model_kwargs,
+)
 from causalcell.models.concepts._program import MAX_COMBINATIONS, concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
@@ -28,6 +33,8 @@ from causalcell.models.concepts._queries import (
     effect_table,
     generated_draws,
     label_log_density,
+    label_posterior,
+    mean_embeddings,
     swapped_noise,
 )
 from causalcell.models.concepts._scm import ConceptSpec
@@ -132,16 +139,7 @@ class ConceptModel:
             concepts whose joint levels are more than ``MAX_COMBINATIONS`` (64).
         """
         observation = noise_model(noise)
-        for name, value in (("dimension", dimension), ("num_steps", num_steps)):
-            if not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name, value in (("unexplained", unexplained), ("hidden", hidden)):
-            if not isinstance(value, int | np.integer) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-        if decoder_posterior not in ("point", "normal"):
-            raise ValueError(
-                f"decoder_posterior must be 'point' or 'normal', got {decoder_posterior!r}."
-            )
+        check_sizes(dimension, num_steps, unexplained, hidden, decoder_posterior)
         graph = concept_graph(concepts, graph)
         order = topological_order(graph)
         arrays = concept_arrays(
@@ -206,7 +204,7 @@ class ConceptModel:
         return cls(**read_folder(folder))
 
     # -- cells ----------------------------------------------------------------------------
-    def _data(self, adata) -> tuple[dict, np.ndarray]:
+    def _data(self, adata, allow_missing: bool = False) -> tuple[dict, np.ndarray]:
         """The model's data of the cells of ``adata`` (the fitted genes and levels)."""
         arrays = concept_arrays(
             adata,
@@ -217,8 +215,11 @@ class ConceptModel:
             genes=self.genes,
             count_data=noise_model(self.settings["noise"]).is_count_model,
         )
-        if (arrays.labels == MISSING_LEVEL).any():
-            raise ValueError("Every cell needs a label of every concept for this query.")
+        if not allow_missing and (arrays.labels == MISSING_LEVEL).any():
+            raise ValueError(
+                "Every cell needs a label of every concept for this query; predict_labels "
+                "gives the missing ones' probabilities."
+            )
         data = model_data(arrays.labels, arrays.counts, arrays.size_factors, self.noise)
         data["log_mean"] = self.posterior.data["log_mean"]
         return data, arrays.labels
@@ -234,18 +235,7 @@ class ConceptModel:
         (the names keep clear of other keys, e.g. the simulator's true ``"unexplained"``)."""
         data, labels = self._data(adata)
         local = self.posterior.encode(data=data)
-        own = np.asarray(local["concept_noise"]["mean"])
-        draws = self.posterior.sample(0, 100)
-        dimension = self.settings["dimension"]
-        result = {}
-        for concept, name in enumerate(self.spec.names):
-            table = np.asarray(draws[f"embedding_{name}"]).mean(axis=0)
-            spread = (
-                float(np.asarray(draws["spread"])[:, concept].mean()) if "spread" in draws else 0.0
-            )
-            part = own[:, concept * dimension : (concept + 1) * dimension]
-            result[name] = table[labels[:, concept]] + spread * part
-        result["unexplained"] = np.asarray(local["unexplained"]["mean"])
+        result = mean_embeddings(self.posterior.sample(0, 100), self.spec, labels, local)
         if store:
             for name, value in result.items():
                 adata.obsm[f"concept_{name}"] = value
@@ -259,9 +249,8 @@ class ConceptModel:
             key, 1, data=data, return_sites=["counts"], counts=None, missing=()
         )
         counts = np.asarray(draw["counts"][0], np.float32)
-        obs = concept_obs(self.spec, self.seen, labels, list(map(str, cells.obs_names)))
-        var = pd.DataFrame(index=list(self.genes))
-        return anndata.AnnData(scipy.sparse.csr_matrix(counts), obs=obs, var=var)
+        index = list(map(str, cells.obs_names))
+        return cells_anndata(self.spec, self.seen, self.genes, counts, labels, index)
 
     def _fixed(self, levels: Mapping) -> tuple[tuple[int, int], ...]:
         """``((concept index, level index), ...)`` of ``levels``, checked."""
@@ -291,11 +280,7 @@ class ConceptModel:
         }
         likelihood = self.noise.distribution(log_rate, sizes, **parameters)
         counts = np.asarray(likelihood.sample(count_key), np.float32)
-        index = [f"generated{i}" for i in range(num_cells)]
-        obs = concept_obs(self.spec, self.seen, np.asarray(levels_drawn), index)
-        result = anndata.AnnData(
-            scipy.sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(self.genes))
-        )
+        result = cells_anndata(self.spec, self.seen, self.genes, counts, np.asarray(levels_drawn))
         result.obs["size_factor"] = np.asarray(sizes, np.float32)
         result.layers["log_rate"] = np.asarray(log_rate, np.float32)
         return result
@@ -390,6 +375,25 @@ class ConceptModel:
         result.uns["counterfactual"] = {"levels": dict(levels), "probability": probability}
         result.uns["counterfactual"]["abduction"] = abduction
         return result
+
+    def predict_labels(self, cells, *, num_samples: int = 100, key=0) -> dict[str, pd.DataFrame]:
+        """Posterior probability of each level of the concepts some of ``cells`` lack (NaN)
+        ``{concept: DataFrame [cells, levels]}``: the model's levels summed out as in the fit,
+        weighted by the counts' likelihood (importance sampling over the encoder's draws and
+        the posterior draws of the globals). Observed labels come back with probability 1."""
+        data, labels = self._data(cells, allow_missing=True)
+        missing = tuple(int(k) for k in np.flatnonzero((labels == MISSING_LEVEL).any(axis=0)))
+        if not missing:
+            return {}
+        encoded = self.posterior.encode(data=data)
+        draws = self.posterior.sample(key, num_samples)
+        shares = label_posterior(as_key(key), draws, self.spec, missing, data, encoded, self.noise)
+        return {
+            self.spec.names[k]: pd.DataFrame(
+                np.asarray(share), index=cells.obs_names, columns=list(self.spec.levels[k])
+            )
+            for k, share in zip(missing, shares, strict=True)
+        }
 
     def label_log_likelihood(self, cells, *, num_samples: int = 200, key=0) -> np.ndarray:
         """Each cell's log posterior predictive density of its concept labels ``[n]``.

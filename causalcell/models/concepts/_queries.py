@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from causalcell._core.coupling import couple
-from causalcell.models.concepts._program import concept_embeddings, decode
+from causalcell.models.concepts._program import candidate_levels, concept_embeddings, decode
 from causalcell.models.concepts._scm import (
     ConceptSpec,
     intervene,
@@ -33,6 +33,8 @@ __all__ = [
     "generated_draws",
     "interventional_probabilities",
     "label_log_density",
+    "label_posterior",
+    "mean_embeddings",
     "swapped_noise",
 ]
 
@@ -197,3 +199,64 @@ def label_log_density(draws: Mapping, spec: ConceptSpec, labels) -> jax.Array:
 
     per_draw = jax.vmap(one)(dict(draws))  # [S, n]
     return jax.nn.logsumexp(per_draw, axis=0) - jnp.log(per_draw.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "missing", "noise"))
+def label_posterior(key, draws, spec, missing, data, encoded, noise) -> list:
+    """Per concept of ``missing``, ``[n, L]``: each cell's posterior probability of each level,
+    ``P(c | counts, observed labels)``, by importance sampling: per posterior draw ``s`` of the
+    globals, the cell's noise ``z_s`` from the encoder ``q``, weights
+    ``p(labels = c; s) p(counts | c, z_s; s) p(z_s) / q(z_s)`` over the completions ``c`` of
+    its labels (:func:`._program.candidate_levels`), summed over draws."""
+    labels = data["labels"]
+    candidates, valid = candidate_levels(labels, spec, missing)  # [C, n, K], [C, n]
+    own, rest = encoded["concept_noise"], encoded["unexplained"]
+    observed = noise.observation(data["counts"], data["size_factors"])
+
+    def one(key, values):
+        first, second = jax.random.split(key)
+        noise_own = own["mean"] + own["scale"] * jax.random.normal(first, own["mean"].shape)
+        noise_rest = rest["mean"] + rest["scale"] * jax.random.normal(second, rest["mean"].shape)
+        label_terms = sum(
+            jnp.take_along_axis(
+                jax.nn.log_softmax(mechanism_logits(values, spec, concept, candidates)),
+                candidates[..., concept, None],
+                axis=-1,
+            )[..., 0]
+            for concept in range(len(spec.names))
+        )
+        embeddings = concept_embeddings(values, spec, candidates, noise_own)
+        log_rate = decode(values, embeddings, noise_rest)
+        parameters = noise.parameters_of(values)
+        likelihood = noise.distribution(log_rate, data["size_factors"], **parameters)
+        weight = jnp.zeros(labels.shape[0])
+        for value, part in ((noise_own, own), (noise_rest, rest)):
+            standard = jax.scipy.stats.norm.logpdf(value).sum(-1)
+            proposal = jax.scipy.stats.norm.logpdf(value, part["mean"], part["scale"]).sum(-1)
+            weight = weight + standard - proposal
+        total = label_terms + likelihood.to_event(1).log_prob(observed) + weight
+        return jnp.where(valid, total, -jnp.inf)
+
+    count = next(iter(draws.values())).shape[0]
+    weights = jax.vmap(one)(jax.random.split(key, count), dict(draws))  # [S, C, n]
+    combos = jax.nn.softmax(jax.nn.logsumexp(weights, axis=0), axis=0)  # [C, n]
+    return [
+        combos.T @ jax.nn.one_hot(candidates[:, 0, concept], spec.sizes[concept])  # [n, L]
+        for concept in missing
+    ]
+
+
+def mean_embeddings(draws: Mapping, spec: ConceptSpec, labels, encoded) -> dict:
+    """Posterior-mean embedding of each concept ``{name: [n, D]}`` (the level's table and the
+    spread at their posterior means, the cell's noise at the encoder's mean) and the
+    unexplained part's (``"unexplained"``)."""
+    own = np.asarray(encoded["concept_noise"]["mean"])
+    dimension = own.shape[-1] // len(spec.names)
+    result = {}
+    for concept, name in enumerate(spec.names):
+        table = np.asarray(draws[f"embedding_{name}"]).mean(axis=0)
+        spread = float(np.asarray(draws["spread"])[:, concept].mean()) if "spread" in draws else 0.0
+        part = own[:, concept * dimension : (concept + 1) * dimension]
+        result[name] = table[labels[:, concept]] + spread * part
+    result["unexplained"] = np.asarray(encoded["unexplained"]["mean"])
+    return result

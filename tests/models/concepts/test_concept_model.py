@@ -24,15 +24,21 @@ def simulated():
     return adata, adata[~held.to_numpy()].copy()
 
 
+def _without_some_cell_types(cells):
+    """A copy of ``cells`` in which a fifth lack their cell type (NaN)."""
+    partly = cells.copy()
+    unlabelled = np.random.default_rng(2).random(partly.n_obs) < 0.2
+    partly.obs["cell_type"] = partly.obs["cell_type"].where(~unlabelled)  # stays categorical
+    return partly
+
+
 @pytest.fixture(scope="module")
 def fitted(simulated):
     """One fit shared by the tests, semi-supervised: a fifth of the cells lack their cell type
     (summed out); the queries ask about fully labelled cells."""
     _, train = simulated
     truth = concept_truth(train)
-    partly = train.copy()
-    unlabelled = np.random.default_rng(2).random(partly.n_obs) < 0.2
-    partly.obs["cell_type"] = partly.obs["cell_type"].where(~unlabelled)  # stays categorical
+    partly = _without_some_cell_types(train)
     model = cc.ConceptModel.fit(
         partly,
         list(truth.levels),
@@ -127,6 +133,25 @@ def test_embed_generate_and_effects(fitted, simulated):
         # The fit sees about 1,800 cells, a fifth without cell type (binomial standard errors
         # 0.01-0.02 per share, plus the prior's pull): measured within 0.027; bound 0.08.
         np.testing.assert_allclose(rows["probability"], exact, atol=0.08)
+
+
+def test_missing_labels_are_predicted_from_the_counts(fitted, simulated):
+    model, _ = fitted
+    _, train = simulated
+    partly = _without_some_cell_types(train)[:600]
+    gaps = partly.obs["cell_type"].isna().to_numpy()
+    shares = model.predict_labels(partly, num_samples=20)
+    assert set(shares) == {"cell_type"}
+    table = shares["cell_type"]
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, atol=1e-5)
+    truth = train[:600].obs["cell_type"].to_numpy()
+    np.testing.assert_array_equal(table.idxmax(axis=1).to_numpy()[~gaps], truth[~gaps])
+    accuracy = np.mean(table.idxmax(axis=1).to_numpy()[gaps] == truth[gaps])
+    # Measured 0.83 on 126 unlabelled cells whose most common type is 0.62 of them: 0.75 is
+    # six binomial errors above always guessing that type, with room for platform rounding.
+    assert accuracy > 0.75, accuracy
+    with pytest.raises(ValueError, match="predict_labels"):
+        model.counterfactual(partly, {"age": "90w"})
 
 
 def test_a_saved_model_answers_as_the_fitted_one(fitted, simulated, tmp_path):
