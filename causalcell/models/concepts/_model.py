@@ -33,7 +33,7 @@ from causalcell.models.concepts._queries import (
     effect_table,
     generated_draws,
     label_log_density,
-    label_posterior,
+    label_shares,
     mean_embeddings,
     swapped_noise,
 )
@@ -387,10 +387,10 @@ class ConceptModel:
             return {}
         encoded = self.posterior.encode(data=data)
         draws = self.posterior.sample(key, num_samples)
-        shares = label_posterior(as_key(key), draws, self.spec, missing, data, encoded, self.noise)
+        shares = label_shares(as_key(key), draws, self.spec, missing, data, encoded, self.noise)
         return {
             self.spec.names[k]: pd.DataFrame(
-                np.asarray(share), index=cells.obs_names, columns=list(self.spec.levels[k])
+                share, index=cells.obs_names, columns=list(self.spec.levels[k])
             )
             for k, share in zip(missing, shares, strict=True)
         }

@@ -34,6 +34,7 @@ __all__ = [
     "interventional_probabilities",
     "label_log_density",
     "label_posterior",
+    "label_shares",
     "mean_embeddings",
     "swapped_noise",
 ]
@@ -238,12 +239,25 @@ def label_posterior(key, draws, spec, missing, data, encoded, noise) -> list:
         return jnp.where(valid, total, -jnp.inf)
 
     count = next(iter(draws.values())).shape[0]
-    weights = jax.vmap(one)(jax.random.split(key, count), dict(draws))  # [S, C, n]
+    # One draw at a time (lax.map): a step holds [C, n, G] log-rates, not S times as many.
+    weights = jax.lax.map(lambda pair: one(*pair), (jax.random.split(key, count), dict(draws)))
     combos = jax.nn.softmax(jax.nn.logsumexp(weights, axis=0), axis=0)  # [C, n]
     return [
         combos.T @ jax.nn.one_hot(candidates[:, 0, concept], spec.sizes[concept])  # [n, L]
         for concept in missing
     ]
+
+
+def label_shares(key, draws, spec, missing, data, encoded, noise, chunk: int = 256) -> list:
+    """:func:`label_posterior` of every cell of ``data``, ``chunk`` cells at a time (memory
+    ``C x chunk x genes`` per draw), as NumPy arrays ``[n, L]`` per concept of ``missing``."""
+    parts = []
+    for start in range(0, data["labels"].shape[0], chunk):
+        rows = slice(start, start + chunk)
+        cells = {name: data[name][rows] for name in ("labels", "counts", "size_factors")}
+        noise_of_cells = jax.tree.map(lambda array, rows=rows: array[rows], encoded)
+        parts.append(label_posterior(key, draws, spec, missing, cells, noise_of_cells, noise))
+    return [np.concatenate([np.asarray(part[k]) for part in parts]) for k in range(len(missing))]
 
 
 def mean_embeddings(draws: Mapping, spec: ConceptSpec, labels, encoded) -> dict:
