@@ -6,6 +6,7 @@ Usage::
     python benchmarks/concepts.py [--cells 10000] [--genes 200] [--steps 3000] [--seeds 0 1 2]
         [--size-factors true|total] [--draws 100] [--test-cells 1000]
     python benchmarks/concepts.py --scale [--cells 50000] [--genes 2000] [--steps 3000]
+    python benchmarks/concepts.py --known-noise [--cells 10000] [--genes 100] [--steps 3000]
 
 Data: :func:`causalcell.datasets.simulate_concepts` (age and region drive cell type, donor
 decides batch; every cell's exogenous noise kept). One combination (90-week-old cells of donor
@@ -34,7 +35,11 @@ cells to train: mean accuracy and macro F1 over concepts) and from the unexplain
 draw per cell (per-cell Pearson and MSE of log1p-normalised counts, not an average of draws); the
 held-out combination generated (energy distance to half of its true cells, ``ood``, and the floor of
 the other half, ``ood floor``); fit seconds.
-``--scale`` fits ``scm`` only and prints seconds per step and peak memory.
+``--scale`` fits ``scm`` only and prints seconds per step and peak memory. ``--known-noise``
+fits the program with every cell's own noise given (its local sites conditioned on the
+simulator's, full batches) and prints how well the decoder alone learns the per-cell change:
+correlation of the changes' group means (cells grouped by their levels before and after) and of
+their deviations from each gene's mean change, and of the variation within groups.
 """
 
 from __future__ import annotations
@@ -43,11 +48,17 @@ import argparse
 import resource
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import pandas as pd
+from numpyro.handlers import condition
 
 import causalcell as cc
 from causalcell.datasets import concept_truth, simulate_concepts
 from causalcell.metrics import energy_distance
+from causalcell.models.concepts import ConceptSpec, concept_model, counterfactual_draws
 from causalcell.preprocessing import normalize_log1p
 
 HELD_OUT = {"age": "90w", "donor": "d4"}
@@ -188,6 +199,75 @@ def scale(arguments) -> None:
     del model
 
 
+def per_cell_parts(true, estimate, groups) -> str:
+    """Correlations of the group means, of their deviations from each gene's mean change, and
+    of the variation within groups, between the true and the estimated changes."""
+
+    def split(change):
+        means = pd.DataFrame(change).groupby(groups).transform("mean").to_numpy()
+        return means, means - change.mean(0), change - means
+
+    pairs = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(split(true), split(estimate))]
+    spread = (true - split(true)[0]).std(), (estimate - split(estimate)[0]).std()
+    return (
+        f"group means {pairs[0]:.3f}, their deviations from the mean change {pairs[1]:.3f}, "
+        f"within groups {pairs[2]:.3f} (sd {spread[0]:.3f} true, {spread[1]:.3f} model)"
+    )
+
+
+def known_noise(arguments) -> None:
+    adata = simulate_concepts(arguments.cells, arguments.genes, key=0)
+    truth = concept_truth(adata)
+    spec = ConceptSpec.from_graph(truth.graph, truth.levels)
+    arrays = cc.data.concept_arrays(adata, spec.names, size_factor_key="size_factor")
+    own = np.concatenate([adata.obsm[f"embedding_noise_{c}"] for c in spec.names], axis=1)
+    rest = np.asarray(adata.obsm["unexplained"])
+    data = {
+        "labels": jnp.asarray(arrays.labels),
+        "counts": jnp.asarray(arrays.counts),
+        "size_factors": jnp.asarray(arrays.size_factors),
+        "log_mean": jnp.log((arrays.counts / arrays.size_factors[:, None]).mean(0) + 1e-6),
+    }
+    kwargs = {"spec": spec, "num_genes": arrays.counts.shape[1], "hidden": 128}
+    kwargs.update(dimension=own.shape[1] // len(spec.names), unexplained=rest.shape[1])
+    noise = {"concept_noise": jnp.asarray(own, jnp.float32), "unexplained": jnp.asarray(rest)}
+    start = time.time()
+    posterior = cc.fit(
+        condition(concept_model, data=noise),
+        data,
+        guide="normal",
+        model_kwargs=kwargs,
+        batch_size=None,
+        num_steps=arguments.steps,
+        optimizer=optax.adam(optax.exponential_decay(3e-3, arguments.steps, 0.1)),
+        progress_bar=False,
+    )
+    young = np.flatnonzero(adata.obs["age"].to_numpy() != QUERY["age"])[: arguments.test_cells]
+    draws = posterior.sample(0, arguments.draws)
+    shape = (arguments.draws, len(young))
+    worlds = counterfactual_draws(
+        jax.random.key(0),
+        draws,
+        spec,
+        jnp.asarray(arrays.labels[young]),
+        jnp.broadcast_to(noise["concept_noise"][young], (*shape, own.shape[1])),
+        jnp.broadcast_to(noise["unexplained"][young], (*shape, rest.shape[1])),
+        ((spec.index("age"), spec.level("age", QUERY["age"])),),
+    )
+    estimate = np.asarray(worlds["counterfactual"] - worlds["factual"]).mean(0)
+    cells = adata[young]
+    true = truth.counterfactual(cells, QUERY)
+    change = true["log_rate"] - cells.layers["log_rate"]
+    before = cells.obs[list(truth.levels)].astype(str).agg("|".join, axis=1).to_numpy()
+    after = true["concepts"].astype(str).agg("|".join, axis=1).to_numpy()
+    print(
+        f"known noise, {arguments.cells} cells x {arguments.genes} genes, {arguments.steps} full "
+        f"steps ({time.time() - start:.0f} s): correlation "
+        f"{np.corrcoef(change.ravel(), estimate.ravel())[0, 1]:.3f}; "
+        + per_cell_parts(change, estimate, before + ">" + after)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=10000)
@@ -199,9 +279,13 @@ def main() -> None:
     parser.add_argument("--test-cells", type=int, default=1000)
     parser.add_argument("--fit-key", type=int, default=0)
     parser.add_argument("--scale", action="store_true")
+    parser.add_argument("--known-noise", action="store_true")
     arguments = parser.parse_args()
     if arguments.scale:
         scale(arguments)
+        return
+    if arguments.known_noise:
+        known_noise(arguments)
         return
     rows = []
     for seed in arguments.seeds:

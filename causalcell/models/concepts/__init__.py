@@ -3,11 +3,14 @@ as a Gumbel-max SCM over a concept DAG, one embedding per concept next to an une
 counts from a decoder; per-cell counterfactuals by abduction of each cell's own noise.
 
 :class:`ConceptModel` fits it to AnnData; :func:`concept_model` is the NumPyro program;
-:class:`ConceptSpec` and the array functions of :mod:`._scm` are the concept SCM.
+:class:`ConceptSpec` and the array functions of :mod:`._scm` are the concept SCM;
+:func:`counterfactual_draws` answers a counterfactual on arrays, for any draws of the
+globals and of the cells' noise.
 """
 
 from causalcell.models.concepts._model import ConceptModel
-from causalcell.models.concepts._program import concept_model
+from causalcell.models.concepts._program import concept_embeddings, concept_model, decode
+from causalcell.models.concepts._queries import counterfactual_draws
 from causalcell.models.concepts._scm import (
     ConceptSpec,
     abduct_gumbel,
@@ -20,7 +23,10 @@ __all__ = [
     "ConceptModel",
     "ConceptSpec",
     "abduct_gumbel",
+    "concept_embeddings",
     "concept_model",
+    "counterfactual_draws",
+    "decode",
     "intervene",
     "mechanism_logits",
     "sample_levels",
