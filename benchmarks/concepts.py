@@ -16,7 +16,8 @@ training cells aged 4 weeks: a parent concept, so cell type may change with it.
 
 Methods (all :class:`causalcell.ConceptModel` fits of the same size and steps):
 
-- ``scm``: the model with the true concept graph, Bayesian decoder; per-cell abduction.
+- ``scm``: the model with the true concept graph, Bayesian decoder (``--decoder-posterior``:
+  mean-field by default); per-cell abduction.
 - ``swap``: the same fit, ``abduction="swap"``: CausCell's population-level counterfactual
   (the intervened concept's noise from a random cell of the new level, fresh unexplained part,
   descendants from fresh noise).
@@ -73,7 +74,7 @@ def fit(train, truth, method, arguments, graph=True):
         truth.graph if graph else None,
         genes=None,
         num_steps=arguments.steps,
-        decoder_posterior="normal",
+        decoder_posterior=arguments.decoder_posterior,
         concept_noise=method != "cvae",
         size_factor_key="size_factor" if arguments.size_factors == "true" else None,
         key=arguments.fit_key,
@@ -278,6 +279,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--test-cells", type=int, default=1000)
     parser.add_argument("--fit-key", type=int, default=0)
+    parser.add_argument(
+        "--decoder-posterior", choices=("point", "normal", "lowrank"), default="normal"
+    )
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--known-noise", action="store_true")
     arguments = parser.parse_args()

@@ -119,7 +119,9 @@ class ConceptModel:
         decoder_posterior
             ``"point"``: the decoder's weights and baseline are point (MAP) estimates, as a
             VAE's; ``"normal"``: mean-field Gaussian posteriors, whose spread enters every
-            generated cell and counterfactual.
+            generated cell and counterfactual; ``"lowrank"``: every global (decoder,
+            embeddings, mechanisms) in one low-rank multivariate normal, whose correlations
+            widen the per-cell intervals towards honest (design, section 4.8).
         concept_noise
             ``False``: no variation of a concept's embedding within a level (each concept enters
             the decoder as its level, as the covariates of a conditional VAE; an ablation).

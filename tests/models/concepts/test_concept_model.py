@@ -194,6 +194,7 @@ def test_a_linear_gaussian_model_gives_the_analytic_counterfactual():
         genes=None,
         hidden=0,
         noise="gaussian",
+        decoder_posterior="lowrank",  # the property holds for any posterior of the globals
         dimension=2,
         unexplained=2,
         num_steps=300,
