@@ -95,8 +95,8 @@ def guide_kwargs(spec: ConceptSpec, settings: Mapping, log_mean, labels=None) ->
     }
 
 
-#: Rank of the globals' guide under ``decoder_posterior="lowrank"`` (ranks 20 and 50 gave the
-#: same intervals on the concept benchmark's data).
+#: Rank of the globals' guide under ``decoder_posterior="lowrank"`` (a larger rank gave the
+#: same intervals, design section 4.8).
 LOW_RANK = 20
 
 
