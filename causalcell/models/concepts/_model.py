@@ -215,7 +215,7 @@ class ConceptModel:
             size_factor_key=self.settings["size_factor_key"],
             levels=dict(zip(self.spec.names, self.spec.levels, strict=True)),
             genes=self.genes,
-            count_data=noise_model(self.settings["noise"]).is_count_model,
+            count_data=self.noise.is_count_model,
         )
         if not allow_missing and (arrays.labels == MISSING_LEVEL).any():
             raise ValueError(

@@ -35,13 +35,14 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from causalcell.models.concepts._scm import ConceptSpec, mechanism_logits
+from causalcell.models.concepts._scm import ConceptSpec, labels_log_prob, mechanism_logits
 from causalcell.noise import NOISE_MODELS, NoiseModel
 
 __all__ = [
     "DECODER_SITES",
     "MAX_COMBINATIONS",
     "candidate_levels",
+    "completion_log_joint",
     "concept_embeddings",
     "concept_model",
     "decode",
@@ -99,32 +100,19 @@ def concept_model(
         levels = labels[index]
         sizes = jnp.ones(labels.shape[0])[index] if size_factors is None else size_factors[index]
         observed = None if counts is None else noise.observation(counts[index], sizes)
+        own = numpyro.sample("concept_noise", dist.Normal(0.0, 1.0).expand([width]).to_event(1))
+        rest = numpyro.sample(
+            "unexplained", dist.Normal(0.0, 1.0).expand([unexplained]).to_event(1)
+        )
         if missing:
-            own = numpyro.sample("concept_noise", dist.Normal(0.0, 1.0).expand([width]).to_event(1))
-            rest = numpyro.sample(
-                "unexplained", dist.Normal(0.0, 1.0).expand([unexplained]).to_event(1)
+            joint = completion_log_joint(
+                values, spec, missing, levels, (own, rest), (observed, sizes), noise, parameters
             )
-            candidates, valid = candidate_levels(levels, spec, missing)  # [C, n, K], [C, n]
-            label_terms = sum(
-                jnp.take_along_axis(
-                    jax.nn.log_softmax(mechanism_logits(values, spec, concept, candidates)),
-                    candidates[..., concept, None],
-                    axis=-1,
-                )[..., 0]
-                for concept in range(len(spec.names))
-            )
-            log_rate = decode(values, concept_embeddings(values, spec, candidates, own), rest)
-            likelihood = noise.distribution(log_rate, sizes, **parameters).to_event(1)
-            joint = jnp.where(valid, label_terms + likelihood.log_prob(observed), -jnp.inf)
             numpyro.factor("labels_and_counts", jax.nn.logsumexp(joint, axis=0))
             return
         for concept, name in enumerate(spec.names):
             logits = mechanism_logits(values, spec, concept, levels)
             numpyro.sample(f"label_{name}", dist.Categorical(logits=logits), obs=levels[:, concept])
-        own = numpyro.sample("concept_noise", dist.Normal(0.0, 1.0).expand([width]).to_event(1))
-        rest = numpyro.sample(
-            "unexplained", dist.Normal(0.0, 1.0).expand([unexplained]).to_event(1)
-        )
         log_rate = decode(values, concept_embeddings(values, spec, levels, own), rest)
         likelihood = noise.distribution(log_rate, sizes, **parameters)
         numpyro.sample("counts", likelihood.to_event(1), obs=observed)
@@ -132,6 +120,20 @@ def concept_model(
 
 #: Most level combinations of the concepts with missing labels that a fit sums out per cell.
 MAX_COMBINATIONS = 64
+
+
+def completion_log_joint(values, spec, missing, levels, noise_of_cells, counts, noise, parameters):
+    """``[C, n]``: for every completion ``c`` of the cells' levels over the concepts
+    ``missing`` (:func:`candidate_levels`), ``log p(labels = c) + log p(counts | c)`` given the
+    cells' noise ``(own, rest)`` and ``counts`` ``(observed, size factors)`` (``-inf`` where
+    ``c`` disagrees with an observed label)."""
+    own, rest = noise_of_cells
+    observed, sizes = counts
+    candidates, valid = candidate_levels(levels, spec, missing)
+    log_rate = decode(values, concept_embeddings(values, spec, candidates, own), rest)
+    likelihood = noise.distribution(log_rate, sizes, **parameters).to_event(1)
+    joint = labels_log_prob(values, spec, candidates) + likelihood.log_prob(observed)
+    return jnp.where(valid, joint, -jnp.inf)
 
 
 def candidate_levels(levels, spec: ConceptSpec, missing: tuple[int, ...]):

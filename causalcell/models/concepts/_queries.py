@@ -17,11 +17,16 @@ import numpy as np
 import pandas as pd
 
 from causalcell._core.coupling import couple
-from causalcell.models.concepts._program import candidate_levels, concept_embeddings, decode
+from causalcell.models.concepts._program import (
+    candidate_levels,
+    completion_log_joint,
+    concept_embeddings,
+    decode,
+)
 from causalcell.models.concepts._scm import (
     ConceptSpec,
     intervene,
-    mechanism_logits,
+    labels_log_prob,
     sample_levels,
 )
 from causalcell.noise import NoiseModel
@@ -187,18 +192,7 @@ def label_log_density(draws: Mapping, spec: ConceptSpec, labels) -> jax.Array:
     """``[n]``: each cell's log posterior predictive density of its labels ``[n, K]``,
     ``log (1/S) sum_s prod_k p(c_k | pa(c_k); draw s)`` over the ``S`` draws of the mechanisms."""
 
-    def one(values):
-        terms = [
-            jnp.take_along_axis(
-                jax.nn.log_softmax(mechanism_logits(values, spec, concept, labels)),
-                labels[..., concept, None],
-                axis=-1,
-            )[..., 0]
-            for concept in range(len(spec.names))
-        ]
-        return sum(terms)
-
-    per_draw = jax.vmap(one)(dict(draws))  # [S, n]
+    per_draw = jax.vmap(lambda values: labels_log_prob(values, spec, labels))(dict(draws))
     return jax.nn.logsumexp(per_draw, axis=0) - jnp.log(per_draw.shape[0])
 
 
@@ -209,39 +203,35 @@ def label_posterior(key, draws, spec, missing, data, encoded, noise) -> list:
     globals, the cell's noise ``z_s`` from the encoder ``q``, weights
     ``p(labels = c; s) p(counts | c, z_s; s) p(z_s) / q(z_s)`` over the completions ``c`` of
     its labels (:func:`._program.candidate_levels`), summed over draws."""
-    labels = data["labels"]
-    candidates, valid = candidate_levels(labels, spec, missing)  # [C, n, K], [C, n]
     own, rest = encoded["concept_noise"], encoded["unexplained"]
-    observed = noise.observation(data["counts"], data["size_factors"])
+    counts = (noise.observation(data["counts"], data["size_factors"]), data["size_factors"])
 
     def one(key, values):
         first, second = jax.random.split(key)
         noise_own = own["mean"] + own["scale"] * jax.random.normal(first, own["mean"].shape)
         noise_rest = rest["mean"] + rest["scale"] * jax.random.normal(second, rest["mean"].shape)
-        label_terms = sum(
-            jnp.take_along_axis(
-                jax.nn.log_softmax(mechanism_logits(values, spec, concept, candidates)),
-                candidates[..., concept, None],
-                axis=-1,
-            )[..., 0]
-            for concept in range(len(spec.names))
+        joint = completion_log_joint(
+            values,
+            spec,
+            missing,
+            data["labels"],
+            (noise_own, noise_rest),
+            counts,
+            noise,
+            noise.parameters_of(values),
         )
-        embeddings = concept_embeddings(values, spec, candidates, noise_own)
-        log_rate = decode(values, embeddings, noise_rest)
-        parameters = noise.parameters_of(values)
-        likelihood = noise.distribution(log_rate, data["size_factors"], **parameters)
-        weight = jnp.zeros(labels.shape[0])
+        weight = 0.0  # p(z) / q(z) of the encoder's draw
         for value, part in ((noise_own, own), (noise_rest, rest)):
             standard = jax.scipy.stats.norm.logpdf(value).sum(-1)
             proposal = jax.scipy.stats.norm.logpdf(value, part["mean"], part["scale"]).sum(-1)
             weight = weight + standard - proposal
-        total = label_terms + likelihood.to_event(1).log_prob(observed) + weight
-        return jnp.where(valid, total, -jnp.inf)
+        return joint + weight
 
     count = next(iter(draws.values())).shape[0]
     # One draw at a time (lax.map): a step holds [C, n, G] log-rates, not S times as many.
     weights = jax.lax.map(lambda pair: one(*pair), (jax.random.split(key, count), dict(draws)))
     combos = jax.nn.softmax(jax.nn.logsumexp(weights, axis=0), axis=0)  # [C, n]
+    candidates, _ = candidate_levels(data["labels"], spec, missing)
     return [
         combos.T @ jax.nn.one_hot(candidates[:, 0, concept], spec.sizes[concept])  # [n, L]
         for concept in missing

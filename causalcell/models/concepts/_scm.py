@@ -34,7 +34,14 @@ import networkx as nx
 
 from causalcell.graph import topological_order, validate_dag
 
-__all__ = ["ConceptSpec", "abduct_gumbel", "intervene", "mechanism_logits", "sample_levels"]
+__all__ = [
+    "ConceptSpec",
+    "abduct_gumbel",
+    "intervene",
+    "labels_log_prob",
+    "mechanism_logits",
+    "sample_levels",
+]
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,19 @@ def mechanism_logits(values: Mapping, spec: ConceptSpec, concept: int, levels) -
         table = values[spec.weight_site(spec.names[parent], name)]
         logits = logits + table[levels[..., parent]]
     return jnp.broadcast_to(logits, (*levels.shape[:-1], spec.sizes[concept]))
+
+
+def labels_log_prob(values: Mapping, spec: ConceptSpec, levels) -> jax.Array:
+    """``[...]``: the log-probability of the levels ``[..., K]`` under the mechanisms of one
+    draw ``values``, summed over the concepts."""
+    return sum(
+        jnp.take_along_axis(
+            jax.nn.log_softmax(mechanism_logits(values, spec, concept, levels)),
+            levels[..., concept, None],
+            axis=-1,
+        )[..., 0]
+        for concept in range(len(spec.names))
+    )
 
 
 def abduct_gumbel(key, logits, observed) -> jax.Array:
