@@ -10,7 +10,7 @@ import scipy.sparse
 
 from causalcell.models.concepts._scm import ConceptSpec
 
-__all__ = ["cells_anndata", "concept_obs", "worlds_anndata"]
+__all__ = ["cells_anndata", "combination_codes", "concept_obs", "worlds_anndata"]
 
 
 def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFrame:
@@ -23,8 +23,16 @@ def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFr
         },
         index=index,
     )
-    obs["unseen"] = [tuple(row) not in seen for row in levels.tolist()]
+    obs["unseen"] = ~np.isin(combination_codes(spec, levels), combination_codes(spec, seen))
     return obs
+
+
+def combination_codes(spec: ConceptSpec, levels) -> np.ndarray:
+    """One integer per row of level codes ``[n, K]`` (or a set of such tuples): the
+    combination's index in the mixed radix of the concepts' level counts."""
+    levels = np.asarray(sorted(levels) if isinstance(levels, set) else levels, np.int64)
+    radix = np.cumprod((1, *spec.sizes[:-1]))
+    return levels.reshape(-1, len(spec.sizes)) @ radix
 
 
 def cells_anndata(spec: ConceptSpec, seen, genes, counts, levels, index=None) -> anndata.AnnData:
