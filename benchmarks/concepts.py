@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/concepts.py [--cells 10000] [--genes 200] [--steps 3000] [--seeds 0 1 2]
         [--size-factors true|total] [--draws 100] [--test-cells 1000]
+        [--decoder-posterior laplace|normal|lowrank|point] [--hidden 128]
     python benchmarks/concepts.py --scale [--cells 50000] [--genes 2000] [--steps 3000]
     python benchmarks/concepts.py --known-noise [--cells 10000] [--genes 100] [--steps 3000]
 
@@ -17,7 +18,8 @@ training cells aged 4 weeks: a parent concept, so cell type may change with it.
 Methods (all :class:`causalcell.ConceptModel` fits of the same size and steps):
 
 - ``scm``: the model with the true concept graph, Bayesian decoder (``--decoder-posterior``:
-  mean-field by default); per-cell abduction.
+  the fit's default, mean-field globals with the Laplace readout; ``--hidden`` units, 128 by
+  default); per-cell abduction.
 - ``swap``: the same fit, ``abduction="swap"``: CausCell's population-level counterfactual
   (the intervened concept's noise from a random cell of the new level, fresh unexplained part,
   descendants from fresh noise).
@@ -59,7 +61,12 @@ from numpyro.handlers import condition
 import causalcell as cc
 from causalcell.datasets import concept_truth, simulate_concepts
 from causalcell.metrics import energy_distance
-from causalcell.models.concepts import ConceptSpec, concept_model, counterfactual_draws
+from causalcell.models.concepts import (
+    DECODER_POSTERIORS,
+    ConceptSpec,
+    concept_model,
+    counterfactual_draws,
+)
 from causalcell.preprocessing import normalize_log1p
 
 HELD_OUT = {"age": "90w", "donor": "d4"}
@@ -75,6 +82,7 @@ def fit(train, truth, method, arguments, graph=True):
         genes=None,
         num_steps=arguments.steps,
         decoder_posterior=arguments.decoder_posterior,
+        hidden=arguments.hidden,
         concept_noise=method != "cvae",
         size_factor_key="size_factor" if arguments.size_factors == "true" else None,
         key=arguments.fit_key,
@@ -229,7 +237,7 @@ def known_noise(arguments) -> None:
         "size_factors": jnp.asarray(arrays.size_factors),
         "log_mean": jnp.log((arrays.counts / arrays.size_factors[:, None]).mean(0) + 1e-6),
     }
-    kwargs = {"spec": spec, "num_genes": arrays.counts.shape[1], "hidden": 128}
+    kwargs = {"spec": spec, "num_genes": arrays.counts.shape[1], "hidden": arguments.hidden}
     kwargs.update(dimension=own.shape[1] // len(spec.names), unexplained=rest.shape[1])
     noise = {"concept_noise": jnp.asarray(own, jnp.float32), "unexplained": jnp.asarray(rest)}
     start = time.time()
@@ -279,9 +287,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--test-cells", type=int, default=1000)
     parser.add_argument("--fit-key", type=int, default=0)
-    parser.add_argument(
-        "--decoder-posterior", choices=("point", "normal", "lowrank"), default="normal"
-    )
+    parser.add_argument("--decoder-posterior", choices=DECODER_POSTERIORS, default="laplace")
+    parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--known-noise", action="store_true")
     arguments = parser.parse_args()

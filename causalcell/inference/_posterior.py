@@ -233,6 +233,17 @@ class Posterior:
             self._draw_sites = jax.jit(partial(draw_sites, guide), static_argnums=(0, 1, 2))
         return self._draw_sites(names, num_samples, others, self.params, arrays, as_key(key))
 
+    def median(self) -> dict[str, jax.Array]:
+        """Central values of the global sites ``{site: value}``: the guide's medians (its
+        locations, mapped to each site's support) for SVI, the draws' medians for NUTS."""
+        names = self.global_sites
+        if self.method == "nuts":
+            return {name: jnp.median(self.samples[name], axis=0) for name in names}
+        self.ready_guide()
+        guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
+        medians = guide.median(self.params)
+        return {name: medians[name] for name in names}
+
     def encode(
         self, batch_size: int = 1024, num_samples: int = 0, key=None, data: Mapping | None = None
     ) -> dict[str, dict[str, jax.Array]]:

@@ -4,8 +4,10 @@ The folder holds ``posterior.npz`` (the fit's :class:`causalcell.inference.Poste
 ``cells.npz`` (the training arrays the guide and the swap counterfactual read: labels, counts
 as CSR, size factors, the baseline's centre) and ``concepts.json`` (concepts, levels, parents,
 genes, settings, the training combinations, causalcell's version and the folder's
-``format_version``). ``concepts.json`` is written last, so a save that stopped midway leaves a
-folder that ``load`` refuses as incomplete; each file is written atomically.
+``format_version``), and under ``decoder_posterior="laplace"`` ``readout.npz`` (each gene's
+Gaussian readout, :class:`._laplace.Readout`). ``concepts.json`` is written last, so a save
+that stopped midway leaves a folder that ``load`` refuses as incomplete; each file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from causalcell._core.files import write_atomically
 from causalcell._version import __version__
 from causalcell.inference import AmortizedGuide, Posterior
 from causalcell.models.concepts._fit import guide_kwargs, model_kwargs
+from causalcell.models.concepts._laplace import Readout
 from causalcell.models.concepts._program import concept_model
 from causalcell.models.concepts._scm import ConceptSpec
 
 __all__ = ["FORMAT_VERSION", "read_folder", "write_folder"]
 
-#: Version of the folder layout; folders with a larger one are refused.
-FORMAT_VERSION = 1
+#: Version of the folder layout; folders with a larger one are refused (2: ``readout.npz``,
+#: which a reader of version 1 would have ignored, answering with another posterior).
+FORMAT_VERSION = 2
 KIND = "causalcell.ConceptModel"
 HEADER_FILE, POSTERIOR_FILE, CELLS_FILE = "concepts.json", "posterior.npz", "cells.npz"
+READOUT_FILE = "readout.npz"
 
 
 def write_folder(model, folder) -> None:
@@ -51,6 +56,9 @@ def write_folder(model, folder) -> None:
         "counts_shape": np.asarray(counts.shape),
     }
     write_atomically(folder / CELLS_FILE, lambda file: np.savez(file, **arrays))
+    if model.readout is not None:
+        readout = model.readout.arrays()
+        write_atomically(folder / READOUT_FILE, lambda file: np.savez(file, **readout))
     spec = model.spec
     header = {
         "kind": KIND,
@@ -124,4 +132,12 @@ def read_folder(folder) -> dict:
         "settings": settings,
         "library_sizes": np.asarray(data["size_factors"]),
         "seen": {tuple(row) for row in header["seen"]},
+        "readout": _read_readout(folder, settings),
     }
+
+
+def _read_readout(folder: Path, settings) -> Readout | None:
+    if settings["decoder_posterior"] != "laplace":
+        return None
+    with np.load(folder / READOUT_FILE) as stored:
+        return Readout(loc=stored["loc"], factor=stored["factor"])

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 
+from causalcell.data import MISSING_LEVEL, concept_arrays
 from causalcell.graph import validate_dag
 from causalcell.inference import default_encoder_inputs
 from causalcell.models.concepts._program import DECODER_SITES
@@ -17,6 +18,7 @@ from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
 
 __all__ = [
+    "DECODER_POSTERIORS",
     "LOW_RANK",
     "check_sizes",
     "concept_graph",
@@ -26,6 +28,7 @@ __all__ = [
     "model_data",
     "model_kwargs",
     "point_sites",
+    "query_data",
     "start_scales",
 ]
 
@@ -95,6 +98,8 @@ def guide_kwargs(spec: ConceptSpec, settings: Mapping, log_mean, labels=None) ->
     }
 
 
+#: The decoder's posteriors ``ConceptModel.fit`` offers.
+DECODER_POSTERIORS = ("laplace", "normal", "lowrank", "point")
 #: Rank of the globals' guide under ``decoder_posterior="lowrank"`` (a larger rank gave the
 #: same intervals, design section 4.8).
 LOW_RANK = 20
@@ -102,7 +107,7 @@ LOW_RANK = 20
 
 def point_sites(decoder_posterior: str, hidden: int) -> tuple[str, ...]:
     """The decoder sites estimated as points (none for a Bayesian decoder)."""
-    if decoder_posterior == "normal":
+    if decoder_posterior in ("normal", "laplace"):  # the Laplace readout starts from "normal"
         return ()
     return DECODER_SITES if hidden else DECODER_SITES[2:]
 
@@ -124,9 +129,9 @@ def check_sizes(dimension, num_steps, unexplained, hidden, decoder_posterior) ->
     for name, value in (("unexplained", unexplained), ("hidden", hidden)):
         if not isinstance(value, int | np.integer) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-    if decoder_posterior not in ("point", "normal", "lowrank"):
+    if decoder_posterior not in DECODER_POSTERIORS:
         raise ValueError(
-            f"decoder_posterior must be 'point', 'normal' or 'lowrank', got {decoder_posterior!r}."
+            f"decoder_posterior must be one of {DECODER_POSTERIORS}, got {decoder_posterior!r}."
         )
 
 
@@ -169,3 +174,27 @@ def encoder_inputs(spec: ConceptSpec, count_data: bool):
         return jnp.concatenate([values, *hots], axis=-1)
 
     return inputs
+
+
+def query_data(adata, spec: ConceptSpec, genes, settings: Mapping, log_mean, allow_missing=False):
+    """``(data, labels)``: a fitted model's program data of the cells of ``adata`` (its genes,
+    levels, layer and size factors; ``log_mean`` the fit's); cells lacking a label are refused
+    unless ``allow_missing``."""
+    noise = noise_model(settings["noise"])
+    arrays = concept_arrays(
+        adata,
+        spec.names,
+        layer=settings["layer"],
+        size_factor_key=settings["size_factor_key"],
+        levels=dict(zip(spec.names, spec.levels, strict=True)),
+        genes=genes,
+        count_data=noise.is_count_model,
+    )
+    if not allow_missing and (arrays.labels == MISSING_LEVEL).any():
+        raise ValueError(
+            "Every cell needs a label of every concept for this query; predict_labels "
+            "gives the missing ones' probabilities."
+        )
+    data = model_data(arrays.labels, arrays.counts, arrays.size_factors, noise)
+    data["log_mean"] = log_mean
+    return data, arrays.labels

@@ -25,7 +25,9 @@ from causalcell.models.concepts._fit import (
     guide_kwargs,
     model_data,
     model_kwargs,
+    query_data,
 )
+from causalcell.models.concepts._laplace import Readout, readout_posterior
 from causalcell.models.concepts._program import MAX_COMBINATIONS, concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
@@ -35,6 +37,7 @@ from causalcell.models.concepts._queries import (
     label_log_density,
     label_shares,
     mean_embeddings,
+    predictive_counts,
     swapped_noise,
 )
 from causalcell.models.concepts._scm import ConceptSpec
@@ -66,9 +69,12 @@ class ConceptModel:
         The level combinations of the training cells, as a set of tuples of level names.
     """
 
-    def __init__(self, posterior, spec: ConceptSpec, genes, settings, library_sizes, seen):
+    def __init__(
+        self, posterior, spec: ConceptSpec, genes, settings, library_sizes, seen, readout=None
+    ):
         self.posterior, self.spec, self.genes = posterior, spec, tuple(genes)
         self.settings, self.library_sizes, self.seen = dict(settings), library_sizes, set(seen)
+        self.readout: Readout | None = readout
 
     @classmethod
     def fit(
@@ -85,7 +91,7 @@ class ConceptModel:
         hidden: int = 128,
         encoder_hidden: Sequence[int] = (128,),
         noise: str = "negative_binomial",
-        decoder_posterior: str = "point",
+        decoder_posterior: str = "laplace",
         concept_noise: bool = True,
         num_steps: int = 3000,
         batch_size: int | None = 256,
@@ -117,11 +123,12 @@ class ConceptModel:
         encoder_hidden
             Widths of the encoder (counts and one-hot labels to each cell's noise).
         decoder_posterior
-            ``"point"``: the decoder's weights and baseline are point (MAP) estimates, as a
-            VAE's; ``"normal"``: mean-field Gaussian posteriors, whose spread enters every
-            generated cell and counterfactual; ``"lowrank"``: every global (decoder,
-            embeddings, mechanisms) in one low-rank multivariate normal, whose correlations
-            widen the per-cell intervals towards honest (design, section 4.8).
+            ``"laplace"`` (default): mean-field Gaussian posteriors of the globals, then each
+            gene's output weights and baseline replaced by their Laplace approximation, a
+            full-covariance Gaussian per gene (:mod:`._laplace`; the widest honest per-cell
+            intervals measured, design section 4.8); ``"normal"``: mean-field Gaussians only;
+            ``"lowrank"``: every global in one low-rank multivariate normal; ``"point"``: the
+            decoder's weights and baseline as point (MAP) estimates, as a VAE's.
         concept_noise
             ``False``: no variation of a concept's embedding within a level (each concept enters
             the decoder as its level, as the covariates of a conditional VAE; an ablation).
@@ -193,7 +200,11 @@ class ConceptModel:
         )
         labelled = arrays.labels[~(arrays.labels == MISSING_LEVEL).any(axis=1)]
         seen = {tuple(row) for row in np.unique(labelled, axis=0).tolist()}
-        return cls(posterior, spec, arrays.genes, settings, arrays.size_factors, seen)
+        readout = None
+        if decoder_posterior == "laplace":
+            encoded = posterior.encode()
+            readout = readout_posterior(posterior.median(), spec, observation, data, encoded)
+        return cls(posterior, spec, arrays.genes, settings, arrays.size_factors, seen, readout)
 
     def save(self, folder) -> None:
         """Write the fitted model to ``folder`` (:mod:`._files`); :meth:`load` reads it back
@@ -208,27 +219,20 @@ class ConceptModel:
     # -- cells ----------------------------------------------------------------------------
     def _data(self, adata, allow_missing: bool = False) -> tuple[dict, np.ndarray]:
         """The model's data of the cells of ``adata`` (the fitted genes and levels)."""
-        arrays = concept_arrays(
-            adata,
-            self.spec.names,
-            layer=self.settings["layer"],
-            size_factor_key=self.settings["size_factor_key"],
-            levels=dict(zip(self.spec.names, self.spec.levels, strict=True)),
-            genes=self.genes,
-            count_data=self.noise.is_count_model,
-        )
-        if not allow_missing and (arrays.labels == MISSING_LEVEL).any():
-            raise ValueError(
-                "Every cell needs a label of every concept for this query; predict_labels "
-                "gives the missing ones' probabilities."
-            )
-        data = model_data(arrays.labels, arrays.counts, arrays.size_factors, self.noise)
-        data["log_mean"] = self.posterior.data["log_mean"]
-        return data, arrays.labels
+        log_mean = self.posterior.data["log_mean"]
+        return query_data(adata, self.spec, self.genes, self.settings, log_mean, allow_missing)
 
     @property
     def noise(self):
         return noise_model(self.settings["noise"])
+
+    def _draws(self, key, num_samples: int) -> dict:
+        """Posterior draws of the globals; under ``decoder_posterior="laplace"`` the readout
+        (output weights, baseline) from its Laplace approximation (:mod:`._laplace`)."""
+        draws = self.posterior.sample(key, num_samples)
+        if self.readout is None:
+            return draws
+        return self.readout.draws(jax.random.fold_in(as_key(key), 1), draws)
 
     def embed(self, adata, *, store: bool = False) -> dict[str, np.ndarray]:
         """Posterior-mean embedding of each concept ``{concept: [n, D]}`` and of the unexplained
@@ -247,23 +251,17 @@ class ConceptModel:
         """One posterior predictive draw of the counts of each cell of ``cells`` (its noise from
         the encoder, the globals from one posterior draw): a single sample, not an average."""
         data, labels = self._data(cells)
-        draw = self.posterior.predictive(
-            key, 1, data=data, return_sites=["counts"], counts=None, missing=()
+        draw_key, local_key, count_key = jax.random.split(as_key(key), 3)
+        values = {name: value[0] for name, value in self._draws(draw_key, 1).items()}
+        local = self.posterior.encode(data=data, num_samples=1, key=local_key)
+        own, rest = local["concept_noise"]["draws"][0], local["unexplained"]["draws"][0]
+        sizes = data["size_factors"]
+        counts = predictive_counts(
+            count_key, values, self.spec, self.noise, labels, own, rest, sizes
         )
-        counts = np.asarray(draw["counts"][0], np.float32)
+        counts = np.asarray(counts, np.float32)
         index = list(map(str, cells.obs_names))
         return cells_anndata(self.spec, self.seen, self.genes, counts, labels, index)
-
-    def _fixed(self, levels: Mapping) -> tuple[tuple[int, int], ...]:
-        """``((concept index, level index), ...)`` of ``levels``, checked."""
-        if not isinstance(levels, Mapping) or not levels:
-            raise ValueError("Pass concept levels as a mapping, e.g. {'age': '90w'}.")
-        return tuple(
-            sorted(
-                (self.spec.index(name), self.spec.level(name, value))
-                for name, value in levels.items()
-            )
-        )
 
     def generate(self, levels: Mapping, num_cells: int = 500, *, key=0, num_samples: int = 100):
         """New cells under ``do(levels)`` (e.g. ``{"cell_type": "T", "age": "90w"}``), the other
@@ -271,9 +269,9 @@ class ConceptModel:
         draws; ``obs["unseen"]`` flags level combinations no training cell had.
 
         Returns an AnnData: ``X`` counts, ``obs`` the concepts, ``layers["log_rate"]``."""
-        fixed = self._fixed(levels)
+        fixed = self.spec.assignment(levels)
         draw_key, cell_key, size_key, count_key = jax.random.split(as_key(key), 4)
-        draws = self.posterior.sample(draw_key, num_samples)
+        draws = self._draws(draw_key, num_samples)
         levels_drawn, log_rate = generated_draws(cell_key, draws, self.spec, fixed, num_cells)
         sizes = jax.random.choice(size_key, jnp.asarray(self.library_sizes), (num_cells,))
         parameters = {
@@ -320,14 +318,14 @@ class ConceptModel:
             factual rows); ``obsm["level_probability_<concept>"]`` of counterfactual rows: the
             share of draws giving each level.
         """
-        fixed = self._fixed(levels)
+        fixed = self.spec.assignment(levels)
         if not 0 < probability < 1:
             raise ValueError(f"probability must be in (0, 1), got {probability}.")
         if abduction not in ("cell", "swap"):
             raise ValueError(f"abduction must be 'cell' or 'swap', got {abduction!r}.")
         data, labels = self._data(cells)
         draw_key, local_key, world_key, count_key = jax.random.split(as_key(key), 4)
-        draws = self.posterior.sample(draw_key, num_samples)
+        draws = self._draws(draw_key, num_samples)
         local = self.posterior.encode(data=data, num_samples=num_samples, key=local_key)
         own, rest = local["concept_noise"]["draws"], local["unexplained"]["draws"]
         after = None
@@ -388,7 +386,7 @@ class ConceptModel:
         if not missing:
             return {}
         encoded = self.posterior.encode(data=data)
-        draws = self.posterior.sample(key, num_samples)
+        draws = self._draws(key, num_samples)
         shares = label_shares(as_key(key), draws, self.spec, missing, data, encoded, self.noise)
         return {
             self.spec.names[k]: pd.DataFrame(

@@ -39,6 +39,7 @@ from causalcell.models.concepts._scm import ConceptSpec, labels_log_prob, mechan
 from causalcell.noise import NOISE_MODELS, NoiseModel
 
 __all__ = [
+    "BASELINE_SCALE",
     "DECODER_SITES",
     "MAX_COMBINATIONS",
     "candidate_levels",
@@ -46,6 +47,7 @@ __all__ = [
     "concept_embeddings",
     "concept_model",
     "decode",
+    "decoder_features",
 ]
 
 #: Prior scale of the mechanisms' logits.
@@ -54,6 +56,9 @@ MECHANISM_SCALE = 2.0
 SPREAD_MEDIAN = 0.3
 #: Sites of the decoder (estimated as points by default, as a VAE's decoder).
 DECODER_SITES = ("decoder_hidden", "decoder_bias", "decoder_out", "baseline")
+#: Prior scale of each gene's baseline about the log mean count (the output weights' is
+#: ``1 / sqrt(width)``, width the number of features they read).
+BASELINE_SCALE = 2.0
 
 
 def concept_model(
@@ -184,7 +189,7 @@ def decoder_sites(inputs: int, hidden: int, centre) -> dict:
     values["decoder_out"] = numpyro.sample(
         "decoder_out", dist.Normal(0.0, 1.0 / jnp.sqrt(width)).expand([width, genes]).to_event(2)
     )
-    values["baseline"] = numpyro.sample("baseline", dist.Normal(centre, 2.0).to_event(1))
+    values["baseline"] = numpyro.sample("baseline", dist.Normal(centre, BASELINE_SCALE).to_event(1))
     return values
 
 
@@ -203,11 +208,18 @@ def concept_embeddings(values, spec: ConceptSpec, levels, own) -> jnp.ndarray:
     return jnp.concatenate(parts, axis=-1)
 
 
-def decode(values, embeddings, rest) -> jnp.ndarray:
-    """Log-rates ``[..., G]`` from the concept embeddings and the unexplained part (broadcast
-    over the embeddings' leading axes)."""
+def decoder_features(values, embeddings, rest) -> jnp.ndarray:
+    """What the decoder's output layer reads ``[..., W]``: the hidden layer's activations, or
+    the inputs themselves (concept embeddings then the unexplained part, broadcast over the
+    embeddings' leading axes) for a linear decoder."""
     rest = jnp.broadcast_to(rest, (*embeddings.shape[:-1], rest.shape[-1]))
     inputs = jnp.concatenate([embeddings, rest], axis=-1)
     if "decoder_hidden" in values:
         inputs = jnp.tanh(inputs @ values["decoder_hidden"] + values["decoder_bias"])
-    return values["baseline"] + inputs @ values["decoder_out"]
+    return inputs
+
+
+def decode(values, embeddings, rest) -> jnp.ndarray:
+    """Log-rates ``[..., G]`` from the concept embeddings and the unexplained part: the
+    ``baseline`` plus the output layer applied to :func:`decoder_features`."""
+    return values["baseline"] + decoder_features(values, embeddings, rest) @ values["decoder_out"]

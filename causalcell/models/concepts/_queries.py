@@ -41,6 +41,7 @@ __all__ = [
     "label_posterior",
     "label_shares",
     "mean_embeddings",
+    "predictive_counts",
     "swapped_noise",
 ]
 
@@ -102,6 +103,14 @@ def swapped_noise(key, donors, own, shape, fixed):
         part = slice(concept * width, (concept + 1) * width)
         own = own.at[..., part].set(means[picked][..., part])
     return own, jax.random.normal(fresh_key, shape)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "noise"))
+def predictive_counts(key, values, spec: ConceptSpec, noise: NoiseModel, labels, own, rest, sizes):
+    """One draw of the counts ``[n, G]`` of cells with levels ``labels`` and noise ``own``,
+    ``rest`` under one draw ``values`` of the globals (the program's observation)."""
+    log_rate = decode(values, concept_embeddings(values, spec, labels, own), rest)
+    return noise.distribution(log_rate, sizes, **noise.parameters_of(values)).sample(key)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "fixed", "num_cells"))

@@ -113,6 +113,13 @@ class ConceptSpec:
             raise ValueError(f"Concept {name!r} has no level {value!r}; levels: {list(levels)}.")
         return levels.index(str(value))
 
+    def assignment(self, levels: Mapping) -> tuple[tuple[int, int], ...]:
+        """``((concept index, level index), ...)`` of an intervention such as
+        ``{"age": "90w"}``, sorted, with a message for anything else."""
+        if not isinstance(levels, Mapping) or not levels:
+            raise ValueError("Pass concept levels as a mapping, e.g. {'age': '90w'}.")
+        return tuple(sorted((self.index(name), self.level(name, v)) for name, v in levels.items()))
+
     def descendants(self, indices) -> frozenset[int]:
         """Concepts downstream of ``indices`` (not themselves unless downstream of another)."""
         found: set[int] = set()
