@@ -64,8 +64,8 @@ def test_the_readout_of_a_linear_gaussian_decoder_is_its_exact_posterior(monkeyp
     np.testing.assert_allclose(
         model.readout.loc, np.vstack([values["decoder_out"], values["baseline"][None]])
     )
-    # 7 features x 6 genes per cell: chunks of 23 cells, the last of 300 padded with 1 zero weight.
-    monkeypatch.setattr(_laplace, "CHUNK_FLOATS", 7 * 6 * 23)
+    # 7 features, 28 pairwise products per cell: chunks of 23 cells, the last of 300 padded.
+    monkeypatch.setattr(_laplace, "CHUNK_FLOATS", 28 * 23)
     chunked = readout_posterior(values, model.spec, model.noise, model.posterior.data, encoded)
     atol = 1e-4 * np.abs(model.readout.factor).max()  # float32 sums in another order
     np.testing.assert_allclose(chunked.factor, model.readout.factor, rtol=0, atol=atol)
