@@ -22,10 +22,10 @@ from causalcell.inference._guides import AmortizedGuide, draw_sites, encode_batc
 from causalcell.inference._posterior_files import (
     describe_model,
     load_posterior_arguments,
-    qualified_name,
     ready_guide,
     save_posterior,
 )
+from causalcell.inference._summary import summary
 from causalcell.inference._trace import is_hashable, split_data
 
 __all__ = ["Posterior"]
@@ -154,22 +154,7 @@ class Posterior:
         return 0 if not self.samples else next(iter(self.samples.values())).shape[0]
 
     def __repr__(self) -> str:
-        sites = self.describe()[0]
-        guide = "None" if self.guide is None else type(self.guide).__name__
-        lines = [
-            f"Posterior(method={self.method!r}, model={qualified_name(self.model)}, "
-            f"guide={guide}, cells={self.num_cells})"
-        ]
-        for label, names in (("global", self.global_sites), ("local", self.local_sites)):
-            shapes = ", ".join(
-                f"{name} ({', '.join(map(str, sites[name]['shape']))})" for name in names
-            )
-            lines.append(f"  {label} sites: {shapes or 'none'}")
-        if self.samples:
-            lines.append(f"  draws: {self.num_draws} in {self.num_chains} chain(s)")
-        if self.losses is not None and self.losses.size:
-            lines.append(f"  loss: {self.losses.size} steps, last {float(self.losses[-1]):.6g}")
-        return "\n".join(lines)
+        return summary(self)
 
     # -- draws ----------------------------------------------------------------------------------
     def _select_draws(self, key, num_samples: int | None, names) -> dict:

@@ -14,8 +14,9 @@ __all__ = ["cells_anndata", "combination_codes", "concept_obs", "worlds_anndata"
 
 
 def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFrame:
-    """One categorical column per concept from level codes ``[n, K]``, and ``unseen``: whether
-    the combination is outside ``seen`` (the training cells' combinations)."""
+    """One categorical column per concept from level codes ``[n, K]`` (NaN where missing,
+    ``-1``), and ``unseen``: whether the combination is outside ``seen`` (the training cells'
+    combinations; never for a cell lacking a label)."""
     obs = pd.DataFrame(
         {
             name: pd.Categorical.from_codes(levels[:, concept], list(spec.levels[concept]))
@@ -23,7 +24,8 @@ def concept_obs(spec: ConceptSpec, seen, levels: np.ndarray, index) -> pd.DataFr
         },
         index=index,
     )
-    obs["unseen"] = ~np.isin(combination_codes(spec, levels), combination_codes(spec, seen))
+    unseen = ~np.isin(combination_codes(spec, levels), combination_codes(spec, seen))
+    obs["unseen"] = unseen & (np.asarray(levels) >= 0).all(axis=1)
     return obs
 
 
@@ -65,10 +67,13 @@ def worlds_anndata(spec: ConceptSpec, seen, genes, cells, data, labels, parts) -
     for field in ("mean", "lower", "upper"):
         values = np.concatenate(parts[field]).astype(np.float32)
         result.layers[f"shift_{field}"] = np.concatenate([zeros, values])
-    share = np.concatenate(parts["share"], axis=1)  # [S, n, K]
+    # [S, n, K] each: the draws' factual levels (observed labels, or drawn where missing)
+    # and counterfactual levels.
+    factual_share = np.concatenate(parts["factual_share"], axis=1)
+    share = np.concatenate(parts["share"], axis=1)
     for concept, name in enumerate(spec.names):
-        hits = np.eye(spec.sizes[concept])[share[..., concept]].mean(axis=0)
+        one_hot = np.eye(spec.sizes[concept])
         result.obsm[f"level_probability_{name}"] = np.concatenate(
-            [np.eye(hits.shape[1])[labels[:, concept]], hits]
+            [one_hot[factual_share[..., concept]].mean(0), one_hot[share[..., concept]].mean(0)]
         )
     return result

@@ -13,7 +13,7 @@ import numpy as np
 from causalcell.data import MISSING_LEVEL, concept_arrays
 from causalcell.graph import validate_dag
 from causalcell.inference import default_encoder_inputs
-from causalcell.models.concepts._program import DECODER_SITES
+from causalcell.models.concepts._program import DECODER_SITES, MAX_COMBINATIONS
 from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import noise_model
 
@@ -25,6 +25,7 @@ __all__ = [
     "encoder_inputs",
     "guide_kwargs",
     "mechanism_start",
+    "missing_concepts",
     "model_data",
     "model_kwargs",
     "point_sites",
@@ -198,3 +199,18 @@ def query_data(adata, spec: ConceptSpec, genes, settings: Mapping, log_mean, all
     data = model_data(arrays.labels, arrays.counts, arrays.size_factors, noise)
     data["log_mean"] = log_mean
     return data, arrays.labels
+
+
+def missing_concepts(labels, names, sizes) -> tuple[int, ...]:
+    """The concepts ``(index, ...)`` that some cells lack (``MISSING_LEVEL`` in ``labels``
+    ``[n, K]``), checked: their joint levels, summed out per cell, are at most
+    ``MAX_COMBINATIONS``."""
+    missing = tuple(int(k) for k in np.flatnonzero((labels == MISSING_LEVEL).any(axis=0)))
+    combinations = int(np.prod([sizes[k] for k in missing]))
+    if missing and combinations > MAX_COMBINATIONS:
+        raise ValueError(
+            f"Cells lack labels of {[names[k] for k in missing]}: summing out their "
+            f"{combinations} joint levels per cell is over {MAX_COMBINATIONS}; drop the cells "
+            "without a label of the concepts with most levels (adata[adata.obs[name].notna()])."
+        )
+    return missing

@@ -46,7 +46,13 @@ from causalcell.models.concepts._program import (
 from causalcell.models.concepts._scm import ConceptSpec
 from causalcell.noise import NoiseModel
 
-__all__ = ["READOUT_SITES", "Readout", "readout_features", "readout_posterior"]
+__all__ = [
+    "READOUT_SITES",
+    "Readout",
+    "labelled_cells",
+    "readout_features",
+    "readout_posterior",
+]
 
 #: The sites the Laplace approximation replaces: the output weights and the baseline.
 READOUT_SITES = ("decoder_out", "baseline")
@@ -75,6 +81,18 @@ class Readout:
     def arrays(self) -> dict[str, np.ndarray]:
         """``{"loc", "factor"}``, to save (``Readout(**arrays)`` reads them back)."""
         return {"loc": np.asarray(self.loc), "factor": np.asarray(self.factor)}
+
+
+def labelled_cells(labels) -> np.ndarray:
+    """The cells with every label (``[n, K]`` codes), which the readout is fitted to; raises
+    when there is none (checked before a fit)."""
+    cells = np.flatnonzero((np.asarray(labels) != MISSING_LEVEL).all(axis=1))
+    if not len(cells):
+        raise ValueError(
+            "decoder_posterior='laplace' needs some cells with every label, and none has them: "
+            "label some cells fully, or pass decoder_posterior='normal'."
+        )
+    return cells
 
 
 def readout_features(values, spec: ConceptSpec, labels, own, rest) -> jax.Array:
@@ -109,12 +127,10 @@ def readout_posterior(
     lack a label are left out (their features depend on the level summed out).
     """
     labels = np.asarray(data["labels"])
-    cells = np.flatnonzero((labels != MISSING_LEVEL).all(axis=1))
-    if not len(cells):
-        raise ValueError("The Laplace readout needs cells with every label; none has them.")
+    cells = labelled_cells(labels)
     width, genes = values["decoder_out"].shape
     rows, columns = np.triu_indices(width + 1)
-    chunk = max(1, CHUNK_FLOATS // len(rows))
+    chunk = min(len(cells), max(1, CHUNK_FLOATS // len(rows)))
     own, rest = encoded["concept_noise"]["mean"], encoded["unexplained"]["mean"]
     sizes = jnp.asarray(data["size_factors"])
     triangle = jnp.zeros((genes, len(rows)), jnp.float32)

@@ -23,12 +23,13 @@ from causalcell.models.concepts._fit import (
     check_sizes,
     concept_graph,
     guide_kwargs,
+    missing_concepts,
     model_data,
     model_kwargs,
     query_data,
 )
-from causalcell.models.concepts._laplace import Readout, readout_posterior
-from causalcell.models.concepts._program import MAX_COMBINATIONS, concept_model
+from causalcell.models.concepts._laplace import Readout, labelled_cells, readout_posterior
+from causalcell.models.concepts._program import concept_model
 from causalcell.models.concepts._queries import (
     counterfactual_draws,
     couple_counts,
@@ -159,16 +160,10 @@ class ConceptModel:
             genes=genes,
             count_data=observation.is_count_model,
         )
-        gaps = (arrays.labels == MISSING_LEVEL).any(axis=0)
-        missing = tuple(int(k) for k in np.flatnonzero(gaps))
-        combinations = int(np.prod([len(arrays.levels[order[k]]) for k in missing]))
-        if missing and combinations > MAX_COMBINATIONS:
-            names = [order[k] for k in missing]
-            raise ValueError(
-                f"Cells lack labels of {names}: summing out their {combinations} joint levels "
-                f"per cell is over {MAX_COMBINATIONS}; drop the cells without a label of the "
-                "concepts with most levels (adata[adata.obs[name].notna()])."
-            )
+        sizes = [len(arrays.levels[name]) for name in order]
+        missing = missing_concepts(arrays.labels, order, sizes)
+        if decoder_posterior == "laplace":
+            labelled_cells(arrays.labels)  # raises before the fit when there is none
         spec = ConceptSpec.from_graph(graph, arrays.levels)
         counts = arrays.counts
         settings = {
@@ -255,11 +250,8 @@ class ConceptModel:
         values = {name: value[0] for name, value in self._draws(draw_key, 1).items()}
         local = self.posterior.encode(data=data, num_samples=1, key=local_key)
         own, rest = local["concept_noise"]["draws"][0], local["unexplained"]["draws"][0]
-        sizes = data["size_factors"]
-        counts = predictive_counts(
-            count_key, values, self.spec, self.noise, labels, own, rest, sizes
-        )
-        counts = np.asarray(counts, np.float32)
+        arguments = (self.spec, self.noise, labels, own, rest, data["size_factors"])
+        counts = np.asarray(predictive_counts(count_key, values, *arguments), np.float32)
         index = list(map(str, cells.obs_names))
         return cells_anndata(self.spec, self.seen, self.genes, counts, labels, index)
 
@@ -308,6 +300,11 @@ class ConceptModel:
         random training cell with the new level, the unexplained part is drawn afresh and the
         descendants are recomputed from fresh noise.
 
+        Cells may lack labels (NaN): per draw their levels are drawn from their posterior given
+        the counts (:func:`._queries.counterfactual_draws`), so the answer averages over what
+        the cell may be; factual rows keep NaN, and ``obsm["level_probability_<concept>"]`` of
+        factual rows gives the share of draws at each level.
+
         Returns
         -------
         anndata.AnnData
@@ -323,7 +320,9 @@ class ConceptModel:
             raise ValueError(f"probability must be in (0, 1), got {probability}.")
         if abduction not in ("cell", "swap"):
             raise ValueError(f"abduction must be 'cell' or 'swap', got {abduction!r}.")
-        data, labels = self._data(cells)
+        data, labels = self._data(cells, allow_missing=True)
+        missing = missing_concepts(labels, self.spec.names, self.spec.sizes)
+        observations = self.noise.observation(data["counts"], data["size_factors"])
         draw_key, local_key, world_key, count_key = jax.random.split(as_key(key), 4)
         draws = self._draws(draw_key, num_samples)
         local = self.posterior.encode(data=data, num_samples=num_samples, key=local_key)
@@ -337,7 +336,8 @@ class ConceptModel:
         parameters = {
             name: draws[self.noise.site_name(name)][0] for name in self.noise.parameters_of(draws)
         }
-        parts = {"mean": [], "lower": [], "upper": [], "levels": [], "counts": [], "share": []}
+        parts = {name: [] for name in ("mean", "lower", "upper", "levels", "counts", "share")}
+        parts["factual_share"] = []
         for start in range(0, labels.shape[0], CHUNK):
             rows = slice(start, start + CHUNK)
             worlds = counterfactual_draws(
@@ -350,6 +350,9 @@ class ConceptModel:
                 fixed,
                 abduction == "cell",
                 None if after is None else (after[0][:, rows], after[1][:, rows]),
+                missing,
+                (observations[rows], data["size_factors"][rows]),
+                self.noise,
             )
             shift = np.asarray(worlds["counterfactual"] - worlds["factual"])
             parts["mean"].append(shift.mean(axis=0))
@@ -358,6 +361,7 @@ class ConceptModel:
             parts["upper"].append(high)
             parts["levels"].append(np.asarray(worlds["levels"][0]))
             parts["share"].append(np.asarray(worlds["levels"]))
+            parts["factual_share"].append(np.asarray(worlds["factual_levels"]))
             parts["counts"].append(
                 np.asarray(
                     couple_counts(
@@ -382,16 +386,15 @@ class ConceptModel:
         weighted by the counts' likelihood (importance sampling over the encoder's draws and
         the posterior draws of the globals). Observed labels come back with probability 1."""
         data, labels = self._data(cells, allow_missing=True)
-        missing = tuple(int(k) for k in np.flatnonzero((labels == MISSING_LEVEL).any(axis=0)))
+        missing = missing_concepts(labels, self.spec.names, self.spec.sizes)
         if not missing:
             return {}
         encoded = self.posterior.encode(data=data)
         draws = self._draws(key, num_samples)
         shares = label_shares(as_key(key), draws, self.spec, missing, data, encoded, self.noise)
+        names, levels = self.spec.names, self.spec.levels
         return {
-            self.spec.names[k]: pd.DataFrame(
-                share, index=cells.obs_names, columns=list(self.spec.levels[k])
-            )
+            names[k]: pd.DataFrame(share, cells.obs_names, list(levels[k]))
             for k, share in zip(missing, shares, strict=True)
         }
 

@@ -46,9 +46,20 @@ __all__ = [
 ]
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "fixed", "abduct"))
+@functools.partial(jax.jit, static_argnames=("spec", "fixed", "abduct", "missing", "noise"))
 def counterfactual_draws(
-    key, draws: Mapping, spec: ConceptSpec, labels, own, rest, fixed, abduct=True, after=None
+    key,
+    draws: Mapping,
+    spec: ConceptSpec,
+    labels,
+    own,
+    rest,
+    fixed,
+    abduct=True,
+    after=None,
+    missing: tuple[int, ...] = (),
+    observed=None,
+    noise: NoiseModel | None = None,
 ) -> dict:
     """Factual and counterfactual log-rates of cells, per posterior draw.
 
@@ -59,20 +70,42 @@ def counterfactual_draws(
     ``after``: optional ``(own, rest)`` of the counterfactual world (another cell's noise, for
     the population-level swap), with ``abduct=False`` (descendants from fresh noise).
 
-    Returns ``{"levels": [S, n, K], "factual": [S, n, G], "counterfactual": [S, n, G]}``.
+    Cells lacking labels of the concepts ``missing`` (``-1`` in ``labels``): per draw their
+    factual levels are drawn from their posterior given that draw's globals and noise,
+    ``p(c | counts, observed labels) ~ p(labels = c) p(counts | c)`` over the completions of
+    their labels (:func:`._program.completion_log_joint`, ``observed`` the program's
+    ``(observations, size factors)`` under ``noise``), then abducted as observed ones; the draws
+    run one at a time then (memory ``completions x n x G`` per draw).
+
+    Returns ``{"levels": [S, n, K], "factual_levels": [S, n, K], "factual": [S, n, G],
+    "counterfactual": [S, n, G]}``.
     """
     keys = jax.random.split(key, own.shape[0])
     fixed = dict(fixed)
     own_after, rest_after = (own, rest) if after is None else after
 
     def one(key, values, own, rest, own_after, rest_after):
-        levels = intervene(key, values, spec, labels, fixed, abduct)
-        factual = decode(values, concept_embeddings(values, spec, labels, own), rest)
+        factual_levels = labels
+        if missing:  # a key of its own: the abduction's draws stay those of labelled cells
+            joint = completion_log_joint(
+                values, spec, missing, labels, (own, rest), observed, noise,
+                noise.parameters_of(values),
+            )  # fmt: skip
+            pick = jax.random.categorical(jax.random.fold_in(key, 1), joint, axis=0)
+            candidates, _ = candidate_levels(labels, spec, missing)
+            factual_levels = jnp.take_along_axis(candidates, pick[None, :, None], axis=0)[0]
+        levels = intervene(key, values, spec, factual_levels, fixed, abduct)
+        factual = decode(values, concept_embeddings(values, spec, factual_levels, own), rest)
         changed = decode(values, concept_embeddings(values, spec, levels, own_after), rest_after)
-        return levels, factual, changed
+        return levels, factual_levels, factual, changed
 
-    levels, factual, changed = jax.vmap(one)(keys, dict(draws), own, rest, own_after, rest_after)
-    return {"levels": levels, "factual": factual, "counterfactual": changed}
+    arguments = (keys, dict(draws), own, rest, own_after, rest_after)
+    if missing:
+        outputs = jax.lax.map(lambda arguments: one(*arguments), arguments)
+    else:
+        outputs = jax.vmap(one)(*arguments)
+    names = ("levels", "factual_levels", "factual", "counterfactual")
+    return dict(zip(names, outputs, strict=True))
 
 
 def couple_counts(key, noise: NoiseModel, parameters, counts, sizes, factual, changed):
