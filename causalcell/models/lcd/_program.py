@@ -18,7 +18,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from causalcell._core.gaussian import MultivariateNormal
-from causalcell._core.linalg import cholesky, solve_triangular
+from causalcell._core.linalg import cho_solve, cholesky
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion import (
     LinearDrift,
@@ -84,13 +84,10 @@ class ConditionLaws(NamedTuple):
         return factor if self.shared else factor[condition]
 
     def precisions(self) -> jax.Array:
-        """Inverse covariances ``[P, m, m]`` (one factorisation when shared), as
-        ``L^{-T} L^{-1}``: one triangular solve and a matrix product, where ``cho_solve``'s
-        second solve runs block by block on the CPU's loops (design section 4.5)."""
+        """Inverse covariances ``[P, m, m]`` (one factorisation when shared)."""
         factor = cholesky(self.covariance)
         eye = jnp.broadcast_to(jnp.eye(factor.shape[-1], dtype=factor.dtype), factor.shape)
-        inverse = solve_triangular(factor, eye, lower=True)
-        return self._per_condition(jnp.swapaxes(inverse, -1, -2) @ inverse)
+        return self._per_condition(cho_solve((factor, True), eye))
 
 
 def condition_laws(
