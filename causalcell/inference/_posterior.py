@@ -208,8 +208,7 @@ class Posterior:
             raise ValueError("An SVI posterior draws num_samples afresh: pass a number.")
         if not names:
             return {}
-        self.ready_guide()
-        guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
+        guide = self._global_guide()
         arrays, keywords = split_data(self.model_arguments())
         others = tuple(sorted(keywords.items()))
         if not is_hashable(others):  # e.g. a dict argument: compiled per call
@@ -224,10 +223,13 @@ class Posterior:
         names = self.global_sites
         if self.method == "nuts":
             return {name: jnp.median(self.samples[name], axis=0) for name in names}
-        self.ready_guide()
-        guide = self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
-        medians = guide.median(self.params)
+        medians = self._global_guide().median(self.params)
         return {name: medians[name] for name in names}
+
+    def _global_guide(self):
+        """The (set up) guide of the global sites: an amortized guide's global part."""
+        self.ready_guide()
+        return self.guide.global_guide if isinstance(self.guide, AmortizedGuide) else self.guide
 
     def encode(
         self, batch_size: int = 1024, num_samples: int = 0, key=None, data: Mapping | None = None

@@ -50,10 +50,12 @@ def worlds_anndata(spec: ConceptSpec, seen, genes, cells, data, labels, parts) -
     """Factual rows (the observed cells) then counterfactual rows, from the chunks ``parts``
     of :meth:`ConceptModel.counterfactual` (see its Returns)."""
     names = list(map(str, cells.obs_names))
+    # [S, n, K] each: the draws' factual levels (observed labels, or drawn where missing)
+    # and counterfactual levels; the rows show the observed labels and draw 0's.
+    factual_share = np.concatenate(parts["factual_share"], axis=1)
+    share = np.concatenate(parts["share"], axis=1)
     factual = concept_obs(spec, seen, labels, [f"{name}:factual" for name in names])
-    changed = concept_obs(
-        spec, seen, np.concatenate(parts["levels"]), [f"{name}:counterfactual" for name in names]
-    )
+    changed = concept_obs(spec, seen, share[0], [f"{name}:counterfactual" for name in names])
     for frame, world in ((factual, "factual"), (changed, "counterfactual")):
         frame.insert(0, "cell", names)
         frame.insert(0, "world", world)
@@ -67,10 +69,6 @@ def worlds_anndata(spec: ConceptSpec, seen, genes, cells, data, labels, parts) -
     for field in ("mean", "lower", "upper"):
         values = np.concatenate(parts[field]).astype(np.float32)
         result.layers[f"shift_{field}"] = np.concatenate([zeros, values])
-    # [S, n, K] each: the draws' factual levels (observed labels, or drawn where missing)
-    # and counterfactual levels.
-    factual_share = np.concatenate(parts["factual_share"], axis=1)
-    share = np.concatenate(parts["share"], axis=1)
     for concept, name in enumerate(spec.names):
         one_hot = np.eye(spec.sizes[concept])
         result.obsm[f"level_probability_{name}"] = np.concatenate(

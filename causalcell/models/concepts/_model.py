@@ -322,7 +322,8 @@ class ConceptModel:
             raise ValueError(f"abduction must be 'cell' or 'swap', got {abduction!r}.")
         data, labels = self._data(cells, allow_missing=True)
         missing = missing_concepts(labels, self.spec.names, self.spec.sizes)
-        observations = self.noise.observation(data["counts"], data["size_factors"])
+        sizes = data["size_factors"]  # the counts weigh the completions of missing labels only
+        observed = (self.noise.observation(data["counts"], sizes), sizes) if missing else None
         draw_key, local_key, world_key, count_key = jax.random.split(as_key(key), 4)
         draws = self._draws(draw_key, num_samples)
         local = self.posterior.encode(data=data, num_samples=num_samples, key=local_key)
@@ -336,7 +337,7 @@ class ConceptModel:
         parameters = {
             name: draws[self.noise.site_name(name)][0] for name in self.noise.parameters_of(draws)
         }
-        parts = {name: [] for name in ("mean", "lower", "upper", "levels", "counts", "share")}
+        parts = {name: [] for name in ("mean", "lower", "upper", "counts", "share")}
         parts["factual_share"] = []
         for start in range(0, labels.shape[0], CHUNK):
             rows = slice(start, start + CHUNK)
@@ -351,7 +352,7 @@ class ConceptModel:
                 abduction == "cell",
                 None if after is None else (after[0][:, rows], after[1][:, rows]),
                 missing,
-                (observations[rows], data["size_factors"][rows]),
+                None if observed is None else (observed[0][rows], observed[1][rows]),
                 self.noise,
             )
             shift = np.asarray(worlds["counterfactual"] - worlds["factual"])
@@ -359,7 +360,6 @@ class ConceptModel:
             low, high = np.quantile(shift, tails, axis=0)
             parts["lower"].append(low)
             parts["upper"].append(high)
-            parts["levels"].append(np.asarray(worlds["levels"][0]))
             parts["share"].append(np.asarray(worlds["levels"]))
             parts["factual_share"].append(np.asarray(worlds["factual_levels"]))
             parts["counts"].append(

@@ -83,6 +83,7 @@ def counterfactual_draws(
     keys = jax.random.split(key, own.shape[0])
     fixed = dict(fixed)
     own_after, rest_after = (own, rest) if after is None else after
+    candidates = candidate_levels(labels, spec, missing)[0] if missing else None
 
     def one(key, values, own, rest, own_after, rest_after):
         factual_levels = labels
@@ -92,7 +93,6 @@ def counterfactual_draws(
                 noise.parameters_of(values),
             )  # fmt: skip
             pick = jax.random.categorical(jax.random.fold_in(key, 1), joint, axis=0)
-            candidates, _ = candidate_levels(labels, spec, missing)
             factual_levels = jnp.take_along_axis(candidates, pick[None, :, None], axis=0)[0]
         levels = intervene(key, values, spec, factual_levels, fixed, abduct)
         factual = decode(values, concept_embeddings(values, spec, factual_levels, own), rest)

@@ -2,35 +2,21 @@
 exact Gaussian posterior of a linear-Gaussian decoder's output layer, summed over chunks of
 cells, and draws from it."""
 
-import anndata
 import jax
 import numpy as np
-import pandas as pd
 
 import causalcell as cc
 from causalcell.models.concepts import _laplace, readout_posterior
 
 
-def _linear_gaussian_cells(cells=300, genes=6):
-    rng = np.random.default_rng(4)
-    obs = pd.DataFrame(
-        {
-            "drug": pd.Categorical(rng.choice(["a", "b", "c"], cells)),
-            "batch": pd.Categorical(rng.choice(["x", "y"], cells)),
-        },
-        index=[f"c{i}" for i in range(cells)],
-    )
-    effect = obs["drug"].map({"a": 0.0, "b": 1.0, "c": -1.0}).to_numpy(float)
-    values = rng.normal(0.0, 0.3, (cells, genes)) + np.outer(effect, np.linspace(-1, 1, genes))
-    return anndata.AnnData(values.astype(np.float32), obs=obs)
-
-
-def test_the_readout_of_a_linear_gaussian_decoder_is_its_exact_posterior(monkeypatch):
+def test_the_readout_of_a_linear_gaussian_decoder_is_its_exact_posterior(
+    monkeypatch, linear_gaussian_cells
+):
     """With a linear decoder and Gaussian values, each gene's values are a linear regression on
     the features ``[e, h, 1]`` (at the encoder's means): the readout's covariance must be
     ``(F^T F / s_g^2 + Lambda_0)^{-1}``, built here from the sites themselves, and summing the
     precision over chunks (the last one padded) must not change it."""
-    adata = _linear_gaussian_cells()
+    adata = linear_gaussian_cells(300, 6, seed=4)
     model = cc.ConceptModel.fit(
         adata,
         ["drug", "batch"],

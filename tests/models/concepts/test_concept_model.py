@@ -3,10 +3,8 @@ of a linear-Gaussian model, and bad input named before any fit."""
 
 import copy
 
-import anndata
 import networkx as nx
 import numpy as np
-import pandas as pd
 import pytest
 
 import causalcell as cc
@@ -220,23 +218,10 @@ def test_a_saved_model_answers_as_the_fitted_one(fitted, simulated, tmp_path):
         cc.ConceptModel.load(tmp_path)
 
 
-def test_a_linear_gaussian_model_gives_the_analytic_counterfactual():
+def test_a_linear_gaussian_model_gives_the_analytic_counterfactual(linear_gaussian_cells):
     """Linear decoder, Gaussian values, no descendants: per draw the counterfactual change is
     ``(E'[new] - E[old]) W`` for every cell alike, and each value moves by draw 0's change."""
-    rng = np.random.default_rng(0)
-    cells, genes = 400, 12
-    obs = pd.DataFrame(
-        {
-            "drug": pd.Categorical(rng.choice(["a", "b", "c"], cells)),
-            "batch": pd.Categorical(rng.choice(["x", "y"], cells)),
-        },
-        index=[f"c{i}" for i in range(cells)],
-    )
-    effect = {"a": 0.0, "b": 1.0, "c": -1.0}
-    values = rng.normal(0.0, 0.3, (cells, genes)) + np.outer(
-        obs["drug"].map(effect).to_numpy(float), np.linspace(-1, 1, genes)
-    )
-    adata = anndata.AnnData(values.astype(np.float32), obs=obs)
+    adata = linear_gaussian_cells(400, 12, seed=0)
     model = cc.ConceptModel.fit(
         adata,
         ["drug", "batch"],
