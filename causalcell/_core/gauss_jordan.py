@@ -1,13 +1,12 @@
 """Matrix inverse by Gauss-Jordan elimination as a plain JAX loop, and the dynamic slicing the
-pure loops of :mod:`causalcell._core.linalg` share (that module says why they exist)."""
+pure loops share (:mod:`causalcell._core.linalg` says why they exist and gives them JVPs)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["column_of", "entry_of", "pure_inverse", "row_of"]
+__all__ = ["column_of", "entry_of", "gauss_jordan", "row_of"]
 
 
 def row_of(matrix, index):
@@ -34,7 +33,7 @@ def _swap_rows(matrix, first, second):
     return jnp.where(rows == first, row_second, swapped)
 
 
-def _gauss_jordan(matrix):
+def gauss_jordan(matrix):
     """Inverse by Gauss-Jordan elimination with partial pivoting on
     ``[A | I]``: each step moves the largest remaining entry of a column onto the diagonal,
     scales its row to a unit pivot and clears the column in every other row."""
@@ -60,19 +59,3 @@ def _gauss_jordan(matrix):
 
     identity = jnp.broadcast_to(jnp.eye(order, dtype=matrix.dtype), matrix.shape)
     return lax.fori_loop(0, order, step, (matrix, identity))[1]
-
-
-@jax.custom_jvp
-def _pure_inv(matrix):
-    return _gauss_jordan(matrix)
-
-
-@_pure_inv.defjvp
-def _pure_inv_jvp(primals, tangents):
-    (matrix,), (matrix_dot,) = primals, tangents
-    inverse = _pure_inv(matrix)
-    return inverse, -inverse @ matrix_dot @ inverse
-
-
-#: Jitted so that calls outside jit compile the loop once per shape (inlined inside a jit).
-pure_inverse = jax.jit(_pure_inv)

@@ -9,22 +9,27 @@ once as the pool has threads (two on a two-core machine), every thread waits for
 no thread is free to run, and the process hangs at 0% CPU. Open-source jaxlib builds dropped
 the parallel path in 0.11.1.
 
-This module gives the few factorisations causalcell needs inside a fit. On the affected
-runtime (CPU backend, ``0.10.0 <= jaxlib < 0.11.1``), at every order, they are plain JAX loops
-(``lax.fori_loop`` over columns, each step a vectorised update of the whole batch), which XLA
-compiles to ordinary fused kernels with no custom call; elsewhere they are the ``jnp.linalg`` /
-``jax.scipy.linalg`` functions. The choice cannot depend on the batch shape: under ``vmap`` a
-function sees one matrix while the primitive it emits is batched, so the pure path is taken for
-single matrices too. Nor does it depend on the order: the loops run one step per column (``n``
-sequential steps of ``O(batch n^2)`` work), so past about 128 columns they are slower than
-LAPACK's blocked kernels (by one to two orders of magnitude at order 150), but with a cap at
-128 an LCD fit of 150 coordinates took the batched LAPACK path and hung; slow is better than a
-hang.
+This module gives the few factorisations causalcell needs inside a fit, by one of three
+routes (:data:`MODES`), chosen once at import for the CPU backend (other backends take
+LAPACK's, i.e. the vendor's, batched calls):
 
-Every function supports ``jit``, ``vmap`` and forward- and reverse-mode autodiff; derivatives
-come from the closed-form rules of each factorisation (custom JVPs), not from differentiating
-the loops. Real matrices only. Set ``CAUSALCELL_PURE_LINALG=1`` (or ``0``) before import to
-force the pure path on (or off) whatever the jaxlib version.
+- ``"sequential"`` (the default on the affected runtime): LAPACK one matrix at a time
+  (:mod:`.sequential`). A batch of one matrix runs inline, never on the pool, so it cannot
+  hang, and it runs at LAPACK's speed (a Cholesky factor and a solve of 16 matrices of order
+  208 with their gradient: a quarter of the loops' time; order 107: a tenth).
+- ``"loops"``: plain JAX loops with no custom call at all (:mod:`.loops`, :mod:`.gauss_jordan`;
+  ``n`` sequential steps per factorisation, blocked from order 128), the route of every fit
+  before the sequential one; kept as the fallback.
+- ``"lapack"`` (every other runtime): ``jnp.linalg`` / ``jax.scipy.linalg``, batched.
+
+The choice cannot depend on the batch shape: under ``vmap`` a function sees one matrix while
+the primitive it emits is batched; the sequential route carries its own batching rule for that
+reason. Every function supports ``jit``, ``vmap`` and forward- and reverse-mode autodiff;
+derivatives come from the closed-form rules of each factorisation (custom JVPs, and
+:func:`jax.lax.custom_linear_solve` for the sequential triangular solve, whose transpose is
+the transposed solve), not from differentiating the loops or the calls. Real matrices only.
+Set ``CAUSALCELL_LINALG`` to one of :data:`MODES` before import to force a route whatever the
+jaxlib version.
 """
 
 from __future__ import annotations
@@ -39,18 +44,31 @@ import jax.scipy.linalg as jsl
 import jaxlib.version
 from jax import lax
 
-from causalcell._core.gauss_jordan import column_of, entry_of, pure_inverse, row_of
+from causalcell._core import sequential
+from causalcell._core.gauss_jordan import gauss_jordan
+from causalcell._core.loops import (
+    BLOCK,
+    blocked_cholesky,
+    blocked_forward_substitution,
+    nan_unless_definite,
+)
 
 __all__ = [
-    "PURE_ON_CPU",
+    "BLOCK",
+    "CPU_MODE",
+    "MODES",
+    "avoids_batched_lapack",
     "cho_solve",
     "cholesky",
     "covariance_factor",
     "inv",
+    "mode",
     "solve",
     "solve_triangular",
-    "uses_pure",
 ]
+
+#: The routes of the factorisations (see the module's docstring).
+MODES = ("lapack", "sequential", "loops")
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -58,22 +76,34 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
-def _pure_on_cpu() -> bool:
-    forced = os.environ.get("CAUSALCELL_PURE_LINALG", "").strip()
-    if forced in {"0", "1"}:
-        return forced == "1"
-    return (0, 10, 0) <= _version(jaxlib.version.__version__) < (0, 11, 1)
+def _cpu_mode() -> str:
+    forced = os.environ.get("CAUSALCELL_LINALG", "").strip().lower()
+    if forced:
+        if forced not in MODES:
+            raise ValueError(
+                f"CAUSALCELL_LINALG={forced!r} is not a route of causalcell's linear algebra; "
+                f"set it to one of {MODES} or unset it."
+            )
+        return forced
+    affected = (0, 10, 0) <= _version(jaxlib.version.__version__) < (0, 11, 1)
+    return "sequential" if affected else "lapack"
 
 
-#: Whether this jaxlib's CPU LAPACK calls can deadlock, so that CPU computations use the loops
-#: (decided once, at import, from the jaxlib version or ``CAUSALCELL_PURE_LINALG``).
-PURE_ON_CPU = _pure_on_cpu()
+#: The route on the CPU backend, decided once, at import, from the jaxlib version or
+#: ``CAUSALCELL_LINALG``.
+CPU_MODE = _cpu_mode()
 
 
-def uses_pure() -> bool:
-    """Whether factorisations go through the pure-JAX loops in the current setting (the
-    affected jaxlib on the CPU backend, or ``CAUSALCELL_PURE_LINALG=1``)."""
-    return PURE_ON_CPU and jax.default_backend() == "cpu"
+def mode() -> str:
+    """The route factorisations take in the current setting: :data:`CPU_MODE` on the CPU
+    backend, ``"lapack"`` on any other."""
+    return CPU_MODE if jax.default_backend() == "cpu" else "lapack"
+
+
+def avoids_batched_lapack() -> bool:
+    """Whether this setting must keep batched LAPACK calls out of a program (so callers route
+    their factorisations through this module rather than ``jnp.linalg``)."""
+    return mode() != "lapack"
 
 
 def _as_real(array):
@@ -81,72 +111,56 @@ def _as_real(array):
     return array.astype(jnp.promote_types(array.dtype, jnp.float32))
 
 
+def _broadcast_batches(matrix, rhs):
+    batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
+    return (
+        jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
+        jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
+    )
+
+
 # Triangular solves -----------------------------------------------------------------------------
 
 
-def _forward_substitution(lower, rhs):
-    """``L^{-1} B`` for lower-triangular ``L`` ``[..., n, n]`` (upper part ignored) and
-    ``B`` ``[..., n, k]``, one row per step. Linear in ``rhs``, so JAX transposes it."""
-    batch = jnp.broadcast_shapes(lower.shape[:-2], rhs.shape[:-2])
-    lower = jnp.broadcast_to(lower, batch + lower.shape[-2:])
-    rhs = jnp.broadcast_to(rhs, batch + rhs.shape[-2:])
-
-    columns = jnp.arange(lower.shape[-1])
-
-    def step(index, solution):
-        row = row_of(lower, index)
-        # Only the solved rows (before ``index``) enter; masking keeps whatever the unread
-        # upper triangle holds (even inf or NaN) out of the sum, as LAPACK does.
-        known = jnp.einsum("...j,...jk->...k", jnp.where(columns < index, row, 0.0), solution)
-        value = (row_of(rhs, index) - known) / entry_of(row, index)[..., None]
-        return lax.dynamic_update_index_in_dim(solution, value, index, axis=-2)
-
-    return lax.fori_loop(0, lower.shape[-1], step, jnp.zeros_like(rhs))
-
-
-#: Block size of the blocked pure loops, and the order from which they are used: below it the
-#: one-column loops are as fast (and stay bit for bit as before).
-BLOCK = 64
-
-
-def _blocked_forward_substitution(lower, rhs):
-    """``L^{-1} B`` by blocks of :data:`BLOCK` rows: each block's solve is the one-row loop
-    on a ``BLOCK x BLOCK`` diagonal block, after a matrix product subtracts the solved blocks
-    (most of the work, at matmul speed, instead of ``n`` sequential row updates)."""
-    if lower.shape[-1] < 2 * BLOCK:
-        return _forward_substitution(lower, rhs)
-    batch = jnp.broadcast_shapes(lower.shape[:-2], rhs.shape[:-2])
-    lower = jnp.broadcast_to(lower, batch + lower.shape[-2:])
-    rhs = jnp.broadcast_to(rhs, batch + rhs.shape[-2:])
-    blocks = []
-    for start in range(0, lower.shape[-1], BLOCK):
-        stop = min(start + BLOCK, lower.shape[-1])
-        right = rhs[..., start:stop, :]
-        if blocks:
-            solved = jnp.concatenate(blocks, axis=-2)
-            right = right - lower[..., start:stop, :start] @ solved
-        blocks.append(_forward_substitution(lower[..., start:stop, start:stop], right))
-    return jnp.concatenate(blocks, axis=-2)
-
-
 @jax.custom_jvp
-def _lower_solve(lower, rhs):
-    return _blocked_forward_substitution(lower, rhs)
+def _loop_lower_solve(lower, rhs):
+    return blocked_forward_substitution(lower, rhs)
 
 
-@_lower_solve.defjvp
-def _lower_solve_jvp(primals, tangents):
+@_loop_lower_solve.defjvp
+def _loop_lower_solve_jvp(primals, tangents):
     lower, rhs = primals
     lower_dot, rhs_dot = tangents
-    solution = _blocked_forward_substitution(lower, rhs)
+    solution = blocked_forward_substitution(lower, rhs)
     # X = L^{-1} B  =>  dX = L^{-1} (dB - dL X), with dL restricted to the part that is read.
     tangent = rhs_dot - jnp.tril(lower_dot) @ solution
-    return solution, _blocked_forward_substitution(lower, tangent)
+    return solution, blocked_forward_substitution(lower, tangent)
+
+
+def _sequential_lower_solve(lower, rhs, transpose: bool):
+    """``X`` with ``L X = B`` (``L^T X = B`` with ``transpose``) by one-at-a-time LAPACK solves,
+    as a :func:`jax.lax.custom_linear_solve` of ``X -> tril(L) X``: JAX differentiates it in
+    ``B`` and in ``L`` (``dX = op(L)^{-1} (dB - op(dL) X)``) and transposes it by the
+    transposed solve, so no derivative goes through the calls themselves."""
+    lower, rhs = _broadcast_batches(lower, rhs)
+    read = jnp.tril(lower)
+    operator = jnp.swapaxes(read, -1, -2) if transpose else read
+
+    def solve(_, right):
+        return sequential.lower_solve(lower, right, transpose=transpose)
+
+    def transpose_solve(_, right):
+        return sequential.lower_solve(lower, right, transpose=not transpose)
+
+    return lax.custom_linear_solve(
+        lambda x: operator @ x, rhs, solve=solve, transpose_solve=transpose_solve
+    )
 
 
 # Jitted so that calls outside jit (NumPyro traces models eagerly) compile each loop once per
 # shape instead of once per call; inside an outer jit they are inlined.
-_lower_solve_jit = jax.jit(_lower_solve)
+_loop_lower_solve_jit = jax.jit(_loop_lower_solve)
+_sequential_lower_solve_jit = jax.jit(_sequential_lower_solve, static_argnames="transpose")
 
 
 def _shared_solve(matrix, rhs, lower: bool, transpose: bool):
@@ -198,95 +212,65 @@ def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False
     matrix, rhs = matrix.astype(dtype), rhs.astype(dtype)
     if rhs.ndim > 2 and math.prod(matrix.shape[:-2]) == 1:
         return _shared_solve(matrix, rhs, lower, transpose)
-    if not uses_pure():
-        batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
-        return jsl.solve_triangular(
-            jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
-            jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
-            lower=lower,
-            trans=1 if transpose else 0,
-        )
+    route = mode()
+    if route == "lapack":
+        matrix, rhs = _broadcast_batches(matrix, rhs)
+        return jsl.solve_triangular(matrix, rhs, lower=lower, trans=1 if transpose else 0)
+    if route == "sequential":
+        # U X = B is L^T X = B with L = U^T, and U^T X = B is L X = B.
+        if not lower:
+            matrix, transpose = jnp.swapaxes(matrix, -1, -2), not transpose
+        return _sequential_lower_solve_jit(matrix, rhs, transpose=transpose)
     if transpose:
         matrix, lower = jnp.swapaxes(matrix, -1, -2), not lower
     if lower:
-        return _lower_solve_jit(matrix, rhs)
+        return _loop_lower_solve_jit(matrix, rhs)
     # U X = B  <=>  (J U J)(J X) = J B with J the order reversal, and J U J is lower.
-    flipped = _lower_solve_jit(matrix[..., ::-1, ::-1], rhs[..., ::-1, :])
+    flipped = _loop_lower_solve_jit(matrix[..., ::-1, ::-1], rhs[..., ::-1, :])
     return flipped[..., ::-1, :]
 
 
 # Cholesky --------------------------------------------------------------------------------------
 
 
-def _right_looking_cholesky(matrix):
-    """Lower Cholesky factor, one column per step: take the column of the running Schur
-    complement, scale it by the square root of its pivot, subtract its outer product."""
-    order = matrix.shape[-1]
-    rows = jnp.arange(order)
-
-    def step(index, carry):
-        complement, factor = carry
-        column = column_of(complement, index)
-        pivot = jnp.sqrt(entry_of(column, index))
-        column = jnp.where(rows >= index, column / pivot[..., None], 0.0)
-        complement = complement - column[..., :, None] * column[..., None, :]
-        return complement, lax.dynamic_update_index_in_dim(factor, column, index, axis=-1)
-
-    _, factor = lax.fori_loop(0, order, step, (matrix, jnp.zeros_like(matrix)))
-    return _nan_unless_definite(factor)
-
-
-def _nan_unless_definite(factor):
-    """As ``jnp.linalg.cholesky``: the factor of a matrix that is not positive definite (a
-    non-positive or NaN pivot) is all NaN."""
-    diagonal = jnp.diagonal(factor, axis1=-2, axis2=-1)
-    definite = jnp.all(diagonal > 0, axis=-1)[..., None, None]
-    return jnp.where(definite, factor, jnp.nan)
-
-
-def _blocked_cholesky(matrix):
-    """Lower Cholesky factor by blocks of :data:`BLOCK` columns (right-looking): factor the
-    diagonal block with the one-column loop, solve the panel below it, and update the trailing
-    Schur complement by one matrix product, where most of the ``n^3 / 3`` work then runs."""
-    order = matrix.shape[-1]
-    if order < 2 * BLOCK:
-        return _right_looking_cholesky(matrix)
-    columns = []
-    complement = matrix
-    for start in range(0, order, BLOCK):
-        size = min(BLOCK, order - start)
-        diagonal = _right_looking_cholesky(complement[..., :size, :size])
-        below = complement[..., size:, :size]
-        # L21 = A21 L11^{-T}: (L11^{-1} A21^T)^T
-        panel = jnp.swapaxes(_forward_substitution(diagonal, jnp.swapaxes(below, -1, -2)), -1, -2)
-        columns.append(
-            jnp.concatenate(
-                [jnp.zeros((*matrix.shape[:-2], start, size), matrix.dtype), diagonal, panel],
-                axis=-2,
-            )
-        )
-        complement = complement[..., size:, size:] - panel @ jnp.swapaxes(panel, -1, -2)
-    return _nan_unless_definite(jnp.concatenate(columns, axis=-1))
+def _cholesky_tangent(factor, matrix_dot, lower_solve):
+    """``dL`` of ``A = L L^T`` given ``dA``: ``dL = L Phi(L^{-1} dA L^{-T})``, ``Phi`` the lower
+    triangle with halved diagonal (Murray 2016); ``lower_solve(L, B)`` is ``L^{-1} B``, linear
+    in ``B``. ``dA`` is symmetric because :func:`cholesky` symmetrizes its input first."""
+    half = lower_solve(factor, matrix_dot)
+    middle = lower_solve(factor, jnp.swapaxes(half, -1, -2))
+    phi = jnp.tril(middle) - 0.5 * jnp.eye(factor.shape[-1], dtype=factor.dtype) * middle
+    return factor @ phi
 
 
 @jax.custom_jvp
-def _pure_cholesky(matrix):
-    return _blocked_cholesky(matrix)
+def _loop_cholesky(matrix):
+    return blocked_cholesky(matrix)
 
 
-@_pure_cholesky.defjvp
-def _pure_cholesky_jvp(primals, tangents):
+@_loop_cholesky.defjvp
+def _loop_cholesky_jvp(primals, tangents):
     (matrix,), (matrix_dot,) = primals, tangents
-    factor = _blocked_cholesky(matrix)
-    # A = L L^T  =>  dL = L Phi(L^{-1} dA L^{-T}), Phi = lower triangle with halved diagonal
-    # (Murray 2016); dA is symmetric because cholesky symmetrizes its input first.
-    half = _blocked_forward_substitution(factor, matrix_dot)
-    middle = _blocked_forward_substitution(factor, jnp.swapaxes(half, -1, -2))
-    phi = jnp.tril(middle) - 0.5 * jnp.eye(matrix.shape[-1], dtype=matrix.dtype) * middle
-    return factor, factor @ phi
+    factor = blocked_cholesky(matrix)
+    return factor, _cholesky_tangent(factor, matrix_dot, blocked_forward_substitution)
 
 
-_pure_cholesky_jit = jax.jit(_pure_cholesky)
+@jax.custom_jvp
+def _sequential_cholesky(matrix):
+    # LAPACK's failed factor is NaN in its lower triangle only; all NaN, as the other routes.
+    return nan_unless_definite(sequential.cholesky(matrix))
+
+
+@_sequential_cholesky.defjvp
+def _sequential_cholesky_jvp(primals, tangents):
+    (matrix,), (matrix_dot,) = primals, tangents
+    factor = _sequential_cholesky(matrix)
+    return factor, _cholesky_tangent(
+        factor, matrix_dot, lambda lower, rhs: _sequential_lower_solve(lower, rhs, False)
+    )
+
+
+_cholesky_of = {"loops": jax.jit(_loop_cholesky), "sequential": jax.jit(_sequential_cholesky)}
 
 
 def cholesky(matrix):
@@ -314,9 +298,10 @@ def cholesky(matrix):
            [1., 2.]], dtype=float32)
     """
     matrix = _as_real(matrix)
-    if not uses_pure():
+    route = mode()
+    if route == "lapack":
         return jnp.linalg.cholesky(matrix)
-    return _pure_cholesky_jit(0.5 * (matrix + jnp.swapaxes(matrix, -1, -2)))
+    return _cholesky_of[route](0.5 * (matrix + jnp.swapaxes(matrix, -1, -2)))
 
 
 def cho_solve(factor_and_lower, rhs):
@@ -345,9 +330,32 @@ def covariance_factor(precision):
     return jnp.swapaxes(inverse, -1, -2)[..., ::-1, ::-1]
 
 
+def _differentiable_inverse(kernel):
+    """``kernel`` (an inverse of ``[..., n, n]``) with the JVP ``d(A^{-1}) = -A^{-1} dA A^{-1}``,
+    jitted so that calls outside jit compile once per shape."""
+
+    @jax.custom_jvp
+    def inverse(matrix):
+        return kernel(matrix)
+
+    @inverse.defjvp
+    def _inverse_jvp(primals, tangents):
+        (matrix,), (matrix_dot,) = primals, tangents
+        value = inverse(matrix)
+        return value, -value @ matrix_dot @ value
+
+    return jax.jit(inverse)
+
+
+_inverse_of = {
+    "loops": _differentiable_inverse(gauss_jordan),
+    "sequential": _differentiable_inverse(sequential.inverse),
+}
+
+
 def inv(matrix):
-    """Inverse of square matrices ``[..., n, n]`` (Gauss-Jordan with partial pivoting on the
-    pure path). Singular matrices give non-finite entries.
+    """Inverse of square matrices ``[..., n, n]`` (LU or, on the loops' route, Gauss-Jordan,
+    with partial pivoting). Singular matrices give non-finite entries.
 
     Examples
     --------
@@ -357,23 +365,21 @@ def inv(matrix):
            [0.5 , 0.  ]], dtype=float32)
     """
     matrix = _as_real(matrix)
-    if not uses_pure():
+    route = mode()
+    if route == "lapack":
         return jnp.linalg.inv(matrix)
-    return pure_inverse(matrix)
+    return _inverse_of[route](matrix)
 
 
 def solve(matrix, rhs):
     """Solve ``A X = B`` for square ``A`` ``[..., n, n]`` and ``B`` ``[..., n, k]``.
 
-    On the pure path this is ``inv(A) @ B``: its error grows with ``cond(A)`` like a solve with
-    an LU factorisation does, which is all the well-conditioned stable drifts here need.
+    Where batched LAPACK is avoided this is ``inv(A) @ B``: its error grows with ``cond(A)``
+    like a solve with an LU factorisation does, which is all the well-conditioned stable drifts
+    here need.
     """
     matrix = _as_real(matrix)
     rhs = _as_real(rhs)
-    if not uses_pure():
-        batch = jnp.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-2])
-        return jnp.linalg.solve(
-            jnp.broadcast_to(matrix, batch + matrix.shape[-2:]),
-            jnp.broadcast_to(rhs, batch + rhs.shape[-2:]),
-        )
-    return pure_inverse(matrix) @ rhs
+    if mode() == "lapack":
+        return jnp.linalg.solve(*_broadcast_batches(matrix, rhs))
+    return inv(matrix) @ rhs

@@ -11,7 +11,7 @@ from causalcell.inference._kronecker import AutoKroneckerNormal
 from causalcell.inference._nuts import fit_nuts
 from causalcell.inference._posterior import Posterior
 from causalcell.inference._serialization import load_tree, save_tree
-from causalcell.inference._subsample import Strata, batch_strata, subsample
+from causalcell.inference._subsample import BatchStrata, Strata, batch_strata, subsample
 from causalcell.inference._svi import EarlyStopping, FitDivergedError, fit
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "POINT_SCALE",
     "AmortizedGuide",
     "AutoKroneckerNormal",
+    "BatchStrata",
     "EarlyStopping",
     "FitDivergedError",
     "LocalImportanceELBO",

@@ -3,6 +3,8 @@ strata (e.g. the conditions of a screen)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ from numpyro.primitives import _PYRO_STACK, Messenger, apply_stack
 
 from causalcell.inference._devices import DataParallel
 
-__all__ = ["STRATA_MESSAGE", "Strata", "batch_strata", "subsample"]
+__all__ = ["STRATA_MESSAGE", "BatchStrata", "Strata", "batch_strata", "subsample"]
 
 #: Message type of :func:`batch_strata`'s question to the :class:`subsample` handler.
 STRATA_MESSAGE = "causalcell_strata"
@@ -132,7 +134,7 @@ class subsample(Messenger):
 
     def process_message(self, msg):
         if msg["type"] == STRATA_MESSAGE and msg["plate"] == self.name and self.strata is not None:
-            msg["value"] = self.strata.groups
+            msg["value"] = (self.strata.groups, self.strata.per_group)
             return
         if msg["type"] != "plate" or msg["name"] != self.name or self.size is None:
             return
@@ -150,22 +152,33 @@ class subsample(Messenger):
             msg["value"] = self.parallel.constrain(msg["value"], self.name)
 
 
-def batch_strata(labels, num_strata: int, plate: str = "cells"):
+class BatchStrata(NamedTuple):
+    """What :func:`batch_strata` answers: the strata a batch touches ``[K]``, each element's
+    slot among them ``[batch]``, a ``[batch]`` mask that is false for an element whose stratum
+    is not its slot's (labels that are not the handler's; ``None`` when ``K`` is every
+    stratum), and ``block``: when not ``None``, the batch is ``K`` contiguous blocks of
+    ``block`` elements, element ``i`` in slot ``i // block`` (per-stratum work can then take a
+    block's elements as the columns of one product instead of a per-element copy)."""
+
+    strata: jax.Array
+    slot: jax.Array
+    covered: jax.Array | None
+    block: int | None
+
+
+def batch_strata(labels, num_strata: int, plate: str = "cells") -> BatchStrata:
     """The strata the current batch of ``plate`` touches, and each element's slot among them.
 
     Call it inside the plate with ``labels`` ``[batch]``, the stratum of each element of the
     batch. Under :class:`subsample` with :class:`Strata` for that plate (as :func:`fit` does
-    with ``strata``) the batch touches at most ``Strata.groups`` strata, and only those are
-    returned; anywhere else (no minibatching, a uniform one, ``Predictive``, encoding cells
-    in chunks) every stratum is. It is an effect (a message the handler answers), so a model
-    that asks gets the cheap answer only where the handler guarantees it.
-
-    Returns ``(strata [K], slot [batch], covered)``: the strata (a stratum drawn twice, or
-    padding, repeats one), the position of each element's stratum among them, and a
-    ``[batch]`` mask that is false for an element whose stratum is not among them (labels that
-    are not the handler's; ``None`` when ``K`` is every stratum). Works under ``jit``.
+    with ``strata``) the batch is ``Strata.groups`` blocks of ``Strata.per_group`` elements,
+    one drawn stratum each, and one stratum per block is returned (a stratum drawn twice
+    appears twice), with ``block`` set; anywhere else (no minibatching, a uniform one,
+    ``Predictive``, encoding cells in chunks) every stratum is, the slot being the label. It is
+    an effect (a message the handler answers), so a model that asks gets the cheap answer only
+    where the handler guarantees it. Works under ``jit``; see :class:`BatchStrata`.
     """
-    groups = None
+    answer = None
     if _PYRO_STACK:
         message = {
             "type": STRATA_MESSAGE,
@@ -178,9 +191,10 @@ def batch_strata(labels, num_strata: int, plate: str = "cells"):
             "infer": {},
             "cond_indep_stack": [],
         }
-        groups = apply_stack(message)["value"]
-    if groups is None or groups >= num_strata:
-        return jnp.arange(num_strata), labels, None
-    strata = jnp.unique(labels, size=groups, fill_value=labels[0])
-    match = labels[:, None] == strata[None, :]
-    return strata, jnp.argmax(match, axis=1), jnp.any(match, axis=1)
+        answer = apply_stack(message)["value"]
+    if answer is None or answer[0] >= num_strata:
+        return BatchStrata(jnp.arange(num_strata), labels, None, None)
+    block = answer[1]
+    strata = labels[::block]
+    slot = jnp.arange(labels.shape[0]) // block
+    return BatchStrata(strata, slot, labels == strata[slot], block)

@@ -1,4 +1,5 @@
-"""The pure-JAX factorisations of causalcell._core.linalg against jnp.linalg / jax.scipy.linalg."""
+"""The factorisations of causalcell._core.linalg (one matrix at a time, and the pure-JAX loops)
+against jnp.linalg / jax.scipy.linalg."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import jaxlib.version
 import numpy as np
 import numpyro.distributions as dist
 import pytest
@@ -21,10 +23,12 @@ from causalcell._core import linalg as _linalg
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def pure_path(monkeypatch):
-    """Every test exercises the pure loops, whatever the installed jaxlib."""
-    monkeypatch.setattr(_linalg, "PURE_ON_CPU", True)
+@pytest.fixture(autouse=True, params=["sequential", "loops"])
+def route(request, monkeypatch):
+    """Every test exercises both routes that avoid batched LAPACK, whatever the installed
+    jaxlib: one matrix at a time, and the pure loops."""
+    monkeypatch.setattr(_linalg, "CPU_MODE", request.param)
+    return request.param
 
 
 def relative_error(value, reference):
@@ -217,14 +221,32 @@ def test_multivariate_normal_matches_numpyro():
     assert relative_error(law.precision_matrix, np.linalg.inv(covariance)) < 1e-5
 
 
-def test_pure_path_emits_no_lapack_call():
-    rng = np.random.default_rng(4)
-    for name, pure, _, arguments in cases(rng, np.float32):
-        objective = jax.grad(
-            lambda *a, f=pure: jnp.sum(f(*a)), argnums=tuple(range(len(arguments)))
-        )
-        text = jax.jit(objective).lower(*arguments).as_text()
-        assert "custom_call" not in text, name
+def lapack_calls(function, *arguments):
+    """The LAPACK custom calls of ``function``'s lowered program, one line each."""
+    text = jax.jit(function).lower(*arguments).as_text()
+    return [line for line in text.splitlines() if "custom_call @lapack" in line]
+
+
+def test_no_batched_lapack_call_under_vmap_and_grad(route):
+    # What keeps jaxlib 0.10 from hanging: the loops emit no LAPACK call, the sequential route
+    # only calls on one matrix (num_batch_dims 0 runs inline, never on the thread pool), even
+    # when vmap and grad are applied on top, at the blocked orders too.
+    for order in ORDERS:
+        for name, function, _, arguments in cases(
+            np.random.default_rng(4), np.float32, order=order
+        ):
+            objective = jax.vmap(
+                jax.grad(
+                    lambda *a, f=function: jnp.sum(jnp.sin(f(*a))),
+                    argnums=tuple(range(len(arguments))),
+                )
+            )
+            calls = lapack_calls(objective, *arguments)
+            if route == "loops":
+                assert not calls, name
+            else:
+                assert calls, name
+                assert all('num_batch_dims = "0"' in call for call in calls), name
 
 
 def test_version_parsing():
@@ -257,16 +279,16 @@ print("completed")
 """
 
 
-def test_previously_hanging_pattern_completes():
+def test_previously_hanging_pattern_completes(route):
     # A hang cannot fail an assertion, so the pattern runs in a child with a deadline (it takes
-    # ~10 s on a loaded two-core machine; the deadline is generous against CI noise), on the
-    # pure path whatever the installed jaxlib.
+    # ~10 s on a loaded two-core machine; the deadline is generous against CI noise), on each
+    # route whatever the installed jaxlib.
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(HANGING_PATTERN)],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "CAUSALCELL_PURE_LINALG": "1"},
+        env={**os.environ, "CAUSALCELL_LINALG": route},
     )
     assert result.returncode == 0, result.stderr
     assert "completed" in result.stdout
@@ -287,15 +309,16 @@ def test_covariance_factor_is_a_lower_cholesky_factor_of_the_inverse_precision()
     np.testing.assert_allclose(factor, np.linalg.cholesky(expected), atol=1e-6)
 
 
-@pytest.mark.skipif(not _linalg.uses_pure(), reason="the pure loops run on jaxlib 0.10's CPU")
-def test_the_pure_loops_serve_orders_past_128_so_batched_factorisations_cannot_hang():
-    # A batch of order-150 matrices: with the old cap at 128 this went to batched LAPACK, where
-    # an LCD fit of 150 coordinates hung at 0% CPU; the loops give LAPACK's answer.
-    rng = np.random.default_rng(7)
-    root = rng.normal(size=(3, 150, 150)) / np.sqrt(150)
-    matrix = root @ np.swapaxes(root, -1, -2) + np.eye(150)
-    matrix32 = jnp.asarray(matrix, jnp.float32)
-    assert "custom_call" not in jax.jit(_linalg.cholesky).lower(matrix32).as_text()
-    factor = np.asarray(_linalg.cholesky(matrix32))
-    # float32 Cholesky of well-conditioned order-150 matrices: entries O(1), rounding ~1e-5.
-    np.testing.assert_allclose(factor, np.linalg.cholesky(matrix), atol=1e-4)
+def test_affected_runtime_defaults_to_a_route_without_batched_calls():
+    # jaxlib 0.10 on CPU hangs in batched LAPACK: its default is one matrix at a time (an
+    # order-150 fit once hung at 0% CPU there); any other runtime takes LAPACK's batched calls.
+    affected = (0, 10, 0) <= _linalg._version(jaxlib.version.__version__) < (0, 11, 1)
+    if os.environ.get("CAUSALCELL_LINALG"):
+        pytest.skip("the route is forced by CAUSALCELL_LINALG")
+    assert _linalg._cpu_mode() == ("sequential" if affected else "lapack")
+
+
+def test_unknown_route_is_named(monkeypatch):
+    monkeypatch.setenv("CAUSALCELL_LINALG", "fast")
+    with pytest.raises(ValueError, match=r"CAUSALCELL_LINALG=.fast.*sequential"):
+        _linalg._cpu_mode()

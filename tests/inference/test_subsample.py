@@ -49,23 +49,26 @@ def _strata_of_a_batch(handler_size=None, strata=None):
     def model():
         with numpyro.plate("cells", LABELS.size) as index:
             labels = jnp.asarray(LABELS)[index]
-            found, slot, covered = batch_strata(labels, 3)
-            return labels, found, slot, covered
+            found, slot, covered, block = batch_strata(labels, 3)
+            return labels, found, slot, covered, block
 
     return seed(subsample(model, "cells", handler_size, strata), 0)()
 
 
 def test_batch_strata_names_only_the_batchs_strata_under_stratified_subsampling():
-    labels, found, slot, covered = _strata_of_a_batch(strata=Strata(LABELS, 2, 16))
+    labels, found, slot, covered, block = _strata_of_a_batch(strata=Strata(LABELS, 2, 16))
     assert found.shape == (2,)
     assert np.all(covered)
     np.testing.assert_array_equal(np.asarray(found)[np.asarray(slot)], labels)
+    # The batch is two blocks of eight cells, one drawn stratum each.
+    assert block == 8
+    np.testing.assert_array_equal(slot, np.arange(16) // 8)
     # Uniform minibatches and whole plates see every stratum, the slot being the label.
     for size in (16, None):
-        labels, found, slot, covered = _strata_of_a_batch(handler_size=size)
+        labels, found, slot, covered, block = _strata_of_a_batch(handler_size=size)
         np.testing.assert_array_equal(found, [0, 1, 2])
         np.testing.assert_array_equal(slot, labels)
-        assert covered is None
+        assert covered is None and block is None
 
 
 def test_a_stratified_fit_matches_the_conjugate_posterior():

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from causalcell._core.gaussian import MultivariateNormal
+from causalcell._core.gaussian import CellFactors
 from causalcell._core.linalg import covariance_factor
 from causalcell.inference import batch_strata
 from causalcell.models.lcd._decoder import decoded_offsets, decoder_from_sites
@@ -149,7 +149,9 @@ def lcd_local_posterior(
 
     def local_posterior(values, data, index, heads):
         targets = data["condition_targets"]
-        conditions, condition, _ = batch_strata(data["condition_index"][index], targets.shape[0])
+        conditions, condition, _, block = batch_strata(
+            data["condition_index"][index], targets.shape[0]
+        )
         pairs = pairs_of(data)
         laws = condition_laws(
             values,
@@ -206,7 +208,8 @@ def lcd_local_posterior(
             decoded_part = decoded_offsets(means, values["baseline"], decoder, modelled)[condition]
             offsets = _pad(decoded_part, before=modelled)
         gene_weights = of_cell(weights)
-        cell_factor = of_cell(factor)  # [cells, m, m], or the shared [m, m]
+        # Each cell's factor, stored once per condition (or once, shared): no per-cell copy.
+        cell_factor = CellFactors(factor[0] if shared else factor, condition, block)
 
         def posterior_mean(weighted):
             """Mean of ``q`` from each count's weighted response ``lambda (m - o)`` [cells,
@@ -219,11 +222,11 @@ def lcd_local_posterior(
             if decoder is not None:
                 shifted = weighted[:, modelled:] + of_cell(decoded) * (loc @ loadings.T)
                 information = information + shifted @ loadings
-            return jnp.einsum("...ij,...kj,...k->...i", cell_factor, cell_factor, information)
+            return cell_factor.matmul(cell_factor.matmul(information, transpose=True))
 
         mean = posterior_mean(gene_weights * (messages - offsets))
         if not linearised:  # mode messages are not relinearised
-            return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
+            return {"latent": cell_factor.gaussian(mean)}
         # The posterior variance of each log-rate: a count model scores at the rate's lognormal
         # mean e^(eta + variance / 2).
         variance = jnp.sum(factor**2, axis=-1)[..., :modelled]
@@ -250,7 +253,7 @@ def lcd_local_posterior(
             step = jnp.clip(jnp.where(curvature > 0, score / safe, 0.0), -MAX_STEP, MAX_STEP)
             score = gene_weights * step
             mean = posterior_mean(gene_weights * projected + score)
-        return {"latent": MultivariateNormal(mean, scale_tril=cell_factor)}
+        return {"latent": cell_factor.gaussian(mean)}
 
     return local_posterior
 

@@ -17,7 +17,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from causalcell._core.gaussian import MultivariateNormal
+from causalcell._core.gaussian import CellFactors
 from causalcell._core.linalg import cho_solve, cholesky
 from causalcell._core.tracing import is_concrete
 from causalcell.diffusion import (
@@ -77,11 +77,11 @@ class ConditionLaws(NamedTuple):
         """Lower Cholesky factors ``[P, m, m]`` (one factorisation when shared)."""
         return self._per_condition(cholesky(self.covariance))
 
-    def factor_of(self, condition) -> jax.Array:
-        """The factor of each cell's condition ``[cells, m, m]``, or the one shared ``[m, m]``
-        (which broadcasts against the cells' means without a per-cell copy)."""
-        factor = cholesky(self.covariance)
-        return factor if self.shared else factor[condition]
+    def cell_factors(self, slot, block: int | None = None) -> CellFactors:
+        """The factor of each cell's condition (``slot`` ``[cells]``, ``block`` as
+        :class:`causalcell.inference.BatchStrata`'s), stored once per condition, or the one
+        shared factor: no per-cell copy of the factors where it can be avoided."""
+        return CellFactors(cholesky(self.covariance), slot, block)
 
     def precisions(self) -> jax.Array:
         """Inverse covariances ``[P, m, m]`` (one factorisation when shared)."""
@@ -270,7 +270,7 @@ def lcd_model(
     num_cells = condition_index.shape[0]
     with numpyro.plate("cells", num_cells) as index:
         # Under a fit's condition-by-condition minibatch, only that batch's conditions.
-        conditions, slot, covered = batch_strata(condition_index[index], targets.shape[0])
+        conditions, slot, covered, block = batch_strata(condition_index[index], targets.shape[0])
         laws = condition_laws(
             values,
             targets[conditions],
@@ -283,9 +283,7 @@ def lcd_model(
         means = laws.means[slot]
         if covered is not None:  # a batch not drawn condition by condition: fail loudly
             means = jnp.where(covered[:, None], means, jnp.nan)
-        latent = numpyro.sample(
-            "latent", MultivariateNormal(means, scale_tril=laws.factor_of(slot))
-        )
+        latent = numpyro.sample("latent", laws.cell_factors(slot, block).gaussian(means))
         observed = None if counts is None else counts[index]
         log_rate = decode(latent, means, values["baseline"], decoder, modelled)
         numpyro.sample(
