@@ -23,12 +23,17 @@ from causalcell._core import linalg as _linalg
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True, params=["sequential", "loops"])
+@pytest.fixture(autouse=True)
 def route(request, monkeypatch):
-    """Every test exercises both routes that avoid batched LAPACK, whatever the installed
-    jaxlib: one matrix at a time, and the pure loops."""
-    monkeypatch.setattr(_linalg, "CPU_MODE", request.param)
-    return request.param
+    """Every test exercises a route that avoids batched LAPACK, whatever the installed jaxlib:
+    one matrix at a time, and, where a test is marked with :data:`BOTH_ROUTES`, the pure
+    loops (the fallback) too."""
+    chosen = getattr(request, "param", "sequential")
+    monkeypatch.setattr(_linalg, "CPU_MODE", chosen)
+    return chosen
+
+
+BOTH_ROUTES = pytest.mark.parametrize("route", ["sequential", "loops"], indirect=True)
 
 
 def relative_error(value, reference):
@@ -94,6 +99,7 @@ def cases(rng, dtype, batch=(2, 3), order=6):
 ORDERS = [6, 2 * _linalg.BLOCK + 13]
 
 
+@BOTH_ROUTES
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_values_match_lapack(dtype, order):
@@ -105,6 +111,7 @@ def test_values_match_lapack(dtype, order):
 
 
 # The blocked order in float32 only: its float64 run adds 15 s and checks the same rules.
+@BOTH_ROUTES
 @pytest.mark.parametrize(
     ("dtype", "order"), [(np.float32, ORDERS[0]), (np.float64, ORDERS[0]), (np.float32, ORDERS[1])]
 )
@@ -135,6 +142,7 @@ def test_forward_mode_cholesky_matches_lapack():
     assert relative_error(pure, reference) < TOLERANCE[np.float64]
 
 
+@BOTH_ROUTES
 def test_inverse_needs_row_swaps():
     # Zero diagonal entries: elimination without row swaps divides by zero at the first step.
     matrix = np.array([[0.0, 2.0, 1.0, 0.0], [1.0, 0.0, 3.0, 2.0], [4.0, 1.0, 0.0, 1.0],
@@ -148,6 +156,7 @@ def test_inverse_needs_row_swaps():
     assert np.array_equal(np.asarray(_linalg.inv(permutation)), permutation.T)  # exact: 0/1
 
 
+@BOTH_ROUTES
 def test_triangular_solve_ignores_other_triangle():
     rng = np.random.default_rng(5)
     lower = np.asarray(jnp.linalg.cholesky(positive_definite(rng, (3,), 5, np.float32)))
@@ -188,6 +197,7 @@ def test_one_matrix_against_a_batch_of_right_hand_sides_is_one_folded_solve(lowe
         assert relative_error(gradient, expected) < 1e-5
 
 
+@BOTH_ROUTES
 def test_cholesky_of_indefinite_matrix_is_nan():
     matrix = np.stack([np.eye(3), np.diag([1.0, -1.0, 1.0])]).astype(np.float32)
     factor = np.asarray(_linalg.cholesky(matrix))
@@ -227,6 +237,7 @@ def lapack_calls(function, *arguments):
     return [line for line in text.splitlines() if "custom_call @lapack" in line]
 
 
+@BOTH_ROUTES
 def test_no_batched_lapack_call_under_vmap_and_grad(route):
     # What keeps jaxlib 0.10 from hanging: the loops emit no LAPACK call, the sequential route
     # only calls on one matrix (num_batch_dims 0 runs inline, never on the thread pool), even
@@ -279,6 +290,7 @@ print("completed")
 """
 
 
+@BOTH_ROUTES
 def test_previously_hanging_pattern_completes(route):
     # A hang cannot fail an assertion, so the pattern runs in a child with a deadline (it takes
     # ~10 s on a loaded two-core machine; the deadline is generous against CI noise), on each
