@@ -29,6 +29,16 @@ from causalcell._core.linalg import (
 __all__ = ["BlockMultivariateNormal", "CellFactors", "MultivariateNormal"]
 
 
+def _half_log_det(scale_tril):
+    """``log |det L|`` of lower-triangular factors ``[..., m, m]``: ``[...]``."""
+    return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), axis=-1)
+
+
+def _log_density(squares, half_log_det, order: int):
+    """Gaussian log density from the whitened squared norm ``|L^{-1}(x - mu)|^2``."""
+    return -0.5 * squares - half_log_det - 0.5 * order * np.log(2 * np.pi)
+
+
 class MultivariateNormal(dist.MultivariateNormal):
     """Multivariate normal ``N(loc, L L^T)``; parameters as
     ``numpyro.distributions.MultivariateNormal`` (exactly one of ``covariance_matrix``,
@@ -73,9 +83,7 @@ class MultivariateNormal(dist.MultivariateNormal):
             return super().log_prob(value)
         centered = value - self.loc
         whitened = solve_triangular(self.scale_tril, centered[..., None], lower=True)[..., 0]
-        diagonal = jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)
-        half_log_det = jnp.sum(jnp.log(jnp.abs(diagonal)), axis=-1)
-        return -0.5 * jnp.sum(whitened**2, axis=-1) - half_log_det - 0.5 * order * np.log(2 * np.pi)
+        return _log_density(jnp.sum(whitened**2, axis=-1), _half_log_det(self.scale_tril), order)
 
     @lazy_property
     def precision_matrix(self):
@@ -157,9 +165,7 @@ class BlockMultivariateNormal(dist.Distribution):
         whitened = solve_triangular(self.scale_tril, _columns(value - self.loc, blocks))
         squares = jnp.sum(whitened**2, axis=-2)  # [..., K, cells / K]
         squares = squares.reshape(*squares.shape[:-2], -1)
-        diagonal = jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)
-        half_log_det = self._per_cell(jnp.sum(jnp.log(jnp.abs(diagonal)), axis=-1))
-        return -0.5 * squares - half_log_det - 0.5 * order * np.log(2 * np.pi)
+        return _log_density(squares, self._per_cell(_half_log_det(self.scale_tril)), order)
 
     @property
     def mean(self):

@@ -15,8 +15,7 @@ LAPACK's, i.e. the vendor's, batched calls):
 
 - ``"sequential"`` (the default on the affected runtime): LAPACK one matrix at a time
   (:mod:`.sequential`). A batch of one matrix runs inline, never on the pool, so it cannot
-  hang, and it runs at LAPACK's speed (a Cholesky factor and a solve of 16 matrices of order
-  208 with their gradient: a quarter of the loops' time; order 107: a tenth).
+  hang, and it runs at LAPACK's speed (timings against the loops: design section 6).
 - ``"loops"``: plain JAX loops with no custom call at all (:mod:`.loops`, :mod:`.gauss_jordan`;
   ``n`` sequential steps per factorisation, blocked from order 128), the route of every fit
   before the sequential one; kept as the fallback.
@@ -233,44 +232,40 @@ def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False
 # Cholesky --------------------------------------------------------------------------------------
 
 
-def _cholesky_tangent(factor, matrix_dot, lower_solve):
-    """``dL`` of ``A = L L^T`` given ``dA``: ``dL = L Phi(L^{-1} dA L^{-T})``, ``Phi`` the lower
-    triangle with halved diagonal (Murray 2016); ``lower_solve(L, B)`` is ``L^{-1} B``, linear
-    in ``B``. ``dA`` is symmetric because :func:`cholesky` symmetrizes its input first."""
-    half = lower_solve(factor, matrix_dot)
-    middle = lower_solve(factor, jnp.swapaxes(half, -1, -2))
-    phi = jnp.tril(middle) - 0.5 * jnp.eye(factor.shape[-1], dtype=factor.dtype) * middle
-    return factor @ phi
+def _differentiable_cholesky(kernel, lower_solve):
+    """``kernel`` (a lower Cholesky factor of ``[..., n, n]``) with the JVP
+    ``dL = L Phi(L^{-1} dA L^{-T})``, ``Phi`` the lower triangle with halved diagonal
+    (Murray 2016), ``lower_solve(L, B) = L^{-1} B`` taken linear in ``B`` (so JAX transposes
+    it); jitted so that calls outside jit compile once per shape. ``dA`` is symmetric because
+    :func:`cholesky` symmetrizes its input first."""
+
+    @jax.custom_jvp
+    def factorise(matrix):
+        return kernel(matrix)
+
+    @factorise.defjvp
+    def _factorise_jvp(primals, tangents):
+        (matrix,), (matrix_dot,) = primals, tangents
+        factor = factorise(matrix)
+        half = lower_solve(factor, matrix_dot)
+        middle = lower_solve(factor, jnp.swapaxes(half, -1, -2))
+        phi = jnp.tril(middle) - 0.5 * jnp.eye(factor.shape[-1], dtype=factor.dtype) * middle
+        return factor, factor @ phi
+
+    return jax.jit(factorise)
 
 
-@jax.custom_jvp
-def _loop_cholesky(matrix):
-    return blocked_cholesky(matrix)
-
-
-@_loop_cholesky.defjvp
-def _loop_cholesky_jvp(primals, tangents):
-    (matrix,), (matrix_dot,) = primals, tangents
-    factor = blocked_cholesky(matrix)
-    return factor, _cholesky_tangent(factor, matrix_dot, blocked_forward_substitution)
-
-
-@jax.custom_jvp
-def _sequential_cholesky(matrix):
+def _sequential_factor(matrix):
     # LAPACK's failed factor is NaN in its lower triangle only; all NaN, as the other routes.
     return nan_unless_definite(sequential.cholesky(matrix))
 
 
-@_sequential_cholesky.defjvp
-def _sequential_cholesky_jvp(primals, tangents):
-    (matrix,), (matrix_dot,) = primals, tangents
-    factor = _sequential_cholesky(matrix)
-    return factor, _cholesky_tangent(
-        factor, matrix_dot, lambda lower, rhs: _sequential_lower_solve(lower, rhs, False)
-    )
-
-
-_cholesky_of = {"loops": jax.jit(_loop_cholesky), "sequential": jax.jit(_sequential_cholesky)}
+_cholesky_of = {
+    "loops": _differentiable_cholesky(blocked_cholesky, blocked_forward_substitution),
+    "sequential": _differentiable_cholesky(
+        _sequential_factor, lambda lower, rhs: _sequential_lower_solve(lower, rhs, False)
+    ),
+}
 
 
 def cholesky(matrix):

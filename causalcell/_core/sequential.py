@@ -9,9 +9,6 @@ call. ``vmap`` would batch that body again, so each function is a
 :func:`jax.custom_batching.custom_vmap` whose batching rule is the same loop over the new axis:
 no transformation turns these calls into a batched one.
 
-They run at LAPACK's speed: with 16 matrices of order 208 a Cholesky factor and a triangular
-solve with their gradient take about a quarter of the blocked pure loops' time.
-
 They are not differentiable (``custom_vmap`` has no transpose rule): :mod:`.linalg` wraps them
 in custom JVPs and :func:`jax.lax.custom_linear_solve`, which call them on primal values and
 on cotangents only.

@@ -321,13 +321,19 @@ def test_covariance_factor_is_a_lower_cholesky_factor_of_the_inverse_precision()
     np.testing.assert_allclose(factor, np.linalg.cholesky(expected), atol=1e-6)
 
 
-def test_affected_runtime_defaults_to_a_route_without_batched_calls():
-    # jaxlib 0.10 on CPU hangs in batched LAPACK: its default is one matrix at a time (an
-    # order-150 fit once hung at 0% CPU there); any other runtime takes LAPACK's batched calls.
-    affected = (0, 10, 0) <= _linalg._version(jaxlib.version.__version__) < (0, 11, 1)
-    if os.environ.get("CAUSALCELL_LINALG"):
-        pytest.skip("the route is forced by CAUSALCELL_LINALG")
-    assert _linalg._cpu_mode() == ("sequential" if affected else "lapack")
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("0.9.9", "lapack"), ("0.10.0", "sequential"), ("0.10.2", "sequential"),
+     ("0.11.0", "sequential"), ("0.11.1", "lapack"), ("0.12.0rc1", "lapack")],
+)  # fmt: skip
+def test_affected_runtime_defaults_to_a_route_without_batched_calls(monkeypatch, version, expected):
+    # jaxlib 0.10.0 up to 0.11.1 hangs in batched CPU LAPACK: one matrix at a time there (an
+    # order-150 fit once hung at 0% CPU); any other runtime takes LAPACK's batched calls.
+    monkeypatch.delenv("CAUSALCELL_LINALG", raising=False)
+    monkeypatch.setattr(jaxlib.version, "__version__", version)
+    assert _linalg._cpu_mode() == expected
+    monkeypatch.setenv("CAUSALCELL_LINALG", "loops")  # a forced route wins over the version
+    assert _linalg._cpu_mode() == "loops"
 
 
 def test_unknown_route_is_named(monkeypatch):
