@@ -232,27 +232,38 @@ def solve_triangular(matrix, rhs, *, lower: bool = True, transpose: bool = False
 # Cholesky --------------------------------------------------------------------------------------
 
 
-def _differentiable_cholesky(kernel, lower_solve):
-    """``kernel`` (a lower Cholesky factor of ``[..., n, n]``) with the JVP
-    ``dL = L Phi(L^{-1} dA L^{-T})``, ``Phi`` the lower triangle with halved diagonal
-    (Murray 2016), ``lower_solve(L, B) = L^{-1} B`` taken linear in ``B`` (so JAX transposes
-    it); jitted so that calls outside jit compile once per shape. ``dA`` is symmetric because
-    :func:`cholesky` symmetrizes its input first."""
+def _with_jvp(kernel, tangent):
+    """``kernel`` (a function of one ``[..., n, n]`` matrix) with the custom JVP
+    ``tangent(value, matrix_dot)`` from the closed-form rule, at the value the function itself
+    returns (so higher derivatives use the rule again); jitted so that calls outside jit
+    compile once per shape."""
 
     @jax.custom_jvp
-    def factorise(matrix):
+    def function(matrix):
         return kernel(matrix)
 
-    @factorise.defjvp
-    def _factorise_jvp(primals, tangents):
+    @function.defjvp
+    def _function_jvp(primals, tangents):
         (matrix,), (matrix_dot,) = primals, tangents
-        factor = factorise(matrix)
+        value = function(matrix)
+        return value, tangent(value, matrix_dot)
+
+    return jax.jit(function)
+
+
+def _cholesky_tangent(lower_solve):
+    """The JVP of ``A = L L^T``: ``dL = L Phi(L^{-1} dA L^{-T})``, ``Phi`` the lower triangle
+    with halved diagonal (Murray 2016), with ``lower_solve(L, B) = L^{-1} B`` linear in ``B``
+    (so JAX transposes it). ``dA`` is symmetric because :func:`cholesky` symmetrizes its input
+    first."""
+
+    def tangent(factor, matrix_dot):
         half = lower_solve(factor, matrix_dot)
         middle = lower_solve(factor, jnp.swapaxes(half, -1, -2))
         phi = jnp.tril(middle) - 0.5 * jnp.eye(factor.shape[-1], dtype=factor.dtype) * middle
-        return factor, factor @ phi
+        return factor @ phi
 
-    return jax.jit(factorise)
+    return tangent
 
 
 def _sequential_factor(matrix):
@@ -261,9 +272,10 @@ def _sequential_factor(matrix):
 
 
 _cholesky_of = {
-    "loops": _differentiable_cholesky(blocked_cholesky, blocked_forward_substitution),
-    "sequential": _differentiable_cholesky(
-        _sequential_factor, lambda lower, rhs: _sequential_lower_solve(lower, rhs, False)
+    "loops": _with_jvp(blocked_cholesky, _cholesky_tangent(blocked_forward_substitution)),
+    "sequential": _with_jvp(
+        _sequential_factor,
+        _cholesky_tangent(lambda lower, rhs: _sequential_lower_solve(lower, rhs, False)),
     ),
 }
 
@@ -325,26 +337,14 @@ def covariance_factor(precision):
     return jnp.swapaxes(inverse, -1, -2)[..., ::-1, ::-1]
 
 
-def _differentiable_inverse(kernel):
-    """``kernel`` (an inverse of ``[..., n, n]``) with the JVP ``d(A^{-1}) = -A^{-1} dA A^{-1}``,
-    jitted so that calls outside jit compile once per shape."""
-
-    @jax.custom_jvp
-    def inverse(matrix):
-        return kernel(matrix)
-
-    @inverse.defjvp
-    def _inverse_jvp(primals, tangents):
-        (matrix,), (matrix_dot,) = primals, tangents
-        value = inverse(matrix)
-        return value, -value @ matrix_dot @ value
-
-    return jax.jit(inverse)
+def _inverse_tangent(inverse, matrix_dot):
+    """The JVP of ``A^{-1}``: ``-A^{-1} dA A^{-1}``."""
+    return -inverse @ matrix_dot @ inverse
 
 
 _inverse_of = {
-    "loops": _differentiable_inverse(gauss_jordan),
-    "sequential": _differentiable_inverse(sequential.inverse),
+    "loops": _with_jvp(gauss_jordan, _inverse_tangent),
+    "sequential": _with_jvp(sequential.inverse, _inverse_tangent),
 }
 
 
